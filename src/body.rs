@@ -1,0 +1,248 @@
+//! Body types that stream through the gateway.
+//!
+//! [`GwBody`] is the one boxed body type every response uses. [`RequestBody`]
+//! wraps a client's body on its way upstream: it counts bytes and enforces the
+//! route's size limit while streaming (a `Content-Length` is checked earlier,
+//! but chunked bodies are only known while they flow). [`ResponseBody`] wraps
+//! the answer on its way back: it counts bytes, enforces the whole-request
+//! deadline, and hands the finished [`AccessRecord`] to the log when the last
+//! byte is sent or the client goes away. Nothing here buffers a body.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use tokio::time::{Instant, Sleep};
+
+use crate::BoxError;
+use crate::telemetry::AccessRecord;
+
+/// The body type of every response and of every upstream request.
+pub type GwBody = BoxBody<Bytes, BoxError>;
+
+/// A complete in-memory body.
+pub fn full(bytes: impl Into<Bytes>) -> GwBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> GwBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// The error a [`RequestBody`] yields once the client sent more than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit in bytes.
+    pub limit: u64,
+}
+
+/// Shared counters for a request body: how much was read, and whether the
+/// limit was hit (the forwarder turns that into a 413 instead of a 502).
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    /// Bytes received from the client so far.
+    pub bytes: AtomicU64,
+    /// Set once the body went over the route's limit.
+    pub too_large: AtomicBool,
+}
+
+pin_project_lite::pin_project! {
+    /// A client's request body, counted and capped while it streams.
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        limit: u64,
+        seen: u64,
+        stats: Arc<BodyStats>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// Wraps `inner`, allowing at most `limit` bytes.
+    pub fn new(inner: B, limit: u64, stats: Arc<BodyStats>) -> Self {
+        RequestBody {
+            inner,
+            limit,
+            seen: 0,
+            stats,
+        }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    *this.seen += n;
+                    this.stats.bytes.fetch_add(n, Ordering::Relaxed);
+                    if *this.seen > *this.limit {
+                        this.stats.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: *this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body on its way to the client: counted, bounded by the
+    /// request's deadline, and logged once when it ends or is dropped.
+    pub struct ResponseBody {
+        #[pin]
+        inner: GwBody,
+        deadline: Option<Pin<Box<Sleep>>>,
+        bytes: u64,
+        record: Option<Box<AccessRecord>>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                record.finish(*this.bytes, false);
+            }
+        }
+    }
+}
+
+/// The error a [`ResponseBody`] yields when the whole-request deadline passes
+/// while the body is still streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("response body did not finish before the request deadline")]
+pub struct DeadlineExceeded;
+
+impl ResponseBody {
+    /// Wraps `inner`; `deadline` cuts the stream when it passes.
+    pub fn new(inner: GwBody, deadline: Option<Instant>, record: AccessRecord) -> Self {
+        ResponseBody {
+            inner,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            bytes: 0,
+            record: Some(Box::new(record)),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+                // hyper stops polling once the body says it has ended.
+                if this.inner.is_end_stream()
+                    && let Some(record) = this.record.take()
+                {
+                    record.finish(*this.bytes, true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(record) = this.record.take() {
+                    record.finish(*this.bytes, false);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                if let Some(record) = this.record.take() {
+                    record.finish(*this.bytes, true);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    if let Some(mut record) = this.record.take() {
+                        record.error = Some("response_deadline");
+                        record.finish(*this.bytes, false);
+                    }
+                    return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+
+    fn chunks(n: usize, size: usize) -> impl Body<Data = Bytes, Error = BoxError> {
+        StreamBody::new(stream::iter(
+            (0..n).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; size])))),
+        ))
+    }
+
+    #[tokio::test]
+    async fn request_body_counts_and_caps_while_streaming() {
+        let cases = [
+            ("under the limit", 4, 10, 100, true),
+            ("exactly the limit", 10, 10, 100, true),
+            ("over the limit", 11, 10, 100, false),
+        ];
+        for (name, n, size, limit, ok) in cases {
+            let stats = Arc::new(BodyStats::default());
+            let body = RequestBody::new(chunks(n, size), limit, stats.clone());
+            let result = body.collect().await;
+            assert_eq!(result.is_ok(), ok, "{name}");
+            assert_eq!(stats.too_large.load(Ordering::Relaxed), !ok, "{name}");
+            if ok {
+                assert_eq!(stats.bytes.load(Ordering::Relaxed), (n * size) as u64, "{name}");
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Configuration: the main file (`gatehouse.toml`) and the policy files.
+//!
+//! This module owns the serde types, their safe defaults, loading them from
+//! disk and reporting every problem as `file:line:column: reason`. It does not
+//! compile routes or build clients: that is [`crate::snapshot`]'s job, which
+//! reports its own problems through the same [`Problems`] type. Unknown keys
+//! are errors everywhere (`deny_unknown_fields`). Paths in the main file are
+//! relative to the file's own directory.
+
+mod load;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use validator::Validate;
+
+pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load};
+pub use units::{ByteSize, Dur};
+
+/// The main config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Directory of policy files (`*.toml`), relative to the config file.
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
+    /// The public listeners.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Connection-level limits and timeouts shared by all listeners.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Defaults for routes and upstreams that do not set their own.
+    #[serde(default)]
+    pub defaults: Defaults,
+}
+
+fn default_policies() -> PathBuf {
+    PathBuf::from("policies")
+}
+
+/// One public listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A unique name, used in logs.
+    pub name: String,
+    /// Address to bind, e.g. `127.0.0.1:8443` (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// Terminate TLS on this listener.
+    pub tls: Option<TlsConfig>,
+    /// On a plain listener: answer every request with a 308 redirect to
+    /// HTTPS on this port instead of serving it.
+    pub redirect_https_port: Option<u16>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates; chosen by SNI from their DNS names, the first is the default.
+    pub certs: Vec<CertConfig>,
+    /// If a cert or key file is missing, write a local dev CA and a
+    /// certificate for localhost/127.0.0.1 there (quickstart only).
+    #[serde(default)]
+    pub dev_certs: bool,
+    /// PEM bundle of CAs that client certificates must chain to (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required or only verified when sent.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// Client-certificate policy of a TLS listener.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Clients must present a certificate chaining to `client_ca`.
+    #[default]
+    Required,
+    /// A certificate is verified if sent, but not required.
+    Optional,
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// SNI names; default: the certificate's DNS subject alternative names.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to bind; loopback by default.
+    #[serde(default = "default_admin_addr")]
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: default_admin_addr(),
+        }
+    }
+}
+
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+/// Connection-level settings. Changing them needs a restart.
+#[derive(Debug, Deserialize, Validate, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Open connections across all listeners; beyond it new ones are closed.
+    #[validate(range(min = 1))]
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub tls_handshake_timeout: Dur,
+    /// Time allowed to receive a request head (also the keep-alive idle limit).
+    pub header_read_timeout: Dur,
+    /// Most header fields in a request.
+    #[validate(range(min = 1, max = 1000))]
+    pub max_header_count: usize,
+    /// Largest request head (request line plus headers).
+    pub max_header_bytes: ByteSize,
+    /// HTTP/2 streams per connection.
+    #[validate(range(min = 1))]
+    pub h2_max_concurrent_streams: u32,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 10_000,
+            tls_handshake_timeout: Dur(Duration::from_secs(10)),
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_header_count: 100,
+            max_header_bytes: ByteSize(16 * 1024),
+            h2_max_concurrent_streams: 100,
+            shutdown_grace: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Defaults for routes and upstreams.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Largest request body a route accepts.
+    pub max_body: ByteSize,
+    /// Upstream connect timeout.
+    pub connect_timeout: Dur,
+    /// Time from sending the request to the upstream's response head.
+    pub first_byte_timeout: Dur,
+    /// Time for the whole exchange, response body included.
+    pub request_timeout: Dur,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            max_body: ByteSize(1 << 20),
+            connect_timeout: Dur(Duration::from_secs(5)),
+            first_byte_timeout: Dur(Duration::from_secs(30)),
+            request_timeout: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// One policy file: upstreams and routes.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Upstreams declared in this file.
+    #[serde(default)]
+    pub upstream: Vec<Spanned<UpstreamSpec>>,
+    /// Routes declared in this file.
+    #[serde(default)]
+    pub route: Vec<Spanned<RouteSpec>>,
+}
+
+/// How the gateway speaks to an upstream.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over plain TCP; over TLS, h2 or HTTP/1.1 by ALPN.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only (prior knowledge on plain TCP, ALPN h2 over TLS).
+    H2,
+}
+
+/// An upstream: where allowed requests go.
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Unique name, referenced by routes.
+    pub name: Spanned<String>,
+    /// Base URLs (`http://host:port[/base]` or `https://…`), used in turn.
+    pub targets: Vec<Spanned<String>>,
+    /// Protocol towards the targets.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// PEM CA bundle for `https` targets; default: the public web roots.
+    pub tls_ca: Option<Spanned<PathBuf>>,
+    /// Connect timeout (default from `[defaults]`).
+    pub connect_timeout: Option<Dur>,
+    /// Time to the response head (default from `[defaults]`).
+    pub first_byte_timeout: Option<Dur>,
+    /// Time for the whole exchange (default from `[defaults]`).
+    pub request_timeout: Option<Dur>,
+    /// Idle pooled connections kept per target.
+    #[serde(default = "default_pool_idle")]
+    #[validate(range(max = 10_000))]
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Dur,
+    /// Send the client's Host header instead of the target's authority.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+fn default_pool_idle() -> usize {
+    256
+}
+
+fn default_pool_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(90))
+}
+
+/// A route: which requests it matches and what happens to them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Unique name, used in logs and metrics.
+    pub name: Spanned<String>,
+    /// Match only this host (case-insensitive, port ignored).
+    pub host: Option<Spanned<String>>,
+    /// Match exactly this path.
+    pub path: Option<Spanned<String>>,
+    /// Match this path and everything below it.
+    pub prefix: Option<Spanned<String>>,
+    /// Match a template: `/users/{id}`, with an optional tail `/{*rest}`.
+    pub template: Option<Spanned<String>>,
+    /// Allowed methods; empty means all.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Forward to this upstream.
+    pub upstream: Option<Spanned<String>>,
+    /// Or answer directly.
+    pub respond: Option<Spanned<RespondSpec>>,
+    /// Remove this prefix from the path before forwarding.
+    pub strip_prefix: Option<Spanned<String>>,
+    /// Replace the path; `{name}` inserts a template parameter.
+    pub rewrite_path: Option<Spanned<String>>,
+    /// Headers to set on / remove from the request sent upstream.
+    #[serde(default)]
+    pub request_headers: HeaderEdits,
+    /// Headers to set on / remove from the response.
+    #[serde(default)]
+    pub response_headers: HeaderEdits,
+    /// Largest request body (default from `[defaults]`).
+    pub max_body: Option<ByteSize>,
+}
+
+/// Header changes.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    /// Set (replace) these headers.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A direct answer from the gateway.
+#[derive(Debug, Deserialize, Validate, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSpec {
+    /// Status code.
+    #[validate(range(min = 200, max = 599))]
+    pub status: u16,
+    /// Response headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Response body.
+    #[serde(default)]
+    #[validate(length(max = 65536))]
+    pub body: String,
+}

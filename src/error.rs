@@ -1,0 +1,198 @@
+//! The one place where a refused or failed request becomes an HTTP answer.
+//!
+//! Every step of the pipeline returns a [`GatewayError`]; [`GatewayError::status`]
+//! and [`GatewayError::code`] are an exhaustive match, so adding a variant forces
+//! a decision about its status and its stable snake_case code. The message is
+//! written for the caller and never contains a header value, a credential or an
+//! upstream's own error text.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{GwBody, full};
+
+/// Why a request was answered by the gateway instead of an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request target could not be normalised without ambiguity.
+    #[error("invalid request path: {0}")]
+    InvalidPath(&'static str),
+    /// The framing headers are ambiguous (smuggling risk).
+    #[error("ambiguous message framing: {0}")]
+    AmbiguousFraming(&'static str),
+    /// The Host header (or :authority) is missing, malformed or inconsistent.
+    #[error("invalid host: {0}")]
+    InvalidHost(&'static str),
+    /// No route matches host and path.
+    #[error("no route matches this request")]
+    RouteNotFound,
+    /// A route matches the path, but not the method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed {
+        /// Methods the matching routes accept, for the `Allow` header.
+        allow: String,
+    },
+    /// The request body is larger than the route allows.
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The upstream could not be reached or broke the exchange.
+    #[error("upstream failed")]
+    UpstreamFailed {
+        /// What went wrong, for the log only.
+        #[source]
+        source: crate::BoxError,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream has no target to send the request to.
+    #[error("no upstream target available")]
+    NoTarget,
+    /// The gateway failed internally (a bug); details are only logged.
+    #[error("internal error")]
+    Internal(&'static str),
+}
+
+impl GatewayError {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::InvalidPath(_)
+            | GatewayError::AmbiguousFraming(_)
+            | GatewayError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code in the JSON body and the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidPath(_) => "invalid_path",
+            GatewayError::AmbiguousFraming(_) => "ambiguous_framing",
+            GatewayError::InvalidHost(_) => "invalid_host",
+            GatewayError::RouteNotFound => "route_not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::UpstreamFailed { .. } => "upstream_failed",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::NoTarget => "no_upstream_target",
+            GatewayError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the client connection should be closed after the answer
+    /// (the framing of the rest of the stream cannot be trusted).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, GatewayError::AmbiguousFraming(_))
+    }
+
+    /// The text for the caller: never includes upstream error details.
+    fn public_message(&self) -> String {
+        match self {
+            GatewayError::UpstreamFailed { .. } => "the upstream failed to answer".to_owned(),
+            GatewayError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The full answer: status, JSON body, and `Allow` / `Connection` where due.
+    pub fn to_response(&self, request_id: &str) -> Response<GwBody> {
+        error_response(self.status(), self.code(), &self.public_message(), request_id)
+            .map(|mut r| {
+                if let GatewayError::MethodNotAllowed { allow } = self
+                    && let Ok(v) = HeaderValue::from_str(allow)
+                {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+                if self.closes_connection() {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            })
+            .unwrap_or_else(|_| fallback_response())
+    }
+}
+
+/// Builds `{"error": code, "message": text, "request_id": id}` with `status`.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Result<Response<GwBody>, http::Error> {
+    let body = serde_json::json!({
+        "error": code,
+        "message": message,
+        "request_id": request_id,
+    });
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(Bytes::from(body.to_string())))
+}
+
+/// A last-resort 500 that cannot fail to build.
+pub fn fallback_response() -> Response<GwBody> {
+    let mut r = Response::new(full(Bytes::from_static(
+        br#"{"error":"internal","message":"internal error","request_id":""}"#,
+    )));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_body_is_json_with_code_and_request_id() {
+        let cases: Vec<(&str, GatewayError, u16, &str)> = vec![
+            ("path", GatewayError::InvalidPath("dot segment"), 400, "invalid_path"),
+            ("no route", GatewayError::RouteNotFound, 404, "route_not_found"),
+            (
+                "method",
+                GatewayError::MethodNotAllowed { allow: "GET, HEAD".into() },
+                405,
+                "method_not_allowed",
+            ),
+            ("too large", GatewayError::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            ("timeout", GatewayError::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                "upstream",
+                GatewayError::UpstreamFailed { source: "secret detail".into() },
+                502,
+                "upstream_failed",
+            ),
+        ];
+        for (name, err, status, code) in cases {
+            let resp = err.to_response("rid-1");
+            assert_eq!(resp.status().as_u16(), status, "{name}");
+            let allow = resp.headers().get(header::ALLOW).cloned();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            let body = body.unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            assert_eq!(v["error"], code, "{name}");
+            assert_eq!(v["request_id"], "rid-1", "{name}");
+            assert!(!String::from_utf8_lossy(&body).contains("secret detail"), "{name}");
+            if status == 405 {
+                assert_eq!(allow.as_ref().and_then(|a| a.to_str().ok()), Some("GET, HEAD"));
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The per-request pipeline (Tier B in DESIGN.md), top to bottom.
+//!
+//! [`Gateway::handle`] loads one config snapshot, then runs the steps in
+//! order as plain functions over a [`RequestCtx`]: normalise and strictly
+//! parse, route, check limits, rewrite, forward, finish. A step that refuses
+//! the request returns a [`GatewayError`]; the request is then answered with
+//! the JSON error body and never forwarded. Every outcome is logged once,
+//! when its response has been sent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{BodyStats, GwBody, RequestBody, ResponseBody, empty, full};
+use crate::error::GatewayError;
+use crate::proxy::{self, ForwardError, ForwardedFor};
+use crate::route::{Action, Lookup, Route};
+use crate::snapshot::Snapshot;
+use crate::telemetry::AccessRecord;
+use crate::validate;
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's socket address.
+    pub peer: SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The negotiated TLS version, when the listener terminates TLS.
+    pub tls_version: Option<&'static str>,
+    /// On a plain listener: redirect everything to HTTPS on this port.
+    pub redirect_https_port: Option<u16>,
+}
+
+impl ConnInfo {
+    fn proto(&self) -> &'static str {
+        if self.tls_version.is_some() { "https" } else { "http" }
+    }
+}
+
+/// The gateway: the current snapshot and what the pipeline needs.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+/// Per-request state carried through the steps.
+#[derive(Debug)]
+struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    request_id: HeaderValue,
+    record: AccessRecord,
+}
+
+/// Host as routed on (lower case, no port) and as received.
+#[derive(Debug)]
+struct Host {
+    name: String,
+    authority: Option<String>,
+}
+
+impl Gateway {
+    /// A gateway serving `snapshot`.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Gateway {
+        Gateway { snapshot }
+    }
+
+    /// Handles one request from start to finish. Never fails: every error
+    /// becomes a JSON answer.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<GwBody> {
+        let started = Instant::now();
+        let snapshot = self.snapshot.load_full();
+        let request_id = request_id(req.headers());
+        let record = AccessRecord {
+            request_id: request_id.to_str().unwrap_or("-").to_owned(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            route: None,
+            upstream: None,
+            target: None,
+            status: 0,
+            error: None,
+            started,
+            client: conn.peer,
+            listener: conn.listener.clone(),
+            tls_version: conn.tls_version,
+            http_version: req.version(),
+            body: Arc::new(BodyStats::default()),
+        };
+        let mut ctx = RequestCtx {
+            snapshot,
+            request_id,
+            record,
+        };
+        let (mut response, deadline) = match process(req, &conn, &mut ctx).await {
+            Ok(done) => done,
+            Err(e) => {
+                if let GatewayError::UpstreamFailed { source } = &e {
+                    tracing::warn!(request_id = %ctx.record.request_id, error = %source, "upstream failed");
+                }
+                ctx.record.error = Some(e.code());
+                (e.to_response(&ctx.record.request_id), None)
+            }
+        };
+        response
+            .headers_mut()
+            .insert(proxy::X_REQUEST_ID.clone(), ctx.request_id.clone());
+        ctx.record.status = response.status().as_u16();
+        response.map(|body| ResponseBody::new(body, deadline, ctx.record).boxed())
+    }
+}
+
+/// The client's `X-Request-Id` when it is well-formed (1 to 128 characters
+/// of `[A-Za-z0-9._:-]`), otherwise a new random one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+type Done = (Response<GwBody>, Option<tokio::time::Instant>);
+
+async fn process(req: Request<Incoming>, conn: &ConnInfo, ctx: &mut RequestCtx) -> Result<Done, GatewayError> {
+    // 2. Normalise and strictly parse.
+    validate::check_framing(req.headers())?;
+    let host = host_of(&req)?;
+    let path = validate::normalize_path(req.uri().path(), ctx.snapshot.merge_slashes)
+        .map_err(|e| GatewayError::InvalidPath(path_error_text(e)))?;
+    ctx.record.path.clone_from(&path);
+
+    if let Some(port) = conn.redirect_https_port {
+        return Ok((redirect_to_https(&host, port, &path, req.uri().query())?, None));
+    }
+
+    // 3. Route.
+    let snapshot = ctx.snapshot.clone();
+    let (route, params) = match snapshot.routes.lookup(&host.name, &path, req.method()) {
+        Lookup::Found(route, params) => (route, params),
+        Lookup::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
+        Lookup::NotFound => return Err(GatewayError::RouteNotFound),
+    };
+    ctx.record.route = Some(route.name.clone());
+
+    // 4. Limits.
+    if let Some(len) = validate::content_length(req.headers())
+        && len > route.max_body
+    {
+        return Err(GatewayError::PayloadTooLarge { limit: route.max_body });
+    }
+
+    match &route.action {
+        Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
+        Action::Forward(upstream) => {
+            ctx.record.upstream = Some(upstream.name.clone());
+            forward(req, conn, ctx, route, upstream, &host, &path, &params).await
+        }
+    }
+}
+
+fn path_error_text(e: validate::PathError) -> &'static str {
+    match e {
+        validate::PathError::NotAbsolute => "path must start with /",
+        validate::PathError::BadEscape => "malformed percent-escape",
+        validate::PathError::EncodedSlash => "encoded slash or backslash",
+        validate::PathError::Backslash => "backslash in path",
+        validate::PathError::ControlChar => "control character in path",
+        validate::PathError::InvalidUtf8 => "path is not valid UTF-8",
+        validate::PathError::AboveRoot => "path climbs above the root",
+    }
+}
+
+/// The routing host. HTTP/1.1 needs exactly one Host; an absolute-form
+/// target or an h2 `:authority` must agree with it.
+fn host_of<B>(req: &Request<B>) -> Result<Host, GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::InvalidHost("more than one Host header"));
+    }
+    let header_host = match header_host {
+        Some(v) => Some(v.to_str().map_err(|_| GatewayError::InvalidHost("Host is not ASCII"))?),
+        None => None,
+    };
+    let uri_host = req.uri().authority().map(|a| a.as_str());
+    let authority = match (header_host, uri_host) {
+        (Some(h), Some(u)) => {
+            if !h.eq_ignore_ascii_case(u) {
+                return Err(GatewayError::InvalidHost("Host differs from the request target"));
+            }
+            Some(h)
+        }
+        (Some(h), None) => Some(h),
+        (None, Some(u)) => Some(u),
+        (None, None) => {
+            if req.version() == Version::HTTP_11 {
+                return Err(GatewayError::InvalidHost("missing Host header"));
+            }
+            None
+        }
+    };
+    let Some(authority) = authority else {
+        return Ok(Host {
+            name: String::new(),
+            authority: None,
+        });
+    };
+    let parsed: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| GatewayError::InvalidHost("malformed Host"))?;
+    if authority.contains('@') || parsed.host().is_empty() {
+        return Err(GatewayError::InvalidHost("malformed Host"));
+    }
+    let name = parsed.host().trim_end_matches('.').to_ascii_lowercase();
+    Ok(Host {
+        name,
+        authority: Some(authority.to_owned()),
+    })
+}
+
+fn redirect_to_https(host: &Host, port: u16, path: &str, query: Option<&str>) -> Result<Response<GwBody>, GatewayError> {
+    if host.name.is_empty() {
+        return Err(GatewayError::InvalidHost("missing Host header"));
+    }
+    let host_part = if host.name.contains(':') {
+        format!("[{}]", host.name.trim_matches(['[', ']']))
+    } else {
+        host.name.clone()
+    };
+    let mut location = if port == 443 {
+        format!("https://{host_part}{path}")
+    } else {
+        format!("https://{host_part}:{port}{path}")
+    };
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let location = HeaderValue::from_str(&location).map_err(|_| GatewayError::InvalidHost("malformed Host"))?;
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Ok(resp)
+}
+
+fn respond_directly(route: &Route, direct: &crate::route::DirectResponse, method: &Method) -> Response<GwBody> {
+    let body = if method == Method::HEAD {
+        empty()
+    } else {
+        full(direct.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = direct.status;
+    for (k, v) in &direct.headers {
+        resp.headers_mut().insert(k.clone(), v.clone());
+    }
+    route.response_headers.apply(resp.headers_mut());
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    upstream: &proxy::Upstream,
+    host: &Host,
+    path: &str,
+    params: &[(String, String)],
+) -> Result<Done, GatewayError> {
+    // 10. Rewrite.
+    let target = upstream.pick().ok_or(GatewayError::NoTarget)?;
+    ctx.record.target = Some(target.label().to_owned());
+    let upstream_path = route.upstream_path(path, params);
+    let uri = target
+        .uri(&upstream_path, req.uri().query())
+        .map_err(|_| GatewayError::InvalidPath("path cannot be forwarded"))?;
+    let upgrade = req.version() == Version::HTTP_11 && proxy::is_upgrade_request(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    let fwd = ForwardedFor {
+        client: conn.peer.ip(),
+        proto: conn.proto(),
+        host: host.authority.as_deref(),
+    };
+    proxy::prepare_request_headers(&mut parts.headers, &fwd, &ctx.request_id, upgrade, upstream.preserve_host);
+    route.request_headers.apply(&mut parts.headers);
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let stats = ctx.record.body.clone();
+    let body = RequestBody::new(body, route.max_body, stats.clone()).boxed();
+    let upstream_req = Request::from_parts(parts, body);
+
+    // 11. Forward.
+    let started = tokio::time::Instant::now();
+    let deadline = started + upstream.request_timeout;
+    let first_byte = upstream.first_byte_timeout.min(upstream.request_timeout);
+    let mut resp = upstream
+        .send(upstream_req, first_byte, || stats.too_large.load(Ordering::Relaxed))
+        .await
+        .map_err(|e| match e {
+            ForwardError::Timeout => GatewayError::UpstreamTimeout,
+            ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge { limit: route.max_body },
+            ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
+        })?;
+
+    // 12. Finish.
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        match client_upgrade {
+            Some(client) => {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(proxy::tunnel(client, upstream_side, ctx.record.request_id.clone()));
+            }
+            None => {
+                return Err(GatewayError::UpstreamFailed {
+                    source: "upstream switched protocols without an upgrade request".into(),
+                });
+            }
+        }
+    }
+    proxy::prepare_response_headers(resp.headers_mut(), &ctx.request_id, switching);
+    route.response_headers.apply(resp.headers_mut());
+    let resp = resp.map(|b| b.map_err(|e| -> crate::BoxError { Box::new(e) }).boxed());
+    Ok((resp, (!switching).then_some(deadline)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap_or_default()
+    }
+
+    #[test]
+    fn hosts() {
+        let cases: &[(&str, Version, &str, &[&str], Result<&str, ()>)] = &[
+            ("plain", Version::HTTP_11, "/", &["API.test:8443"], Ok("api.test")),
+            ("trailing dot", Version::HTTP_11, "/", &["api.test."], Ok("api.test")),
+            ("missing on 1.1", Version::HTTP_11, "/", &[], Err(())),
+            ("missing on 1.0", Version::HTTP_10, "/", &[], Ok("")),
+            ("duplicate", Version::HTTP_11, "/", &["a", "a"], Err(())),
+            ("absolute form agrees", Version::HTTP_11, "http://a.test/x", &["a.test"], Ok("a.test")),
+            ("absolute form differs", Version::HTTP_11, "http://evil.test/x", &["a.test"], Err(())),
+            ("h2 authority", Version::HTTP_2, "https://b.test/x", &[], Ok("b.test")),
+            ("userinfo", Version::HTTP_11, "/", &["u@a.test"], Err(())),
+            ("ipv6", Version::HTTP_11, "/", &["[::1]:8080"], Ok("[::1]")),
+        ];
+        for (name, v, uri, hs, want) in cases {
+            let got = host_of(&req(*v, uri, hs)).map(|h| h.name).map_err(|_| ());
+            assert_eq!(got.as_deref(), want.as_ref().map(|s| *s).map_err(|_| ()), "{name}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123.x:y_z"));
+        assert_eq!(request_id(&h), "abc-123.x:y_z");
+        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 32);
+        assert_ne!(generated, request_id(&h), "generated ids differ");
+        h.insert("x-request-id", HeaderValue::from_str(&"a".repeat(129)).unwrap_or(HeaderValue::from_static("")));
+        assert_eq!(request_id(&h).len(), 32);
+    }
+}

@@ -1,0 +1,22 @@
+//! gatehouse: a secure API gateway.
+//!
+//! The binary (`main.rs`) reads flags and environment and wires these parts
+//! together; tests drive the same parts through [`server::start`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;
+pub mod tls;
+pub mod validate;
+pub mod watch;
+
+/// The boxed error type used for bodies and upstream failures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,216 @@
+//! Header rewriting on the way up and down: hop-by-hop removal, the
+//! `X-Forwarded-*` / `Forwarded` / `Via` family, and the request id.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// The request id header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether the request asks for a protocol upgrade (WebSocket and the like).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// What the gateway knows about the client, for the forwarding headers.
+#[derive(Debug)]
+pub struct ForwardedFor<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The Host the client asked for, if any.
+    pub host: Option<&'a str>,
+}
+
+/// Rewrites a request's headers for the upstream. Client-sent forwarding
+/// headers are replaced, not extended: nothing before the gateway is trusted.
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    fwd: &ForwardedFor<'_>,
+    request_id: &HeaderValue,
+    upgrade: bool,
+    keep_host: bool,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    if !keep_host {
+        headers.remove(header::HOST);
+    }
+    let ip = fwd.client.to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(fwd.proto));
+    headers.remove(X_FORWARDED_HOST.clone());
+    let mut forwarded = match fwd.client {
+        IpAddr::V4(_) => format!("for={ip}"),
+        IpAddr::V6(_) => format!("for=\"[{ip}]\""),
+    };
+    forwarded.push_str(";proto=");
+    forwarded.push_str(fwd.proto);
+    if let Some(host) = fwd.host {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(host);
+        forwarded.push('"');
+    }
+    match HeaderValue::from_str(&forwarded) {
+        Ok(v) => {
+            headers.insert(FORWARDED.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(FORWARDED.clone());
+        }
+    }
+    append_via(headers);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Rewrites an upstream response's headers for the client.
+pub fn prepare_response_headers(headers: &mut HeaderMap, request_id: &HeaderValue, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    append_via(headers);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn append_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, HeaderValue::from_static("1.1 gatehouse"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                m.append(k, v);
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn request_headers_are_rewritten() {
+        let mut h = map(&[
+            ("host", "api.test"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-keep", "yes"),
+            ("via", "1.0 earlier"),
+        ]);
+        let fwd = ForwardedFor {
+            client: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            proto: "https",
+            host: Some("api.test"),
+        };
+        prepare_request_headers(&mut h, &fwd, &HeaderValue::from_static("rid"), false, false);
+        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let cases = [
+            ("host removed", "host", None),
+            ("connection removed", "connection", None),
+            ("listed hop removed", "x-secret-hop", None),
+            ("keep-alive removed", "keep-alive", None),
+            ("te trailers kept", "te", Some("trailers")),
+            ("xff replaced", "x-forwarded-for", Some("10.1.2.3")),
+            ("proto", "x-forwarded-proto", Some("https")),
+            ("xfh", "x-forwarded-host", Some("api.test")),
+            ("forwarded", "forwarded", Some("for=10.1.2.3;proto=https;host=\"api.test\"")),
+            ("other kept", "x-keep", Some("yes")),
+            ("request id", "x-request-id", Some("rid")),
+        ];
+        for (name, key, want) in cases {
+            assert_eq!(get(key).as_deref(), want, "{name}");
+        }
+        let via: Vec<_> = h.get_all("via").iter().filter_map(|v| v.to_str().ok()).collect();
+        assert_eq!(via, ["1.0 earlier", "1.1 gatehouse"]);
+    }
+
+    #[test]
+    fn upgrade_headers_survive_only_for_upgrades() {
+        for upgrade in [true, false] {
+            let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+            assert!(is_upgrade_request(&h));
+            prepare_response_headers(&mut h, &HeaderValue::from_static("r"), upgrade);
+            assert_eq!(h.contains_key("upgrade"), upgrade);
+            assert_eq!(h.contains_key("connection"), upgrade);
+        }
+    }
+
+    #[test]
+    fn ipv6_forwarded_is_quoted() {
+        let mut h = HeaderMap::new();
+        let fwd = ForwardedFor {
+            client: "2001:db8::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            proto: "http",
+            host: None,
+        };
+        prepare_request_headers(&mut h, &fwd, &HeaderValue::from_static("r"), false, false);
+        assert_eq!(
+            h.get("forwarded").and_then(|v| v.to_str().ok()),
+            Some("for=\"[2001:db8::1]\";proto=http")
+        );
+    }
+}

@@ -1,0 +1,588 @@
+//! Listeners, the accept loop, connection limits, reload and graceful
+//! shutdown.
+//!
+//! [`start`] loads and validates the whole configuration, binds every
+//! listener (public and admin) and returns a [`Running`] handle with the bound
+//! addresses. Each accepted connection gets a permit from the global
+//! connection limit, a TLS handshake under a timeout when the listener
+//! terminates TLS, and a hyper connection (HTTP/1.1 or h2) with header size,
+//! count and read-time limits. [`Running::reload`] swaps in a new snapshot
+//! and TLS configs or keeps the old ones; [`Running::shutdown`] stops
+//! accepting and lets requests in flight finish up to the grace period.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
+
+use crate::body::GwBody;
+use crate::config::{self, Loaded, Problem, Problems, ServerConfig};
+use crate::error;
+use crate::gateway::{ConnInfo, Gateway};
+use crate::snapshot::Snapshot;
+use crate::tls::{self, CertInfo};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] Problems),
+    /// A listener could not be bound.
+    #[error("cannot bind {name} on {addr}: {source}")]
+    Bind {
+        /// The listener.
+        name: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task failed.
+    #[error("internal error while loading: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// The main config file.
+    pub config_path: PathBuf,
+    /// Watch the config, policy and certificate files and reload on change.
+    pub watch: bool,
+}
+
+/// A listener's TLS config, swapped on reload.
+#[derive(Debug)]
+struct TlsSlot {
+    listener: String,
+    config: ArcSwap<rustls::ServerConfig>,
+}
+
+/// State shared by the accept loops, the admin API and reloads.
+#[derive(Debug)]
+pub struct Shared {
+    config_path: PathBuf,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    tls: Vec<Arc<TlsSlot>>,
+    certs: ArcSwap<Vec<CertInfo>>,
+    generation: AtomicU64,
+    ready: AtomicBool,
+    reload_lock: tokio::sync::Mutex<()>,
+    graceful: Mutex<Option<GracefulShutdown>>,
+}
+
+impl Shared {
+    /// Whether the gateway is ready for traffic (config loaded, listeners
+    /// bound, not draining).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The current config generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Certificates currently served.
+    pub fn certs(&self) -> Arc<Vec<CertInfo>> {
+        self.certs.load_full()
+    }
+
+    /// Loads the configuration again and swaps it in whole, or keeps the
+    /// running one and returns every problem.
+    pub async fn reload(&self) -> Result<u64, Problems> {
+        let _guard = self.reload_lock.lock().await;
+        let generation = self.generation() + 1;
+        let path = self.config_path.clone();
+        let previous: Vec<(String, Arc<rustls::ServerConfig>)> = self
+            .tls
+            .iter()
+            .map(|s| (s.listener.clone(), s.config.load_full()))
+            .collect();
+        let built = tokio::task::spawn_blocking(move || build_all(&path, generation, &previous, false))
+            .await
+            .map_err(|e| Problems(vec![whole(&self.config_path, format!("reload task failed: {e}"))]))?;
+        match built {
+            Ok(built) => {
+                for slot in &self.tls {
+                    match built.tls.iter().find(|(name, _)| *name == slot.listener) {
+                        Some((_, cfg)) => slot.config.store(cfg.clone()),
+                        None => tracing::warn!(
+                            listener = %slot.listener,
+                            "TLS listener no longer configured; keeping its certificates until restart"
+                        ),
+                    }
+                }
+                let routes = built.snapshot.routes.len();
+                self.snapshot.store(Arc::new(built.snapshot));
+                self.certs.store(Arc::new(built.certs));
+                self.generation.store(generation, Ordering::Relaxed);
+                tracing::info!(generation, routes, "configuration reloaded");
+                Ok(generation)
+            }
+            Err(problems) => {
+                for p in &problems.0 {
+                    tracing::error!(problem = %p, "reload rejected; keeping the running configuration");
+                }
+                Err(problems)
+            }
+        }
+    }
+}
+
+fn whole(path: &Path, message: String) -> Problem {
+    Problem {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message,
+    }
+}
+
+struct Built {
+    loaded: Loaded,
+    snapshot: Snapshot,
+    tls: Vec<(String, Arc<rustls::ServerConfig>)>,
+    certs: Vec<CertInfo>,
+}
+
+/// Loads, validates and compiles everything. Blocking.
+fn build_all(
+    config_path: &Path,
+    generation: u64,
+    previous: &[(String, Arc<rustls::ServerConfig>)],
+    make_dev_certs: bool,
+) -> Result<Built, Problems> {
+    let loaded = config::load(config_path)?;
+    let mut problems = Vec::new();
+    let mut tls_configs = Vec::new();
+    let mut certs = Vec::new();
+    for listener in &loaded.config.listeners {
+        let l = listener.get_ref();
+        let Some(tls_cfg) = &l.tls else { continue };
+        if tls_cfg.dev_certs {
+            if make_dev_certs {
+                ensure_dev_certs(&loaded, tls_cfg, &mut problems);
+            } else if dev_certs_missing(&loaded, tls_cfg) {
+                // `check`: they will be created by `serve`.
+                continue;
+            }
+        }
+        let prev = previous.iter().find(|(n, _)| *n == l.name).map(|(_, c)| c.as_ref());
+        match tls::server_config(tls_cfg, &loaded.base_dir, prev) {
+            Ok((cfg, infos)) => {
+                for info in &infos {
+                    warn_if_expiring(info);
+                }
+                certs.extend(infos);
+                tls_configs.push((l.name.clone(), cfg));
+            }
+            Err(e) => problems.push(loaded.source.problem(
+                listener.span(),
+                format!("listener `{}`: {e}", l.name),
+            )),
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for listener in &loaded.config.listeners {
+        let l = listener.get_ref();
+        if !names.insert(l.name.clone()) {
+            problems.push(loaded.source.problem(listener.span(), format!("listener `{}` is defined twice", l.name)));
+        }
+        if l.tls.is_some() && l.redirect_https_port.is_some() {
+            problems.push(loaded.source.problem(
+                listener.span(),
+                format!("listener `{}`: `redirect_https_port` is only for plain listeners", l.name),
+            ));
+        }
+    }
+    let snapshot = match Snapshot::build(&loaded, generation) {
+        Ok(s) => Some(s),
+        Err(ps) => {
+            problems.extend(ps.0);
+            None
+        }
+    };
+    match snapshot {
+        Some(snapshot) if problems.is_empty() => Ok(Built {
+            loaded,
+            snapshot,
+            tls: tls_configs,
+            certs,
+        }),
+        _ => Err(Problems(problems)),
+    }
+}
+
+fn warn_if_expiring(info: &CertInfo) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days_left = (info.not_after - now) / 86_400;
+    if days_left < 14 {
+        tracing::warn!(cert = %info.path.display(), days_left, "certificate expires in under 14 days");
+    }
+}
+
+fn dev_certs_missing(loaded: &Loaded, tls_cfg: &config::TlsConfig) -> bool {
+    tls_cfg
+        .certs
+        .iter()
+        .any(|c| !loaded.resolve(&c.cert).exists() || !loaded.resolve(&c.key).exists())
+}
+
+fn ensure_dev_certs(loaded: &Loaded, tls_cfg: &config::TlsConfig, problems: &mut Vec<Problem>) {
+    for c in &tls_cfg.certs {
+        let cert = loaded.resolve(&c.cert);
+        let key = loaded.resolve(&c.key);
+        if cert.exists() && key.exists() {
+            continue;
+        }
+        let ca_dir = cert.parent().map(Path::to_path_buf).unwrap_or_default();
+        match tls::dev_certs(&ca_dir, &cert, &key) {
+            Ok(paths) => tracing::warn!(
+                ca = %paths.ca.display(),
+                cert = %paths.cert.display(),
+                "development certificates created (dev_certs = true); trust the CA with curl --cacert"
+            ),
+            Err(e) => problems.push(whole(&cert, format!("cannot create development certificates: {e}"))),
+        }
+    }
+}
+
+/// Checks a configuration without starting anything: every problem with
+/// its place, or the number of routes and upstreams.
+pub fn check(config_path: &Path) -> Result<(usize, usize), Problems> {
+    let built = build_all(config_path, 1, &[], false)?;
+    Ok((built.snapshot.routes.len(), built.snapshot.upstreams.len()))
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// Public listeners: name and bound address.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// The admin listener's bound address.
+    pub admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    grace: Duration,
+}
+
+impl Running {
+    /// The bound address of the listener called `name`.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The shared state (snapshot, generation, readiness).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Reloads the configuration (as SIGHUP does).
+    pub async fn reload(&self) -> Result<u64, Problems> {
+        self.shared.reload().await
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to the grace
+    /// period, then stops the admin listener. Returns whether every
+    /// connection finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let graceful = self.shared.graceful.lock().ok().and_then(|mut g| g.take());
+        let drained = match graceful {
+            Some(g) => {
+                let open = g.count();
+                tracing::info!(open_connections = open, grace_ms = self.grace.as_millis() as u64, "draining");
+                tokio::time::timeout(self.grace, g.shutdown()).await.is_ok()
+            }
+            None => true,
+        };
+        self.admin_task.abort();
+        tracing::info!(drained, "stopped");
+        drained
+    }
+}
+
+/// Loads the configuration, binds every listener and starts serving.
+pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
+    let path = opts.config_path.clone();
+    let built = tokio::task::spawn_blocking(move || build_all(&path, 1, &[], true)).await??;
+    let Built {
+        loaded,
+        snapshot,
+        tls: tls_configs,
+        certs,
+    } = built;
+    let server = loaded.config.server.clone();
+    let server = &server;
+
+    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let tls_slots: Vec<Arc<TlsSlot>> = tls_configs
+        .into_iter()
+        .map(|(listener, cfg)| {
+            Arc::new(TlsSlot {
+                listener,
+                config: ArcSwap::new(cfg),
+            })
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        config_path: opts.config_path.clone(),
+        snapshot: snapshot.clone(),
+        tls: tls_slots.clone(),
+        certs: ArcSwap::from_pointee(certs),
+        generation: AtomicU64::new(1),
+        ready: AtomicBool::new(false),
+        reload_lock: tokio::sync::Mutex::new(()),
+        graceful: Mutex::new(Some(GracefulShutdown::new())),
+    });
+
+    // Bind everything before serving anything: a bind error starts nothing.
+    let mut bound = Vec::new();
+    for l in &loaded.config.listeners {
+        let l = l.get_ref();
+        let listener = TcpListener::bind(l.addr).await.map_err(|source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        })?;
+        bound.push((l, listener));
+    }
+    let admin_listener = TcpListener::bind(loaded.config.admin.addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            addr: loaded.config.admin.addr,
+            source,
+        })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+        name: "admin".into(),
+        addr: loaded.config.admin.addr,
+        source,
+    })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gateway = Gateway::new(snapshot);
+    let http = Arc::new(http_builder(server));
+    let limit = Arc::new(Semaphore::new(server.max_connections));
+    let mut listeners = Vec::new();
+    let mut tasks = Vec::new();
+    for (l, listener) in bound {
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        })?;
+        let tls = if l.tls.is_some() {
+            tls_slots.iter().find(|s| s.listener == l.name).cloned()
+        } else {
+            None
+        };
+        let tls_mode = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(listener = %l.name, %addr, mode = tls_mode, redirect_https_port = ?l.redirect_https_port, "listening");
+        listeners.push((l.name.clone(), addr));
+        let acceptor = Acceptor {
+            name: l.name.as_str().into(),
+            tls,
+            redirect_https_port: l.redirect_https_port,
+            gateway: gateway.clone(),
+            http: http.clone(),
+            limit: limit.clone(),
+            handshake_timeout: server.tls_handshake_timeout.0,
+            shared: shared.clone(),
+        };
+        tasks.push(tokio::spawn(acceptor.run(listener, stop_rx.clone())));
+    }
+
+    tracing::info!(%admin_addr, "admin listening");
+    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
+    if opts.watch {
+        let watch_shared = shared.clone();
+        tasks.push(tokio::spawn(crate::watch::run(watch_shared, loaded, stop_rx.clone())));
+    }
+    shared.ready.store(true, Ordering::Relaxed);
+    Ok(Running {
+        listeners,
+        admin_addr,
+        shared,
+        stop: stop_tx,
+        tasks,
+        admin_task,
+        grace: server.shutdown_grace.0,
+    })
+}
+
+fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    let head = usize::try_from(server.max_header_bytes.0).unwrap_or(usize::MAX);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout.0)
+        .max_headers(server.max_header_count)
+        .max_buf_size(head.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response<GwBody> {
+    tracing::error!("request handler panicked");
+    error::fallback_response()
+}
+
+struct Acceptor {
+    name: Arc<str>,
+    tls: Option<Arc<TlsSlot>>,
+    redirect_https_port: Option<u16>,
+    gateway: Gateway,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let me = Arc::new(self);
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.changed() => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %me.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = me.limit.clone().try_acquire_owned() else {
+                tracing::warn!(listener = %me.name, client = %peer, "connection limit reached; closing");
+                continue;
+            };
+            let watcher = match me.shared.graceful.lock() {
+                Ok(g) => g.as_ref().map(GracefulShutdown::watcher),
+                Err(_) => None,
+            };
+            let Some(watcher) = watcher else { break };
+            let _ = tcp.set_nodelay(true);
+            let me = me.clone();
+            tokio::spawn(async move {
+                me.connection(tcp, peer, watcher).await;
+                drop(permit);
+            });
+        }
+        tracing::info!(listener = %me.name, "stopped accepting");
+    }
+
+    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+        match &self.tls {
+            None => {
+                let info = self.conn_info(peer, None);
+                self.serve(TokioIo::new(tcp), info, watcher).await;
+            }
+            Some(slot) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(slot.config.load_full());
+                let stream = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = %self.name, client = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let version = match stream.get_ref().1.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "TLS",
+                };
+                let info = self.conn_info(peer, Some(version));
+                self.serve(TokioIo::new(stream), info, watcher).await;
+            }
+        }
+    }
+
+    fn conn_info(&self, peer: SocketAddr, tls_version: Option<&'static str>) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
+            peer,
+            listener: self.name.clone(),
+            tls_version,
+            redirect_https_port: self.redirect_https_port,
+        })
+    }
+
+    async fn serve<I>(&self, io: I, info: Arc<ConnInfo>, watcher: hyper_util::server::graceful::Watcher)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let gateway = self.gateway.clone();
+        let svc = ServiceBuilder::new()
+            .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+                http::header::AUTHORIZATION,
+                http::header::PROXY_AUTHORIZATION,
+                http::header::COOKIE,
+                http::HeaderName::from_static("x-api-key"),
+            ]))
+            .service_fn(move |req: Request<Incoming>| {
+                let gateway = gateway.clone();
+                let info = info.clone();
+                async move {
+                    // A panic must never take the connection down silently or
+                    // leak details: answer a redacted 500 instead.
+                    let handled = AssertUnwindSafe(gateway.handle(req, info)).catch_unwind().await;
+                    Ok::<Response<GwBody>, Infallible>(handled.unwrap_or_else(on_panic))
+                }
+            });
+        let conn = self
+            .http
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(listener = %self.name, error = %e, "connection ended with an error");
+        }
+    }
+}

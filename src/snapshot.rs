@@ -1,0 +1,322 @@
+//! The immutable, fully validated configuration a request runs against.
+//!
+//! [`Snapshot::build`] compiles the parsed policy files into a route table and
+//! ready upstreams, or returns every problem with its place. The gateway keeps
+//! the current snapshot in an `ArcSwap`; a request loads it once and keeps it
+//! to the end, so a reload never changes the rules under a request in flight.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+use crate::config::{Defaults, Loaded, Problem, Problems, RouteSpec, SourceFile};
+use crate::proxy::Upstream;
+use crate::route::{
+    Action, DirectResponse, HeaderEdits, PathMatch, Place, Route, RouteTable, RouteTableBuilder,
+    parse_rewrite,
+};
+
+/// One generation of the configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one on every successful load.
+    pub generation: u64,
+    /// When it was built.
+    pub loaded_at: SystemTime,
+    /// The routes.
+    pub routes: RouteTable,
+    /// The upstreams, by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Whether `//` is folded into `/` before routing.
+    pub merge_slashes: bool,
+    /// The policy files it was built from.
+    pub policy_files: Vec<PathBuf>,
+}
+
+impl Snapshot {
+    /// An empty snapshot (no routes): every request gets 404.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            loaded_at: SystemTime::now(),
+            routes: RouteTable::default(),
+            upstreams: HashMap::new(),
+            merge_slashes: true,
+            policy_files: Vec::new(),
+        }
+    }
+
+    /// Compiles `loaded` into a snapshot numbered `generation`. Reads CA
+    /// files: call it from a blocking context.
+    pub fn build(loaded: &Loaded, generation: u64) -> Result<Snapshot, Problems> {
+        let mut problems = Vec::new();
+        let defaults = &loaded.config.defaults;
+
+        // Upstreams, with duplicate names refused naming both places.
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+        let mut upstream_places: HashMap<String, String> = HashMap::new();
+        for policy in &loaded.policies {
+            let source = &policy.source;
+            for spec in &policy.file.upstream {
+                let spec_ref = spec.get_ref();
+                source.validate(
+                    &format!("upstream `{}`", spec_ref.name.get_ref()),
+                    spec_ref,
+                    spec.span(),
+                    &mut problems,
+                );
+                let name = spec_ref.name.get_ref().clone();
+                let here = place_string(source, spec_ref.name.span());
+                if let Some(first) = upstream_places.get(&name) {
+                    problems.push(source.problem(
+                        spec_ref.name.span(),
+                        format!("upstream `{name}` is already defined at {first}"),
+                    ));
+                    continue;
+                }
+                upstream_places.insert(name.clone(), here);
+                match Upstream::build(spec_ref, defaults, &loaded.base_dir, source) {
+                    Ok(u) => {
+                        upstreams.insert(name, Arc::new(u));
+                    }
+                    Err(ps) => problems.extend(ps),
+                }
+            }
+        }
+
+        // Routes.
+        let mut builder = RouteTableBuilder::default();
+        let mut route_places: HashMap<String, String> = HashMap::new();
+        for policy in &loaded.policies {
+            let source = &policy.source;
+            for spec in &policy.file.route {
+                let r = spec.get_ref();
+                let name = r.name.get_ref().clone();
+                if let Some(first) = route_places.get(&name) {
+                    problems.push(source.problem(
+                        r.name.span(),
+                        format!("route `{name}` is already defined at {first}"),
+                    ));
+                    continue;
+                }
+                route_places.insert(name.clone(), place_string(source, r.name.span()));
+                match compile_route(r, spec.span(), source, defaults, &upstreams, upstream_places.contains_key(&name_of(r))) {
+                    Ok((host, path, route)) => {
+                        let place = Place {
+                            source: source.clone(),
+                            span: spec.span(),
+                        };
+                        if let Err(p) = builder.add(host, &path, Arc::new(route), place) {
+                            problems.push(p);
+                        }
+                    }
+                    Err(ps) => problems.extend(ps),
+                }
+            }
+        }
+        let routes = match builder.build() {
+            Ok(t) => Some(t),
+            Err(ps) => {
+                problems.extend(ps);
+                None
+            }
+        };
+        match routes {
+            Some(routes) if problems.is_empty() => Ok(Snapshot {
+                generation,
+                loaded_at: SystemTime::now(),
+                routes,
+                upstreams,
+                merge_slashes: true,
+                policy_files: loaded.policies.iter().map(|p| p.source.path.clone()).collect(),
+            }),
+            _ => Err(Problems(problems)),
+        }
+    }
+}
+
+fn name_of(r: &RouteSpec) -> String {
+    r.upstream.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default()
+}
+
+fn place_string(source: &SourceFile, span: std::ops::Range<usize>) -> String {
+    let (line, col) = source.line_col(span.start);
+    format!("{}:{line}:{col}", source.path.display())
+}
+
+fn compile_edits(
+    edits: &crate::config::HeaderEdits,
+    what: &str,
+    source: &SourceFile,
+    span: std::ops::Range<usize>,
+    problems: &mut Vec<Problem>,
+) -> HeaderEdits {
+    let mut out = HeaderEdits::default();
+    for (k, v) in &edits.set {
+        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            (Ok(n), Ok(v)) => out.set.push((n, v)),
+            _ => problems.push(source.problem(span.clone(), format!("{what}: invalid header `{k}`"))),
+        }
+    }
+    for k in &edits.remove {
+        match HeaderName::from_bytes(k.as_bytes()) {
+            Ok(n) => out.remove.push(n),
+            Err(_) => problems.push(source.problem(span.clone(), format!("{what}: invalid header name `{k}`"))),
+        }
+    }
+    out
+}
+
+type Compiled = (Option<String>, PathMatch, Route);
+
+fn compile_route(
+    r: &RouteSpec,
+    span: std::ops::Range<usize>,
+    source: &Arc<SourceFile>,
+    defaults: &Defaults,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    upstream_declared: bool,
+) -> Result<Compiled, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let name = r.name.get_ref();
+    let label = format!("route `{name}`");
+    if name.is_empty() || name.len() > 128 {
+        problems.push(source.problem(r.name.span(), "a route name must be 1 to 128 characters"));
+    }
+
+    // Path match: exactly one of path, prefix, template.
+    let given: Vec<_> = [
+        r.path.as_ref().map(|p| PathMatch::Exact(p.get_ref().clone())),
+        r.prefix.as_ref().map(|p| PathMatch::Prefix(p.get_ref().clone())),
+        r.template.as_ref().map(|p| PathMatch::Template(p.get_ref().clone())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let path = match given.as_slice() {
+        [one] => Some(one.clone()),
+        [] => {
+            problems.push(source.problem(span.clone(), format!("{label}: needs one of `path`, `prefix` or `template`")));
+            None
+        }
+        _ => {
+            problems.push(source.problem(span.clone(), format!("{label}: `path`, `prefix` and `template` exclude each other")));
+            None
+        }
+    };
+    if let Some(p) = &path {
+        let (PathMatch::Exact(s) | PathMatch::Prefix(s) | PathMatch::Template(s)) = p;
+        let pspan = [&r.path, &r.prefix, &r.template]
+            .into_iter()
+            .flatten()
+            .map(|s| s.span())
+            .next()
+            .unwrap_or(span.clone());
+        match crate::validate::normalize_path(s, true) {
+            Ok(n) if n == *s || matches!(p, PathMatch::Template(_)) => {}
+            Ok(n) => problems.push(source.problem(pspan, format!("{label}: path `{s}` is not normalised (requests arrive as `{n}`)"))),
+            Err(e) => problems.push(source.problem(pspan, format!("{label}: path `{s}`: {e}"))),
+        }
+    }
+
+    let host = r.host.as_ref().map(|h| {
+        let v = h.get_ref().to_ascii_lowercase();
+        if v.is_empty() || v.contains(['/', '@', ' ']) || v.contains(':') && !v.starts_with('[') {
+            problems.push(source.problem(h.span(), format!("{label}: invalid host `{v}` (no port, scheme or path)")));
+        }
+        v
+    });
+
+    let mut methods = Vec::new();
+    for m in &r.methods {
+        match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+            Ok(method) => {
+                if method == Method::GET && !r.methods.iter().any(|x| x.get_ref().eq_ignore_ascii_case("HEAD")) {
+                    methods.push(Method::HEAD);
+                }
+                methods.push(method);
+            }
+            Err(_) => problems.push(source.problem(m.span(), format!("{label}: invalid method `{}`", m.get_ref()))),
+        }
+    }
+
+    let action = match (&r.upstream, &r.respond) {
+        (Some(u), None) => match upstreams.get(u.get_ref()) {
+            Some(up) => Some(Action::Forward(up.clone())),
+            None => {
+                if !upstream_declared {
+                    problems.push(source.problem(u.span(), format!("{label}: unknown upstream `{}`", u.get_ref())));
+                }
+                None
+            }
+        },
+        (None, Some(resp)) => {
+            let spec = resp.get_ref();
+            source.validate(&format!("{label}: respond"), spec, resp.span(), &mut problems);
+            let mut headers = Vec::new();
+            for (k, v) in &spec.headers {
+                match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                    (Ok(n), Ok(v)) => headers.push((n, v)),
+                    _ => problems.push(source.problem(resp.span(), format!("{label}: invalid header `{k}`"))),
+                }
+            }
+            StatusCode::from_u16(spec.status).ok().map(|status| {
+                Action::Respond(DirectResponse {
+                    status,
+                    headers,
+                    body: Bytes::from(spec.body.clone()),
+                })
+            })
+        }
+        (Some(_), Some(_)) => {
+            problems.push(source.problem(span.clone(), format!("{label}: `upstream` and `respond` exclude each other")));
+            None
+        }
+        (None, None) => {
+            problems.push(source.problem(span.clone(), format!("{label}: needs `upstream` or `respond`")));
+            None
+        }
+    };
+
+    let strip_prefix = r.strip_prefix.as_ref().map(|s| {
+        let v = s.get_ref().trim_end_matches('/').to_owned();
+        if !v.starts_with('/') {
+            problems.push(source.problem(s.span(), format!("{label}: `strip_prefix` must start with /")));
+        }
+        v
+    });
+    let rewrite = r.rewrite_path.as_ref().and_then(|s| match parse_rewrite(s.get_ref()) {
+        Ok(parts) => Some(parts),
+        Err(e) => {
+            problems.push(source.problem(s.span(), format!("{label}: {e}")));
+            None
+        }
+    });
+    if strip_prefix.is_some() && rewrite.is_some() {
+        problems.push(source.problem(span.clone(), format!("{label}: `strip_prefix` and `rewrite_path` exclude each other")));
+    }
+    let request_headers = compile_edits(&r.request_headers, &format!("{label}: request_headers"), source, span.clone(), &mut problems);
+    let response_headers = compile_edits(&r.response_headers, &format!("{label}: response_headers"), source, span.clone(), &mut problems);
+
+    match (path, action) {
+        (Some(path), Some(action)) if problems.is_empty() => Ok((
+            host,
+            path,
+            Route {
+                name: name.as_str().into(),
+                methods: if methods.is_empty() { None } else { Some(methods) },
+                action,
+                strip_prefix,
+                rewrite,
+                request_headers,
+                response_headers,
+                max_body: r.max_body.unwrap_or(defaults.max_body).0,
+            },
+        )),
+        _ => Err(problems),
+    }
+}

@@ -1,0 +1,102 @@
+//! Request validation: path normalisation and framing checks.
+//!
+//! Everything here is pure and cheap: it runs before routing on every request,
+//! so that routing, policy and the upstream all see the same bytes. What cannot
+//! be made unambiguous is refused, never guessed.
+
+mod path;
+
+pub use path::{PathError, normalize_path};
+
+use http::{HeaderMap, header};
+
+use crate::error::GatewayError;
+
+/// Refuses requests whose body framing could be read two ways
+/// (`Content-Length` together with `Transfer-Encoding`, several differing
+/// `Content-Length` values). hyper already rejects malformed values on
+/// HTTP/1; this closes the gaps it leaves.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next();
+    if has_te && first.is_some() {
+        return Err(GatewayError::AmbiguousFraming(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if let Some(first) = first {
+        if lengths.next().is_some() {
+            return Err(GatewayError::AmbiguousFraming("more than one Content-Length"));
+        }
+        let v = first.as_bytes();
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Err(GatewayError::AmbiguousFraming("invalid Content-Length"));
+        }
+    }
+    if has_te {
+        let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let ok = match (values.next(), values.next()) {
+            (Some(v), None) => v.as_bytes().eq_ignore_ascii_case(b"chunked"),
+            _ => false,
+        };
+        if !ok {
+            return Err(GatewayError::AmbiguousFraming(
+                "Transfer-Encoding other than a single chunked",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The declared body length, if any (already checked by [`check_framing`]).
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn framing() {
+        let cases: Vec<(&str, Vec<(&str, &str)>, bool)> = vec![
+            ("no body", vec![], true),
+            ("content-length", vec![("content-length", "10")], true),
+            ("chunked", vec![("transfer-encoding", "chunked")], true),
+            ("chunked any case", vec![("transfer-encoding", "Chunked")], true),
+            (
+                "cl and te",
+                vec![("content-length", "10"), ("transfer-encoding", "chunked")],
+                false,
+            ),
+            (
+                "two cl",
+                vec![("content-length", "10"), ("content-length", "10")],
+                false,
+            ),
+            ("signed cl", vec![("content-length", "+10")], false),
+            ("gzip te", vec![("transfer-encoding", "gzip, chunked")], false),
+            (
+                "two te",
+                vec![("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+                false,
+            ),
+            ("obfuscated te", vec![("transfer-encoding", "xchunked")], false),
+        ];
+        for (name, hs, ok) in cases {
+            let mut map = HeaderMap::new();
+            for (k, v) in hs {
+                map.append(
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                );
+            }
+            assert_eq!(check_framing(&map).is_ok(), ok, "{name}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Path normalisation (RFC 3986 section 6, made strict).
+//!
+//! Unreserved characters are percent-decoded, other escapes are kept with
+//! upper-case hex, `.` and `..` segments are resolved and repeated slashes are
+//! merged. Refused: encoded `/` or `\`, raw `\`, NUL, malformed escapes,
+//! escapes that decode to invalid UTF-8, and `..` that would climb above the
+//! root. The output is a fixed point: normalising it again changes nothing.
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not origin-form (does not start with `/`).
+    #[error("path must start with /")]
+    NotAbsolute,
+    /// `%` not followed by two hex digits.
+    #[error("malformed percent-escape")]
+    BadEscape,
+    /// `%2F` or `%5C`: a slash hidden from routing.
+    #[error("encoded slash or backslash")]
+    EncodedSlash,
+    /// A raw backslash.
+    #[error("backslash in path")]
+    Backslash,
+    /// NUL or another control byte.
+    #[error("control character in path")]
+    ControlChar,
+    /// Escapes that do not decode to UTF-8.
+    #[error("path is not valid UTF-8 after decoding")]
+    InvalidUtf8,
+    /// `..` above the root.
+    #[error("path climbs above the root")]
+    AboveRoot,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises `raw` (the path part of a request target, without query).
+/// `merge_slashes` folds `//` into `/`.
+pub fn normalize_path(raw: &str, merge_slashes: bool) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Pass 1: decode unreserved escapes, canonicalise the rest, and check
+    // that the fully decoded form is UTF-8 without control characters.
+    let mut text = String::with_capacity(raw.len());
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = h * 16 + l;
+            match v {
+                b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+                _ if is_unreserved(v) => text.push(char::from(v)),
+                _ => {
+                    text.push('%');
+                    text.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
+                    text.push(char::from(b"0123456789ABCDEF"[usize::from(v & 15)]));
+                }
+            }
+            decoded.push(v);
+            i += 3;
+            continue;
+        }
+        match b {
+            b'\\' => return Err(PathError::Backslash),
+            0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+            _ => {}
+        }
+        // Non-ASCII bytes cannot be pushed as chars one by one; the http
+        // crate never gives us any, but be strict if it did.
+        if !b.is_ascii() {
+            return Err(PathError::InvalidUtf8);
+        }
+        text.push(char::from(b));
+        decoded.push(b);
+        i += 1;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(PathError::InvalidUtf8);
+    }
+
+    // Pass 2: resolve dot segments and empty segments.
+    let trailing_slash = text.ends_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    let mut ends_in_dir = trailing_slash;
+    let segments: Vec<&str> = text.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (idx, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {
+                if idx == last {
+                    ends_in_dir = true;
+                }
+            }
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                if idx == last {
+                    ends_in_dir = true;
+                }
+            }
+            "" if idx != last && merge_slashes => {}
+            "" if idx == last => {}
+            s => out.push(s),
+        }
+    }
+    let mut result = String::with_capacity(text.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if ends_in_dir || out.is_empty() {
+        result.push('/');
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_or_refuses() {
+        let cases: &[(&str, &str, Result<&str, PathError>)] = &[
+            ("root", "/", Ok("/")),
+            ("plain", "/a/b", Ok("/a/b")),
+            ("trailing slash kept", "/a/b/", Ok("/a/b/")),
+            ("dot", "/a/./b", Ok("/a/b")),
+            ("dot dot", "/a/b/../c", Ok("/a/c")),
+            ("trailing dot dot", "/a/b/..", Ok("/a/")),
+            ("trailing dot", "/a/b/.", Ok("/a/b/")),
+            ("merge slashes", "/a//b///c", Ok("/a/b/c")),
+            ("leading double slash", "//a", Ok("/a")),
+            ("decode unreserved", "/%61%62c%2D%7e", Ok("/abc-~")),
+            ("encoded dots resolve", "/a/%2e%2E/b", Ok("/b")),
+            ("keep reserved escapes upper", "/a%20b%3f", Ok("/a%20b%3F")),
+            ("utf8 escapes kept", "/caf%C3%A9", Ok("/caf%C3%A9")),
+            ("above root", "/../etc/passwd", Err(PathError::AboveRoot)),
+            ("encoded above root", "/a/%2e%2e/%2e%2e/x", Err(PathError::AboveRoot)),
+            ("encoded slash", "/a%2Fb", Err(PathError::EncodedSlash)),
+            ("encoded slash lower", "/a%2fb", Err(PathError::EncodedSlash)),
+            ("encoded backslash", "/a%5cb", Err(PathError::EncodedSlash)),
+            ("raw backslash", "/a\\b", Err(PathError::Backslash)),
+            ("nul", "/a%00b", Err(PathError::ControlChar)),
+            ("bad escape", "/a%zz", Err(PathError::BadEscape)),
+            ("short escape", "/a%2", Err(PathError::BadEscape)),
+            ("invalid utf8", "/a%C3%28", Err(PathError::InvalidUtf8)),
+            ("lone continuation", "/%80", Err(PathError::InvalidUtf8)),
+            ("not absolute", "a/b", Err(PathError::NotAbsolute)),
+            ("asterisk", "*", Err(PathError::NotAbsolute)),
+        ];
+        for (name, input, want) in cases {
+            let got = normalize_path(input, true);
+            assert_eq!(got.as_deref(), want.as_ref().map(|s| *s), "{name}: {input}");
+        }
+    }
+
+    #[test]
+    fn keeps_slashes_when_not_merging() {
+        assert_eq!(normalize_path("/a//b", false).as_deref(), Ok("/a//b"));
+        assert_eq!(normalize_path("/a//../b", false).as_deref(), Ok("/a/b"));
+    }
+
+    #[test]
+    fn output_is_a_fixed_point_without_dot_segments() {
+        // A small exhaustive search over paths built from tricky pieces.
+        let pieces = ["a", ".", "..", "", "%2e", "%2E%2e", "b%20", "%7E", "c"];
+        let mut checked = 0;
+        for x in pieces {
+            for y in pieces {
+                for z in pieces {
+                    for trail in ["", "/"] {
+                        let raw = format!("/{x}/{y}/{z}{trail}");
+                        for merge in [true, false] {
+                            if let Ok(once) = normalize_path(&raw, merge) {
+                                let twice = normalize_path(&once, merge);
+                                assert_eq!(twice.as_deref(), Ok(once.as_str()), "{raw}");
+                                assert!(
+                                    !once.split('/').any(|s| s == "." || s == ".."),
+                                    "{raw} -> {once}"
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 500, "only {checked} cases normalised");
+    }
+}
