@@ -164,7 +164,7 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
