@@ -26,7 +26,9 @@ pub type GwBody = BoxBody<Bytes, BoxError>;
 
 /// A complete in-memory body.
 pub fn full(bytes: impl Into<Bytes>) -> GwBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.
@@ -222,9 +224,9 @@ mod tests {
     use http_body_util::StreamBody;
 
     fn chunks(n: usize, size: usize) -> impl Body<Data = Bytes, Error = BoxError> {
-        StreamBody::new(stream::iter(
-            (0..n).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; size])))),
-        ))
+        StreamBody::new(stream::iter((0..n).map(move |_| {
+            Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; size])))
+        })))
     }
 
     #[tokio::test]
@@ -241,7 +243,11 @@ mod tests {
             assert_eq!(result.is_ok(), ok, "{name}");
             assert_eq!(stats.too_large.load(Ordering::Relaxed), !ok, "{name}");
             if ok {
-                assert_eq!(stats.bytes.load(Ordering::Relaxed), (n * size) as u64, "{name}");
+                assert_eq!(
+                    stats.bytes.load(Ordering::Relaxed),
+                    (n * size) as u64,
+                    "{name}"
+                );
             }
         }
     }

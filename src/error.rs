@@ -106,20 +106,25 @@ impl GatewayError {
 
     /// The full answer: status, JSON body, and `Allow` / `Connection` where due.
     pub fn to_response(&self, request_id: &str) -> Response<GwBody> {
-        error_response(self.status(), self.code(), &self.public_message(), request_id)
-            .map(|mut r| {
-                if let GatewayError::MethodNotAllowed { allow } = self
-                    && let Ok(v) = HeaderValue::from_str(allow)
-                {
-                    r.headers_mut().insert(header::ALLOW, v);
-                }
-                if self.closes_connection() {
-                    r.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                r
-            })
-            .unwrap_or_else(|_| fallback_response())
+        error_response(
+            self.status(),
+            self.code(),
+            &self.public_message(),
+            request_id,
+        )
+        .map(|mut r| {
+            if let GatewayError::MethodNotAllowed { allow } = self
+                && let Ok(v) = HeaderValue::from_str(allow)
+            {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            if self.closes_connection() {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        })
+        .unwrap_or_else(|_| fallback_response())
     }
 }
 
@@ -163,19 +168,43 @@ mod tests {
     #[tokio::test]
     async fn error_body_is_json_with_code_and_request_id() {
         let cases: Vec<(&str, GatewayError, u16, &str)> = vec![
-            ("path", GatewayError::InvalidPath("dot segment"), 400, "invalid_path"),
-            ("no route", GatewayError::RouteNotFound, 404, "route_not_found"),
+            (
+                "path",
+                GatewayError::InvalidPath("dot segment"),
+                400,
+                "invalid_path",
+            ),
+            (
+                "no route",
+                GatewayError::RouteNotFound,
+                404,
+                "route_not_found",
+            ),
             (
                 "method",
-                GatewayError::MethodNotAllowed { allow: "GET, HEAD".into() },
+                GatewayError::MethodNotAllowed {
+                    allow: "GET, HEAD".into(),
+                },
                 405,
                 "method_not_allowed",
             ),
-            ("too large", GatewayError::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
-            ("timeout", GatewayError::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                "too large",
+                GatewayError::PayloadTooLarge { limit: 10 },
+                413,
+                "payload_too_large",
+            ),
+            (
+                "timeout",
+                GatewayError::UpstreamTimeout,
+                504,
+                "upstream_timeout",
+            ),
             (
                 "upstream",
-                GatewayError::UpstreamFailed { source: "secret detail".into() },
+                GatewayError::UpstreamFailed {
+                    source: "secret detail".into(),
+                },
                 502,
                 "upstream_failed",
             ),
@@ -189,9 +218,15 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             assert_eq!(v["error"], code, "{name}");
             assert_eq!(v["request_id"], "rid-1", "{name}");
-            assert!(!String::from_utf8_lossy(&body).contains("secret detail"), "{name}");
+            assert!(
+                !String::from_utf8_lossy(&body).contains("secret detail"),
+                "{name}"
+            );
             if status == 405 {
-                assert_eq!(allow.as_ref().and_then(|a| a.to_str().ok()), Some("GET, HEAD"));
+                assert_eq!(
+                    allow.as_ref().and_then(|a| a.to_str().ok()),
+                    Some("GET, HEAD")
+                );
             }
         }
     }

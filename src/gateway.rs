@@ -41,7 +41,11 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     fn proto(&self) -> &'static str {
-        if self.tls_version.is_some() { "https" } else { "http" }
+        if self.tls_version.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -124,7 +128,8 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= 128
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
         {
             return v.clone();
         }
@@ -135,7 +140,11 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 
 type Done = (Response<GwBody>, Option<tokio::time::Instant>);
 
-async fn process(req: Request<Incoming>, conn: &ConnInfo, ctx: &mut RequestCtx) -> Result<Done, GatewayError> {
+async fn process(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+) -> Result<Done, GatewayError> {
     // 2. Normalise and strictly parse.
     validate::check_framing(req.headers())?;
     let host = host_of(&req)?;
@@ -144,7 +153,10 @@ async fn process(req: Request<Incoming>, conn: &ConnInfo, ctx: &mut RequestCtx) 
     ctx.record.path.clone_from(&path);
 
     if let Some(port) = conn.redirect_https_port {
-        return Ok((redirect_to_https(&host, port, &path, req.uri().query())?, None));
+        return Ok((
+            redirect_to_https(&host, port, &path, req.uri().query())?,
+            None,
+        ));
     }
 
     // 3. Route.
@@ -160,7 +172,9 @@ async fn process(req: Request<Incoming>, conn: &ConnInfo, ctx: &mut RequestCtx) 
     if let Some(len) = validate::content_length(req.headers())
         && len > route.max_body
     {
-        return Err(GatewayError::PayloadTooLarge { limit: route.max_body });
+        return Err(GatewayError::PayloadTooLarge {
+            limit: route.max_body,
+        });
     }
 
     match &route.action {
@@ -193,14 +207,19 @@ fn host_of<B>(req: &Request<B>) -> Result<Host, GatewayError> {
         return Err(GatewayError::InvalidHost("more than one Host header"));
     }
     let header_host = match header_host {
-        Some(v) => Some(v.to_str().map_err(|_| GatewayError::InvalidHost("Host is not ASCII"))?),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| GatewayError::InvalidHost("Host is not ASCII"))?,
+        ),
         None => None,
     };
     let uri_host = req.uri().authority().map(|a| a.as_str());
     let authority = match (header_host, uri_host) {
         (Some(h), Some(u)) => {
             if !h.eq_ignore_ascii_case(u) {
-                return Err(GatewayError::InvalidHost("Host differs from the request target"));
+                return Err(GatewayError::InvalidHost(
+                    "Host differs from the request target",
+                ));
             }
             Some(h)
         }
@@ -232,7 +251,12 @@ fn host_of<B>(req: &Request<B>) -> Result<Host, GatewayError> {
     })
 }
 
-fn redirect_to_https(host: &Host, port: u16, path: &str, query: Option<&str>) -> Result<Response<GwBody>, GatewayError> {
+fn redirect_to_https(
+    host: &Host,
+    port: u16,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Response<GwBody>, GatewayError> {
     if host.name.is_empty() {
         return Err(GatewayError::InvalidHost("missing Host header"));
     }
@@ -250,14 +274,19 @@ fn redirect_to_https(host: &Host, port: u16, path: &str, query: Option<&str>) ->
         location.push('?');
         location.push_str(q);
     }
-    let location = HeaderValue::from_str(&location).map_err(|_| GatewayError::InvalidHost("malformed Host"))?;
+    let location = HeaderValue::from_str(&location)
+        .map_err(|_| GatewayError::InvalidHost("malformed Host"))?;
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     resp.headers_mut().insert(header::LOCATION, location);
     Ok(resp)
 }
 
-fn respond_directly(route: &Route, direct: &crate::route::DirectResponse, method: &Method) -> Response<GwBody> {
+fn respond_directly(
+    route: &Route,
+    direct: &crate::route::DirectResponse,
+    method: &Method,
+) -> Response<GwBody> {
     let body = if method == Method::HEAD {
         empty()
     } else {
@@ -299,7 +328,13 @@ async fn forward(
         proto: conn.proto(),
         host: host.authority.as_deref(),
     };
-    proxy::prepare_request_headers(&mut parts.headers, &fwd, &ctx.request_id, upgrade, upstream.preserve_host);
+    proxy::prepare_request_headers(
+        &mut parts.headers,
+        &fwd,
+        &ctx.request_id,
+        upgrade,
+        upstream.preserve_host,
+    );
     route.request_headers.apply(&mut parts.headers);
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -312,11 +347,15 @@ async fn forward(
     let deadline = started + upstream.request_timeout;
     let first_byte = upstream.first_byte_timeout.min(upstream.request_timeout);
     let mut resp = upstream
-        .send(upstream_req, first_byte, || stats.too_large.load(Ordering::Relaxed))
+        .send(upstream_req, first_byte, || {
+            stats.too_large.load(Ordering::Relaxed)
+        })
         .await
         .map_err(|e| match e {
             ForwardError::Timeout => GatewayError::UpstreamTimeout,
-            ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge { limit: route.max_body },
+            ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
+                limit: route.max_body,
+            },
             ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
         })?;
 
@@ -326,7 +365,11 @@ async fn forward(
         match client_upgrade {
             Some(client) => {
                 let upstream_side = hyper::upgrade::on(&mut resp);
-                tokio::spawn(proxy::tunnel(client, upstream_side, ctx.record.request_id.clone()));
+                tokio::spawn(proxy::tunnel(
+                    client,
+                    upstream_side,
+                    ctx.record.request_id.clone(),
+                ));
             }
             None => {
                 return Err(GatewayError::UpstreamFailed {
@@ -356,20 +399,54 @@ mod tests {
     #[test]
     fn hosts() {
         let cases: &[(&str, Version, &str, &[&str], Result<&str, ()>)] = &[
-            ("plain", Version::HTTP_11, "/", &["API.test:8443"], Ok("api.test")),
-            ("trailing dot", Version::HTTP_11, "/", &["api.test."], Ok("api.test")),
+            (
+                "plain",
+                Version::HTTP_11,
+                "/",
+                &["API.test:8443"],
+                Ok("api.test"),
+            ),
+            (
+                "trailing dot",
+                Version::HTTP_11,
+                "/",
+                &["api.test."],
+                Ok("api.test"),
+            ),
             ("missing on 1.1", Version::HTTP_11, "/", &[], Err(())),
             ("missing on 1.0", Version::HTTP_10, "/", &[], Ok("")),
             ("duplicate", Version::HTTP_11, "/", &["a", "a"], Err(())),
-            ("absolute form agrees", Version::HTTP_11, "http://a.test/x", &["a.test"], Ok("a.test")),
-            ("absolute form differs", Version::HTTP_11, "http://evil.test/x", &["a.test"], Err(())),
-            ("h2 authority", Version::HTTP_2, "https://b.test/x", &[], Ok("b.test")),
+            (
+                "absolute form agrees",
+                Version::HTTP_11,
+                "http://a.test/x",
+                &["a.test"],
+                Ok("a.test"),
+            ),
+            (
+                "absolute form differs",
+                Version::HTTP_11,
+                "http://evil.test/x",
+                &["a.test"],
+                Err(()),
+            ),
+            (
+                "h2 authority",
+                Version::HTTP_2,
+                "https://b.test/x",
+                &[],
+                Ok("b.test"),
+            ),
             ("userinfo", Version::HTTP_11, "/", &["u@a.test"], Err(())),
             ("ipv6", Version::HTTP_11, "/", &["[::1]:8080"], Ok("[::1]")),
         ];
         for (name, v, uri, hs, want) in cases {
             let got = host_of(&req(*v, uri, hs)).map(|h| h.name).map_err(|_| ());
-            assert_eq!(got.as_deref(), want.as_ref().map(|s| *s).map_err(|_| ()), "{name}");
+            assert_eq!(
+                got.as_deref().map_err(|_| ()),
+                want.as_ref().map(|s| *s).map_err(|_| ()),
+                "{name}"
+            );
         }
     }
 
@@ -378,11 +455,17 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123.x:y_z"));
         assert_eq!(request_id(&h), "abc-123.x:y_z");
-        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_static("bad id with spaces"),
+        );
         let generated = request_id(&h);
         assert_eq!(generated.len(), 32);
         assert_ne!(generated, request_id(&h), "generated ids differ");
-        h.insert("x-request-id", HeaderValue::from_str(&"a".repeat(129)).unwrap_or(HeaderValue::from_static("")));
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"a".repeat(129)).unwrap_or(HeaderValue::from_static("")),
+        );
         assert_eq!(request_id(&h).len(), 32);
     }
 }

@@ -36,7 +36,12 @@ enum Command {
     /// Run the gateway.
     Serve {
         /// The main config file.
-        #[arg(long, short, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.toml")]
+        #[arg(
+            long,
+            short,
+            env = "GATEHOUSE_CONFIG",
+            default_value = "gatehouse.toml"
+        )]
         config: PathBuf,
         /// Do not watch config, policy and certificate files (SIGHUP still reloads).
         #[arg(long, env = "GATEHOUSE_NO_WATCH")]
@@ -45,7 +50,12 @@ enum Command {
     /// Validate the config and every policy file; print `file:line:column: reason` per problem.
     Check {
         /// The main config file.
-        #[arg(long, short, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.toml")]
+        #[arg(
+            long,
+            short,
+            env = "GATEHOUSE_CONFIG",
+            default_value = "gatehouse.toml"
+        )]
         config: PathBuf,
     },
     /// Certificate helpers.
@@ -67,7 +77,9 @@ enum CertsCommand {
 
 fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(level).context("invalid --log-level")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     match format {
         LogFormat::Json => builder
             .json()
@@ -97,11 +109,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs {
             command: CertsCommand::Dev { dir },
         } => {
-            let paths = tls::dev_certs(&dir, &dir.join("localhost.pem"), &dir.join("localhost-key.pem"))?;
+            let paths = tls::dev_certs(
+                &dir,
+                &dir.join("localhost.pem"),
+                &dir.join("localhost-key.pem"),
+            )?;
             println!("CA certificate:     {}", paths.ca.display());
             println!("server certificate: {}", paths.cert.display());
             println!("server key:         {}", paths.key.display());
-            println!("try: curl --cacert {} https://localhost:8443/hello", paths.ca.display());
+            println!(
+                "try: curl --cacert {} https://localhost:8443/hello",
+                paths.ca.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config, no_watch } => {
@@ -118,7 +137,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn check(config: &std::path::Path) -> ExitCode {
     match server::check(config) {
         Ok((routes, upstreams)) => {
-            println!("{}: ok ({routes} routes, {upstreams} upstreams)", config.display());
+            println!(
+                "{}: ok ({routes} routes, {upstreams} upstreams)",
+                config.display()
+            );
             ExitCode::SUCCESS
         }
         Err(problems) => {

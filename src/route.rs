@@ -232,7 +232,11 @@ impl RouteTable {
     }
 }
 
-fn select<'a>(candidates: &'a Candidates, params: &matchit::Params<'_, '_>, method: &Method) -> Lookup<'a> {
+fn select<'a>(
+    candidates: &'a Candidates,
+    params: &matchit::Params<'_, '_>,
+    method: &Method,
+) -> Lookup<'a> {
     for route in candidates {
         if route.allows(method) {
             let params = if route.rewrite.is_some() {
@@ -394,9 +398,21 @@ mod tests {
     fn table() -> RouteTable {
         let mut b = RouteTableBuilder::default();
         let adds: Vec<(Option<&str>, PathMatch, Arc<Route>)> = vec![
-            (None, PathMatch::Exact("/hello".into()), route("hello", Some(&[Method::GET]))),
-            (None, PathMatch::Prefix("/public".into()), route("public", None)),
-            (None, PathMatch::Exact("/public/special".into()), route("special", None)),
+            (
+                None,
+                PathMatch::Exact("/hello".into()),
+                route("hello", Some(&[Method::GET])),
+            ),
+            (
+                None,
+                PathMatch::Prefix("/public".into()),
+                route("public", None),
+            ),
+            (
+                None,
+                PathMatch::Exact("/public/special".into()),
+                route("special", None),
+            ),
             (
                 None,
                 PathMatch::Template("/users/{id}/posts/{*rest}".into()),
@@ -412,7 +428,11 @@ mod tests {
                 PathMatch::Prefix("/public".into()),
                 route("api-public", None),
             ),
-            (None, PathMatch::Exact("/odd{brace}".into()), route("brace", None)),
+            (
+                None,
+                PathMatch::Exact("/odd{brace}".into()),
+                route("brace", None),
+            ),
         ];
         for (host, path, r) in adds {
             b.add(host.map(str::to_owned), &path, r, place())
@@ -431,14 +451,62 @@ mod tests {
             ("prefix itself", "", "/public", Method::GET, "public"),
             ("prefix slash", "", "/public/", Method::GET, "public"),
             ("prefix deep", "", "/public/a/b", Method::DELETE, "public"),
-            ("prefix is segment-wise", "", "/publicity", Method::GET, "404"),
-            ("exact beats prefix", "", "/public/special", Method::GET, "special"),
-            ("template get", "", "/users/7/posts/a/b", Method::GET, "posts"),
-            ("template post", "", "/users/7/posts/x", Method::POST, "posts-write"),
-            ("template put", "", "/users/7/posts/x", Method::PUT, "405:GET, POST"),
-            ("host route first", "api.test", "/public/x", Method::GET, "api-public"),
-            ("other host falls back", "www.test", "/public/x", Method::GET, "public"),
-            ("host fallback to any", "api.test", "/hello", Method::GET, "hello"),
+            (
+                "prefix is segment-wise",
+                "",
+                "/publicity",
+                Method::GET,
+                "404",
+            ),
+            (
+                "exact beats prefix",
+                "",
+                "/public/special",
+                Method::GET,
+                "special",
+            ),
+            (
+                "template get",
+                "",
+                "/users/7/posts/a/b",
+                Method::GET,
+                "posts",
+            ),
+            (
+                "template post",
+                "",
+                "/users/7/posts/x",
+                Method::POST,
+                "posts-write",
+            ),
+            (
+                "template put",
+                "",
+                "/users/7/posts/x",
+                Method::PUT,
+                "405:GET, POST",
+            ),
+            (
+                "host route first",
+                "api.test",
+                "/public/x",
+                Method::GET,
+                "api-public",
+            ),
+            (
+                "other host falls back",
+                "www.test",
+                "/public/x",
+                Method::GET,
+                "public",
+            ),
+            (
+                "host fallback to any",
+                "api.test",
+                "/hello",
+                Method::GET,
+                "hello",
+            ),
             ("literal braces", "", "/odd{brace}", Method::GET, "brace"),
             ("nothing", "", "/nope", Method::GET, "404"),
         ];
@@ -456,8 +524,19 @@ mod tests {
     fn overlapping_routes_are_refused_naming_both() {
         let mut b = RouteTableBuilder::default();
         let p = PathMatch::Prefix("/a".into());
-        assert!(b.add(None, &p, route("first", Some(&[Method::GET])), place()).is_ok());
-        assert!(b.add(None, &p, route("other-method", Some(&[Method::POST])), place()).is_ok());
+        assert!(
+            b.add(None, &p, route("first", Some(&[Method::GET])), place())
+                .is_ok()
+        );
+        assert!(
+            b.add(
+                None,
+                &p,
+                route("other-method", Some(&[Method::POST])),
+                place()
+            )
+            .is_ok()
+        );
         let err = b.add(None, &p, route("second", None), place());
         let msg = err.err().map(|p| p.message).unwrap_or_default();
         assert!(msg.contains("`second`") && msg.contains("`first`"), "{msg}");
@@ -469,7 +548,10 @@ mod tests {
         strip.strip_prefix = Some("/public".into());
         let mut rewrite = Route::clone_for_test(&route("r", None));
         rewrite.rewrite = parse_rewrite("/v2/items/{id}/{rest}").ok();
-        let params = vec![("id".to_owned(), "7".to_owned()), ("rest".to_owned(), "a/b".to_owned())];
+        let params = vec![
+            ("id".to_owned(), "7".to_owned()),
+            ("rest".to_owned(), "a/b".to_owned()),
+        ];
         let cases: &[(&str, &Route, &str, &str)] = &[
             ("strip", &strip, "/public/x/y", "/x/y"),
             ("strip to root", &strip, "/public", "/"),

@@ -123,9 +123,15 @@ impl Shared {
             .iter()
             .map(|s| (s.listener.clone(), s.config.load_full()))
             .collect();
-        let built = tokio::task::spawn_blocking(move || build_all(&path, generation, &previous, false))
-            .await
-            .map_err(|e| Problems(vec![whole(&self.config_path, format!("reload task failed: {e}"))]))?;
+        let built =
+            tokio::task::spawn_blocking(move || build_all(&path, generation, &previous, false))
+                .await
+                .map_err(|e| {
+                    Problems(vec![whole(
+                        &self.config_path,
+                        format!("reload task failed: {e}"),
+                    )])
+                })?;
         match built {
             Ok(built) => {
                 for slot in &self.tls {
@@ -192,7 +198,10 @@ fn build_all(
                 continue;
             }
         }
-        let prev = previous.iter().find(|(n, _)| *n == l.name).map(|(_, c)| c.as_ref());
+        let prev = previous
+            .iter()
+            .find(|(n, _)| *n == l.name)
+            .map(|(_, c)| c.as_ref());
         match tls::server_config(tls_cfg, &loaded.base_dir, prev) {
             Ok((cfg, infos)) => {
                 for info in &infos {
@@ -201,22 +210,29 @@ fn build_all(
                 certs.extend(infos);
                 tls_configs.push((l.name.clone(), cfg));
             }
-            Err(e) => problems.push(loaded.source.problem(
-                listener.span(),
-                format!("listener `{}`: {e}", l.name),
-            )),
+            Err(e) => problems.push(
+                loaded
+                    .source
+                    .problem(listener.span(), format!("listener `{}`: {e}", l.name)),
+            ),
         }
     }
     let mut names = std::collections::HashSet::new();
     for listener in &loaded.config.listeners {
         let l = listener.get_ref();
         if !names.insert(l.name.clone()) {
-            problems.push(loaded.source.problem(listener.span(), format!("listener `{}` is defined twice", l.name)));
+            problems.push(loaded.source.problem(
+                listener.span(),
+                format!("listener `{}` is defined twice", l.name),
+            ));
         }
         if l.tls.is_some() && l.redirect_https_port.is_some() {
             problems.push(loaded.source.problem(
                 listener.span(),
-                format!("listener `{}`: `redirect_https_port` is only for plain listeners", l.name),
+                format!(
+                    "listener `{}`: `redirect_https_port` is only for plain listeners",
+                    l.name
+                ),
             ));
         }
     }
@@ -270,7 +286,10 @@ fn ensure_dev_certs(loaded: &Loaded, tls_cfg: &config::TlsConfig, problems: &mut
                 cert = %paths.cert.display(),
                 "development certificates created (dev_certs = true); trust the CA with curl --cacert"
             ),
-            Err(e) => problems.push(whole(&cert, format!("cannot create development certificates: {e}"))),
+            Err(e) => problems.push(whole(
+                &cert,
+                format!("cannot create development certificates: {e}"),
+            )),
         }
     }
 }
@@ -299,7 +318,10 @@ pub struct Running {
 impl Running {
     /// The bound address of the listener called `name`.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The shared state (snapshot, generation, readiness).
@@ -325,7 +347,11 @@ impl Running {
         let drained = match graceful {
             Some(g) => {
                 let open = g.count();
-                tracing::info!(open_connections = open, grace_ms = self.grace.as_millis() as u64, "draining");
+                tracing::info!(
+                    open_connections = open,
+                    grace_ms = self.grace.as_millis() as u64,
+                    "draining"
+                );
                 tokio::time::timeout(self.grace, g.shutdown()).await.is_ok()
             }
             None => true,
@@ -374,11 +400,13 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let mut bound = Vec::new();
     for l in &loaded.config.listeners {
         let l = l.get_ref();
-        let listener = TcpListener::bind(l.addr).await.map_err(|source| StartError::Bind {
-            name: l.name.clone(),
-            addr: l.addr,
-            source,
-        })?;
+        let listener = TcpListener::bind(l.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.addr,
+                source,
+            })?;
         bound.push((l, listener));
     }
     let admin_listener = TcpListener::bind(loaded.config.admin.addr)
@@ -388,11 +416,13 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             addr: loaded.config.admin.addr,
             source,
         })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-        name: "admin".into(),
-        addr: loaded.config.admin.addr,
-        source,
-    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            addr: loaded.config.admin.addr,
+            source,
+        })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway = Gateway::new(snapshot);
@@ -431,7 +461,11 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
     if opts.watch {
         let watch_shared = shared.clone();
-        tasks.push(tokio::spawn(crate::watch::run(watch_shared, loaded, stop_rx.clone())));
+        tasks.push(tokio::spawn(crate::watch::run(
+            watch_shared,
+            loaded,
+            stop_rx.clone(),
+        )));
     }
     shared.ready.store(true, Ordering::Relaxed);
     Ok(Running {
@@ -517,7 +551,12 @@ impl Acceptor {
         tracing::info!(listener = %me.name, "stopped accepting");
     }
 
-    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
         match &self.tls {
             None => {
                 let info = self.conn_info(peer, None);
@@ -525,7 +564,12 @@ impl Acceptor {
             }
             Some(slot) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(slot.config.load_full());
-                let stream = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+                let stream = match tokio::time::timeout(
+                    self.handshake_timeout,
+                    acceptor.accept(tcp),
+                )
+                .await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(listener = %self.name, client = %peer, error = %e, "TLS handshake failed");
@@ -556,25 +600,33 @@ impl Acceptor {
         })
     }
 
-    async fn serve<I>(&self, io: I, info: Arc<ConnInfo>, watcher: hyper_util::server::graceful::Watcher)
-    where
+    async fn serve<I>(
+        &self,
+        io: I,
+        info: Arc<ConnInfo>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let gateway = self.gateway.clone();
         let svc = ServiceBuilder::new()
-            .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
-                http::header::AUTHORIZATION,
-                http::header::PROXY_AUTHORIZATION,
-                http::header::COOKIE,
-                http::HeaderName::from_static("x-api-key"),
-            ]))
+            .layer(
+                tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+                    http::header::AUTHORIZATION,
+                    http::header::PROXY_AUTHORIZATION,
+                    http::header::COOKIE,
+                    http::HeaderName::from_static("x-api-key"),
+                ]),
+            )
             .service_fn(move |req: Request<Incoming>| {
                 let gateway = gateway.clone();
                 let info = info.clone();
                 async move {
                     // A panic must never take the connection down silently or
                     // leak details: answer a redacted 500 instead.
-                    let handled = AssertUnwindSafe(gateway.handle(req, info)).catch_unwind().await;
+                    let handled = AssertUnwindSafe(gateway.handle(req, info))
+                        .catch_unwind()
+                        .await;
                     Ok::<Response<GwBody>, Infallible>(handled.unwrap_or_else(on_panic))
                 }
             });

@@ -104,7 +104,14 @@ impl Snapshot {
                     continue;
                 }
                 route_places.insert(name.clone(), place_string(source, r.name.span()));
-                match compile_route(r, spec.span(), source, defaults, &upstreams, upstream_places.contains_key(&name_of(r))) {
+                match compile_route(
+                    r,
+                    spec.span(),
+                    source,
+                    defaults,
+                    &upstreams,
+                    upstream_places.contains_key(&name_of(r)),
+                ) {
                     Ok((host, path, route)) => {
                         let place = Place {
                             source: source.clone(),
@@ -132,7 +139,11 @@ impl Snapshot {
                 routes,
                 upstreams,
                 merge_slashes: true,
-                policy_files: loaded.policies.iter().map(|p| p.source.path.clone()).collect(),
+                policy_files: loaded
+                    .policies
+                    .iter()
+                    .map(|p| p.source.path.clone())
+                    .collect(),
             }),
             _ => Err(Problems(problems)),
         }
@@ -140,7 +151,10 @@ impl Snapshot {
 }
 
 fn name_of(r: &RouteSpec) -> String {
-    r.upstream.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default()
+    r.upstream
+        .as_ref()
+        .map(|u| u.get_ref().clone())
+        .unwrap_or_default()
 }
 
 fn place_string(source: &SourceFile, span: std::ops::Range<usize>) -> String {
@@ -157,15 +171,21 @@ fn compile_edits(
 ) -> HeaderEdits {
     let mut out = HeaderEdits::default();
     for (k, v) in &edits.set {
-        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             (Ok(n), Ok(v)) => out.set.push((n, v)),
-            _ => problems.push(source.problem(span.clone(), format!("{what}: invalid header `{k}`"))),
+            _ => {
+                problems.push(source.problem(span.clone(), format!("{what}: invalid header `{k}`")))
+            }
         }
     }
     for k in &edits.remove {
         match HeaderName::from_bytes(k.as_bytes()) {
             Ok(n) => out.remove.push(n),
-            Err(_) => problems.push(source.problem(span.clone(), format!("{what}: invalid header name `{k}`"))),
+            Err(_) => problems
+                .push(source.problem(span.clone(), format!("{what}: invalid header name `{k}`"))),
         }
     }
     out
@@ -190,9 +210,15 @@ fn compile_route(
 
     // Path match: exactly one of path, prefix, template.
     let given: Vec<_> = [
-        r.path.as_ref().map(|p| PathMatch::Exact(p.get_ref().clone())),
-        r.prefix.as_ref().map(|p| PathMatch::Prefix(p.get_ref().clone())),
-        r.template.as_ref().map(|p| PathMatch::Template(p.get_ref().clone())),
+        r.path
+            .as_ref()
+            .map(|p| PathMatch::Exact(p.get_ref().clone())),
+        r.prefix
+            .as_ref()
+            .map(|p| PathMatch::Prefix(p.get_ref().clone())),
+        r.template
+            .as_ref()
+            .map(|p| PathMatch::Template(p.get_ref().clone())),
     ]
     .into_iter()
     .flatten()
@@ -200,11 +226,17 @@ fn compile_route(
     let path = match given.as_slice() {
         [one] => Some(one.clone()),
         [] => {
-            problems.push(source.problem(span.clone(), format!("{label}: needs one of `path`, `prefix` or `template`")));
+            problems.push(source.problem(
+                span.clone(),
+                format!("{label}: needs one of `path`, `prefix` or `template`"),
+            ));
             None
         }
         _ => {
-            problems.push(source.problem(span.clone(), format!("{label}: `path`, `prefix` and `template` exclude each other")));
+            problems.push(source.problem(
+                span.clone(),
+                format!("{label}: `path`, `prefix` and `template` exclude each other"),
+            ));
             None
         }
     };
@@ -218,7 +250,10 @@ fn compile_route(
             .unwrap_or(span.clone());
         match crate::validate::normalize_path(s, true) {
             Ok(n) if n == *s || matches!(p, PathMatch::Template(_)) => {}
-            Ok(n) => problems.push(source.problem(pspan, format!("{label}: path `{s}` is not normalised (requests arrive as `{n}`)"))),
+            Ok(n) => problems.push(source.problem(
+                pspan,
+                format!("{label}: path `{s}` is not normalised (requests arrive as `{n}`)"),
+            )),
             Err(e) => problems.push(source.problem(pspan, format!("{label}: path `{s}`: {e}"))),
         }
     }
@@ -226,7 +261,10 @@ fn compile_route(
     let host = r.host.as_ref().map(|h| {
         let v = h.get_ref().to_ascii_lowercase();
         if v.is_empty() || v.contains(['/', '@', ' ']) || v.contains(':') && !v.starts_with('[') {
-            problems.push(source.problem(h.span(), format!("{label}: invalid host `{v}` (no port, scheme or path)")));
+            problems.push(source.problem(
+                h.span(),
+                format!("{label}: invalid host `{v}` (no port, scheme or path)"),
+            ));
         }
         v
     });
@@ -235,12 +273,20 @@ fn compile_route(
     for m in &r.methods {
         match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
             Ok(method) => {
-                if method == Method::GET && !r.methods.iter().any(|x| x.get_ref().eq_ignore_ascii_case("HEAD")) {
+                if method == Method::GET
+                    && !r
+                        .methods
+                        .iter()
+                        .any(|x| x.get_ref().eq_ignore_ascii_case("HEAD"))
+                {
                     methods.push(Method::HEAD);
                 }
                 methods.push(method);
             }
-            Err(_) => problems.push(source.problem(m.span(), format!("{label}: invalid method `{}`", m.get_ref()))),
+            Err(_) => problems.push(source.problem(
+                m.span(),
+                format!("{label}: invalid method `{}`", m.get_ref()),
+            )),
         }
     }
 
@@ -249,19 +295,32 @@ fn compile_route(
             Some(up) => Some(Action::Forward(up.clone())),
             None => {
                 if !upstream_declared {
-                    problems.push(source.problem(u.span(), format!("{label}: unknown upstream `{}`", u.get_ref())));
+                    problems.push(source.problem(
+                        u.span(),
+                        format!("{label}: unknown upstream `{}`", u.get_ref()),
+                    ));
                 }
                 None
             }
         },
         (None, Some(resp)) => {
             let spec = resp.get_ref();
-            source.validate(&format!("{label}: respond"), spec, resp.span(), &mut problems);
+            source.validate(
+                &format!("{label}: respond"),
+                spec,
+                resp.span(),
+                &mut problems,
+            );
             let mut headers = Vec::new();
             for (k, v) in &spec.headers {
-                match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                match (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
                     (Ok(n), Ok(v)) => headers.push((n, v)),
-                    _ => problems.push(source.problem(resp.span(), format!("{label}: invalid header `{k}`"))),
+                    _ => problems.push(
+                        source.problem(resp.span(), format!("{label}: invalid header `{k}`")),
+                    ),
                 }
             }
             StatusCode::from_u16(spec.status).ok().map(|status| {
@@ -273,11 +332,17 @@ fn compile_route(
             })
         }
         (Some(_), Some(_)) => {
-            problems.push(source.problem(span.clone(), format!("{label}: `upstream` and `respond` exclude each other")));
+            problems.push(source.problem(
+                span.clone(),
+                format!("{label}: `upstream` and `respond` exclude each other"),
+            ));
             None
         }
         (None, None) => {
-            problems.push(source.problem(span.clone(), format!("{label}: needs `upstream` or `respond`")));
+            problems.push(source.problem(
+                span.clone(),
+                format!("{label}: needs `upstream` or `respond`"),
+            ));
             None
         }
     };
@@ -285,22 +350,43 @@ fn compile_route(
     let strip_prefix = r.strip_prefix.as_ref().map(|s| {
         let v = s.get_ref().trim_end_matches('/').to_owned();
         if !v.starts_with('/') {
-            problems.push(source.problem(s.span(), format!("{label}: `strip_prefix` must start with /")));
+            problems.push(source.problem(
+                s.span(),
+                format!("{label}: `strip_prefix` must start with /"),
+            ));
         }
         v
     });
-    let rewrite = r.rewrite_path.as_ref().and_then(|s| match parse_rewrite(s.get_ref()) {
-        Ok(parts) => Some(parts),
-        Err(e) => {
-            problems.push(source.problem(s.span(), format!("{label}: {e}")));
-            None
-        }
-    });
+    let rewrite = r
+        .rewrite_path
+        .as_ref()
+        .and_then(|s| match parse_rewrite(s.get_ref()) {
+            Ok(parts) => Some(parts),
+            Err(e) => {
+                problems.push(source.problem(s.span(), format!("{label}: {e}")));
+                None
+            }
+        });
     if strip_prefix.is_some() && rewrite.is_some() {
-        problems.push(source.problem(span.clone(), format!("{label}: `strip_prefix` and `rewrite_path` exclude each other")));
+        problems.push(source.problem(
+            span.clone(),
+            format!("{label}: `strip_prefix` and `rewrite_path` exclude each other"),
+        ));
     }
-    let request_headers = compile_edits(&r.request_headers, &format!("{label}: request_headers"), source, span.clone(), &mut problems);
-    let response_headers = compile_edits(&r.response_headers, &format!("{label}: response_headers"), source, span.clone(), &mut problems);
+    let request_headers = compile_edits(
+        &r.request_headers,
+        &format!("{label}: request_headers"),
+        source,
+        span.clone(),
+        &mut problems,
+    );
+    let response_headers = compile_edits(
+        &r.response_headers,
+        &format!("{label}: response_headers"),
+        source,
+        span.clone(),
+        &mut problems,
+    );
 
     match (path, action) {
         (Some(path), Some(action)) if problems.is_empty() => Ok((
@@ -308,7 +394,11 @@ fn compile_route(
             path,
             Route {
                 name: name.as_str().into(),
-                methods: if methods.is_empty() { None } else { Some(methods) },
+                methods: if methods.is_empty() {
+                    None
+                } else {
+                    Some(methods)
+                },
                 action,
                 strip_prefix,
                 rewrite,

@@ -180,7 +180,11 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-fn load_certified(c: &CertConfig, base: &Path, provider: &CryptoProvider) -> Result<(Arc<CertifiedKey>, CertInfo), TlsError> {
+fn load_certified(
+    c: &CertConfig,
+    base: &Path,
+    provider: &CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, CertInfo), TlsError> {
     let cert_path = resolve(base, &c.cert);
     let key_path = resolve(base, &c.key);
     let certs = load_certs(&cert_path)?;
@@ -200,7 +204,11 @@ fn load_certified(c: &CertConfig, base: &Path, provider: &CryptoProvider) -> Res
     };
     let ck = CertifiedKey::new(certs, signing);
     ck.keys_match().map_err(|source| TlsError::Rustls {
-        context: format!("{} and {} do not belong together", cert_path.display(), key_path.display()),
+        context: format!(
+            "{} and {} do not belong together",
+            cert_path.display(),
+            key_path.display()
+        ),
         source,
     })?;
     Ok((
@@ -214,7 +222,11 @@ fn load_certified(c: &CertConfig, base: &Path, provider: &CryptoProvider) -> Res
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Builds a listener's server config. `previous` passes on the session
@@ -233,7 +245,9 @@ pub fn server_config(
         let (key, info) = load_certified(c, base, &provider)?;
         for name in &info.names {
             match name.strip_prefix("*.") {
-                Some(parent) => wildcard.entry(parent.to_owned()).or_insert_with(|| key.clone()),
+                Some(parent) => wildcard
+                    .entry(parent.to_owned())
+                    .or_insert_with(|| key.clone()),
                 None => exact.entry(name.clone()).or_insert_with(|| key.clone()),
             };
         }
@@ -277,10 +291,11 @@ pub fn server_config(
             cfg.ticketer = prev.ticketer.clone();
         }
         None => {
-            cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Rustls {
-                context: "session tickets".into(),
-                source,
-            })?;
+            cfg.ticketer =
+                rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Rustls {
+                    context: "session tickets".into(),
+                    source,
+                })?;
         }
     }
     Ok((Arc::new(cfg), infos))
@@ -384,8 +399,9 @@ impl DevCa {
     /// valid for `days`, usable as server and client certificate.
     pub fn issue(&self, names: &[&str], days: u64) -> Result<PemPair, TlsError> {
         let key = rcgen::KeyPair::generate()?;
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+        let mut params = rcgen::CertificateParams::new(
+            names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+        )?;
         if let Some(first) = names.first() {
             params
                 .distinguished_name
@@ -449,7 +465,10 @@ pub struct DevCertPaths {
 pub fn dev_certs(ca_dir: &Path, cert: &Path, key: &Path) -> Result<DevCertPaths, TlsError> {
     let ca_cert = ca_dir.join("ca.pem");
     let ca_key = ca_dir.join("ca-key.pem");
-    let existing = match (std::fs::read_to_string(&ca_cert), std::fs::read_to_string(&ca_key)) {
+    let existing = match (
+        std::fs::read_to_string(&ca_cert),
+        std::fs::read_to_string(&ca_key),
+    ) {
         (Ok(c), Ok(k)) => DevCa::load(&c, &k).ok(),
         _ => None,
     };
@@ -480,9 +499,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let ca = DevCa::generate("test").unwrap_or_else(|e| panic!("{e}"));
         let mut certs = Vec::new();
-        for (file, names) in [("a", vec!["a.test"]), ("w", vec!["*.w.test"]), ("b", vec!["b.test"])] {
+        for (file, names) in [
+            ("a", vec!["a.test"]),
+            ("w", vec!["*.w.test"]),
+            ("b", vec!["b.test"]),
+        ] {
             let pair = ca.issue(&names, 1).unwrap_or_else(|e| panic!("{e}"));
-            let (c, k) = (dir.path().join(format!("{file}.pem")), dir.path().join(format!("{file}-key.pem")));
+            let (c, k) = (
+                dir.path().join(format!("{file}.pem")),
+                dir.path().join(format!("{file}-key.pem")),
+            );
             write_pair(&pair, &c, &k).unwrap_or_else(|e| panic!("{e}"));
             certs.push(CertConfig {
                 cert: c,
@@ -493,7 +519,8 @@ mod tests {
         let provider = provider();
         let mut keys = Vec::new();
         for c in &certs {
-            let (key, info) = load_certified(c, dir.path(), &provider).unwrap_or_else(|e| panic!("{e}"));
+            let (key, info) =
+                load_certified(c, dir.path(), &provider).unwrap_or_else(|e| panic!("{e}"));
             assert!(info.not_after > 0);
             keys.push((key, info.names));
         }
@@ -537,7 +564,9 @@ mod tests {
             key: k,
             names: vec![],
         };
-        let err = load_certified(&cfg, dir.path(), &provider()).err().map(|e| e.to_string());
+        let err = load_certified(&cfg, dir.path(), &provider())
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("do not belong together")));
     }
 }

@@ -68,7 +68,10 @@ impl WatchSet {
         if self.files.contains(path) {
             return true;
         }
-        let in_policy_dir = self.policy_dir.as_deref().is_some_and(|d| path.parent() == Some(d));
+        let in_policy_dir = self
+            .policy_dir
+            .as_deref()
+            .is_some_and(|d| path.parent() == Some(d));
         in_policy_dir && path.extension().is_some_and(|e| e == "toml")
     }
 }
@@ -117,7 +120,11 @@ pub async fn run(shared: Arc<Shared>, loaded: Loaded, mut stop: watch::Receiver<
     }
 }
 
-fn refresh(watcher: &mut notify::RecommendedWatcher, watching: &mut HashSet<PathBuf>, set: &WatchSet) {
+fn refresh(
+    watcher: &mut notify::RecommendedWatcher,
+    watching: &mut HashSet<PathBuf>,
+    set: &WatchSet,
+) {
     for dir in watching.difference(&set.dirs).cloned().collect::<Vec<_>>() {
         let _ = watcher.unwatch(&dir);
         watching.remove(&dir);

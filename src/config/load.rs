@@ -26,7 +26,11 @@ impl SourceFile {
         let before = self.text.get(..offset).unwrap_or("");
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+        let column = before
+            .get(line_start..)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line, column)
     }
 
@@ -42,7 +46,13 @@ impl SourceFile {
     }
 
     /// Adds one problem per failed `validator` rule of a value at `span`.
-    pub fn validate(&self, what: &str, value: &impl Validate, span: Range<usize>, out: &mut Vec<Problem>) {
+    pub fn validate(
+        &self,
+        what: &str,
+        value: &impl Validate,
+        span: Range<usize>,
+        out: &mut Vec<Problem>,
+    ) {
         if let Err(errors) = value.validate() {
             for message in validation_messages(&errors) {
                 out.push(self.problem(span.clone(), format!("{what}: {message}")));
@@ -200,8 +210,8 @@ pub fn load(config_path: &Path) -> Result<Loaded, Problems> {
 
 /// The `*.toml` files of the policy directory, sorted.
 pub(super) fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, Problem> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| whole_file(dir, format!("cannot read policy directory: {e}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| whole_file(dir, format!("cannot read policy directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -227,7 +237,11 @@ fn validation_messages(errors: &ValidationErrors) -> Vec<String> {
                 }
             }
             ValidationErrorsKind::Struct(inner) => {
-                out.extend(validation_messages(inner).into_iter().map(|m| format!("{field}.{m}")));
+                out.extend(
+                    validation_messages(inner)
+                        .into_iter()
+                        .map(|m| format!("{field}.{m}")),
+                );
             }
             ValidationErrorsKind::List(items) => {
                 for (i, inner) in items {
@@ -261,7 +275,8 @@ mod tests {
         let cases = [
             ("start", 0, (1, 1)),
             ("second line", 6, (2, 1)),
-            ("inside third line", 10, (3, 3)),
+            ("inside third line", 15, (3, 3)),
+            ("after a multi-byte char", 21, (3, 8)),
             ("past the end", 999, (4, 1)),
         ];
         for (name, offset, want) in cases {

@@ -95,7 +95,10 @@ pub fn prepare_request_headers(
     if let Ok(v) = HeaderValue::from_str(&ip) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(fwd.proto));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.proto),
+    );
     headers.remove(X_FORWARDED_HOST.clone());
     let mut forwarded = match fwd.client {
         IpAddr::V4(_) => format!("for={ip}"),
@@ -141,7 +144,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
                 m.append(k, v);
             }
         }
@@ -177,14 +183,22 @@ mod tests {
             ("xff replaced", "x-forwarded-for", Some("10.1.2.3")),
             ("proto", "x-forwarded-proto", Some("https")),
             ("xfh", "x-forwarded-host", Some("api.test")),
-            ("forwarded", "forwarded", Some("for=10.1.2.3;proto=https;host=\"api.test\"")),
+            (
+                "forwarded",
+                "forwarded",
+                Some("for=10.1.2.3;proto=https;host=\"api.test\""),
+            ),
             ("other kept", "x-keep", Some("yes")),
             ("request id", "x-request-id", Some("rid")),
         ];
         for (name, key, want) in cases {
             assert_eq!(get(key).as_deref(), want, "{name}");
         }
-        let via: Vec<_> = h.get_all("via").iter().filter_map(|v| v.to_str().ok()).collect();
+        let via: Vec<_> = h
+            .get_all("via")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         assert_eq!(via, ["1.0 earlier", "1.1 gatehouse"]);
     }
 

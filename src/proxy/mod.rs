@@ -43,7 +43,9 @@ pub struct Target {
 impl Target {
     /// Parses `http://host:port[/base]` or `https://…`.
     pub fn parse(s: &str) -> Result<Target, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("invalid target URL {s:?}: {e}"))?;
+        let uri: Uri = s
+            .parse()
+            .map_err(|e| format!("invalid target URL {s:?}: {e}"))?;
         let scheme = uri
             .scheme()
             .cloned()
@@ -82,7 +84,9 @@ impl Target {
 
     /// The URI for `path` (already normalised, starts with `/`) and `query`.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let mut pq = String::with_capacity(self.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
+        let mut pq = String::with_capacity(
+            self.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
+        );
         pq.push_str(&self.base_path);
         pq.push_str(path);
         if let Some(q) = query {
@@ -150,16 +154,25 @@ impl Upstream {
             }
         }
         if spec.targets.is_empty() {
-            problems.push(source.problem(spec.name.span(), "an upstream needs at least one target"));
+            problems
+                .push(source.problem(spec.name.span(), "an upstream needs at least one target"));
         }
         let ca: Option<PathBuf> = spec.tls_ca.as_ref().map(|p| {
             let p = p.get_ref();
-            if p.is_absolute() { p.clone() } else { base_dir.join(p) }
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base_dir.join(p)
+            }
         });
         let tls = match crate::tls::client_config(ca.as_deref()) {
             Ok(c) => Some(c),
             Err(e) => {
-                let span = spec.tls_ca.as_ref().map(|c| c.span()).unwrap_or(spec.name.span());
+                let span = spec
+                    .tls_ca
+                    .as_ref()
+                    .map(|c| c.span())
+                    .unwrap_or(spec.name.span());
                 problems.push(source.problem(span, e.to_string()));
                 None
             }
@@ -198,7 +211,10 @@ impl Upstream {
             next: AtomicUsize::new(0),
             client,
             connect_timeout,
-            first_byte_timeout: spec.first_byte_timeout.unwrap_or(defaults.first_byte_timeout).0,
+            first_byte_timeout: spec
+                .first_byte_timeout
+                .unwrap_or(defaults.first_byte_timeout)
+                .0,
             request_timeout: spec.request_timeout.unwrap_or(defaults.request_timeout).0,
             preserve_host: spec.preserve_host,
             protocol: spec.protocol,
@@ -253,7 +269,11 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Joins two upgraded connections (after the upstream answered 101) and
 /// copies bytes both ways until either side closes.
-pub async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, request_id: String) {
+pub async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    request_id: String,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -276,8 +296,16 @@ mod tests {
     #[test]
     fn targets() {
         let cases = [
-            ("plain", "http://127.0.0.1:9000", Ok(("http://127.0.0.1:9000", "/x?a=1"))),
-            ("base path", "http://h:1/base/", Ok(("http://h:1", "/base/x?a=1"))),
+            (
+                "plain",
+                "http://127.0.0.1:9000",
+                Ok(("http://127.0.0.1:9000", "/x?a=1")),
+            ),
+            (
+                "base path",
+                "http://h:1/base/",
+                Ok(("http://h:1", "/base/x?a=1")),
+            ),
             ("https", "https://h", Ok(("https://h", "/x?a=1"))),
             ("no scheme", "127.0.0.1:9000", Err(())),
             ("ftp", "ftp://h", Err(())),
@@ -286,7 +314,10 @@ mod tests {
         ];
         for (name, input, want) in cases {
             let got = Target::parse(input).map_err(|_| ()).map(|t| {
-                let uri = t.uri("/x", Some("a=1")).map(|u| u.to_string()).unwrap_or_default();
+                let uri = t
+                    .uri("/x", Some("a=1"))
+                    .map(|u| u.to_string())
+                    .unwrap_or_default();
                 (t.label().to_owned(), uri)
             });
             match (got, want) {

@@ -27,7 +27,9 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
     if let Some(first) = first {
         if lengths.next().is_some() {
-            return Err(GatewayError::AmbiguousFraming("more than one Content-Length"));
+            return Err(GatewayError::AmbiguousFraming(
+                "more than one Content-Length",
+            ));
         }
         let v = first.as_bytes();
         if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
@@ -68,7 +70,11 @@ mod tests {
             ("no body", vec![], true),
             ("content-length", vec![("content-length", "10")], true),
             ("chunked", vec![("transfer-encoding", "chunked")], true),
-            ("chunked any case", vec![("transfer-encoding", "Chunked")], true),
+            (
+                "chunked any case",
+                vec![("transfer-encoding", "Chunked")],
+                true,
+            ),
             (
                 "cl and te",
                 vec![("content-length", "10"), ("transfer-encoding", "chunked")],
@@ -80,13 +86,24 @@ mod tests {
                 false,
             ),
             ("signed cl", vec![("content-length", "+10")], false),
-            ("gzip te", vec![("transfer-encoding", "gzip, chunked")], false),
             (
-                "two te",
-                vec![("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+                "gzip te",
+                vec![("transfer-encoding", "gzip, chunked")],
                 false,
             ),
-            ("obfuscated te", vec![("transfer-encoding", "xchunked")], false),
+            (
+                "two te",
+                vec![
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                false,
+            ),
+            (
+                "obfuscated te",
+                vec![("transfer-encoding", "xchunked")],
+                false,
+            ),
         ];
         for (name, hs, ok) in cases {
             let mut map = HeaderMap::new();

@@ -1,0 +1,7 @@
+//! Integration tests: the real gateway on ephemeral loopback ports, real
+//! backends behind it, real TLS in front of it.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod support;
+
+mod proxy;

@@ -1,0 +1,335 @@
+//! Test support: real backends, a real gateway on ephemeral loopback ports,
+//! a generated CA, and clients that speak real TLS.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse::server::{Running, StartOptions};
+use gatehouse::tls::{DevCa, write_pair};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A real HTTP backend (HTTP/1.1 and h2c) on 127.0.0.1:0, stopped on drop.
+pub struct Backend {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    /// Serves every request with `handler`.
+    pub async fn start<F, Fut>(handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let handler = Arc::new(handler);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, task }
+    }
+
+    /// Answers with a JSON description of the request it got.
+    pub async fn echo() -> Backend {
+        Backend::start(|req| async move { echo_response(req).await }).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// What [`Backend::echo`] saw.
+#[derive(Debug, serde::Deserialize)]
+pub struct Echo {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body_len: usize,
+}
+
+impl Echo {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+pub async fn echo_response(req: Request<Incoming>) -> Response<TestBody> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let json = serde_json::json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("x-backend", "echo")
+        .header("connection", "x-hop")
+        .header("x-hop", "should-not-pass")
+        .body(full(json.to_string()))
+        .expect("response")
+}
+
+/// A CA for tests, writing PEM files into a directory.
+pub struct TestCa {
+    pub ca: DevCa,
+    pub dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        let ca = DevCa::generate("gatehouse test CA").expect("generate CA");
+        std::fs::write(dir.join("ca.pem"), ca.pem().cert).expect("write CA");
+        TestCa {
+            ca,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem().cert
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issues a certificate for `names` into `<stem>.pem` / `<stem>-key.pem`.
+    pub fn issue(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let pair = self.ca.issue(names, 30).expect("issue certificate");
+        let cert = self.dir.join(format!("{stem}.pem"));
+        let key = self.dir.join(format!("{stem}-key.pem"));
+        write_pair(&pair, &cert, &key).expect("write certificate");
+        (cert, key)
+    }
+}
+
+/// Builds a gateway config in a temp dir and starts it.
+pub struct GatewayBuilder {
+    pub dir: tempfile::TempDir,
+    main: String,
+    policies: Vec<(String, String)>,
+}
+
+impl GatewayBuilder {
+    /// A plain listener called `http` and no policies.
+    pub fn new() -> GatewayBuilder {
+        GatewayBuilder {
+            dir: tempfile::tempdir().expect("tempdir"),
+            main: String::from(
+                "policies = \"policies\"\n[admin]\naddr = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"http\"\naddr = \"127.0.0.1:0\"\n",
+            ),
+            policies: Vec::new(),
+        }
+    }
+
+    /// Appends raw TOML to the main file (more listeners, [server], [defaults]).
+    pub fn main(mut self, toml: &str) -> Self {
+        self.main.push('\n');
+        self.main.push_str(toml);
+        self
+    }
+
+    /// Adds a policy file.
+    pub fn policy(mut self, name: &str, toml: &str) -> Self {
+        self.policies.push((name.to_owned(), toml.to_owned()));
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the files without starting anything.
+    pub fn write(&self) -> PathBuf {
+        let policies = self.dir.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policy dir");
+        for (name, text) in &self.policies {
+            std::fs::write(policies.join(name), text).expect("write policy");
+        }
+        let config = self.dir.path().join("gatehouse.toml");
+        std::fs::write(&config, &self.main).expect("write config");
+        config
+    }
+
+    pub async fn start(self) -> TestGateway {
+        self.start_with(false).await
+    }
+
+    pub async fn start_watching(self) -> TestGateway {
+        self.start_with(true).await
+    }
+
+    async fn start_with(self, watch: bool) -> TestGateway {
+        let config_path = self.write();
+        let running = gatehouse::server::start(StartOptions { config_path, watch })
+            .await
+            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        TestGateway {
+            running: Some(running),
+            dir: self.dir,
+        }
+    }
+}
+
+/// A running gateway; its listeners close when the test's runtime ends.
+pub struct TestGateway {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.running().addr(listener).expect("listener")
+    }
+
+    /// `http://<addr of listener "http">`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr("http"))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().admin_addr)
+    }
+
+    pub fn policy_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("policies").join(name)
+    }
+
+    pub async fn shutdown(mut self) -> bool {
+        match self.running.take() {
+            Some(r) => r.shutdown().await,
+            None => true,
+        }
+    }
+}
+
+/// A plain HTTP client that never uses a proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// An HTTPS client trusting only `ca_pem`, with `names` resolved to `addr`.
+pub fn tls_client(ca_pem: &str, names: &[&str], addr: SocketAddr) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA pem"));
+    for n in names {
+        b = b.resolve(n, addr);
+    }
+    b.build().expect("tls client")
+}
+
+/// A rustls client config trusting `ca_pem` (for raw TLS tests).
+pub fn rustls_client(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca cert")).expect("add root");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(gatehouse::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The JSON error body's `error` code.
+pub async fn error_code(resp: reqwest::Response) -> String {
+    let v: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert!(
+        v["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "request_id in {v}"
+    );
+    assert!(v["message"].as_str().is_some(), "message in {v}");
+    v["error"].as_str().unwrap_or_default().to_owned()
+}
