@@ -263,11 +263,13 @@ fn select<'a>(
     Lookup::MethodNotAllowed(allow.join(", "))
 }
 
+/// A host (or none) and a matchit pattern.
+type GroupKey = (Option<String>, String);
+
 /// Collects routes, then builds the table or reports every conflict.
 #[derive(Debug, Default)]
 pub struct RouteTableBuilder {
-    // (host, pattern) -> routes in definition order.
-    groups: Vec<((Option<String>, String), Vec<(Arc<Route>, Place)>)>,
+    groups: Vec<(GroupKey, Vec<(Arc<Route>, Place)>)>,
     count: usize,
 }
 

@@ -461,11 +461,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
     if opts.watch {
         let watch_shared = shared.clone();
-        tasks.push(tokio::spawn(crate::watch::run(
-            watch_shared,
-            loaded,
-            stop_rx.clone(),
-        )));
+        tasks.push(crate::watch::spawn(watch_shared, loaded, stop_rx.clone()));
     }
     shared.ready.store(true, Ordering::Relaxed);
     Ok(Running {

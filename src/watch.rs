@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::{self, Loaded};
 use crate::server::Shared;
@@ -76,11 +77,12 @@ impl WatchSet {
     }
 }
 
-/// Runs until `stop` fires.
-pub async fn run(shared: Arc<Shared>, loaded: Loaded, mut stop: watch::Receiver<bool>) {
+/// Registers the watches now (so a change made right after start is seen),
+/// then reloads on every relevant change until `stop` fires.
+pub fn spawn(shared: Arc<Shared>, loaded: Loaded, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     let config_path = loaded.source.path.clone();
     let set = Arc::new(ArcSwap::from_pointee(watch_set(&config_path, &loaded)));
-    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let (tx, rx) = mpsc::channel::<()>(1);
     let filter = set.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
@@ -96,11 +98,23 @@ pub async fn run(shared: Arc<Shared>, loaded: Loaded, mut stop: watch::Receiver<
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch configuration files; reload with SIGHUP");
-            return;
+            return tokio::spawn(async {});
         }
     };
     let mut watching: HashSet<PathBuf> = HashSet::new();
     refresh(&mut watcher, &mut watching, &set.load());
+    tokio::spawn(run(shared, config_path, set, rx, stop, watcher, watching))
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    config_path: PathBuf,
+    set: Arc<ArcSwap<WatchSet>>,
+    mut rx: mpsc::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
+    mut watcher: notify::RecommendedWatcher,
+    mut watching: HashSet<PathBuf>,
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => break,

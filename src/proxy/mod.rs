@@ -94,11 +94,11 @@ impl Target {
             pq.push_str(q);
         }
         let pq = PathAndQuery::try_from(pq)?;
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(pq)
-            .build()?)
+            .build()
     }
 }
 

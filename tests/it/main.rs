@@ -5,3 +5,5 @@
 mod support;
 
 mod proxy;
+mod lifecycle;
+mod tls;
