@@ -16,6 +16,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
@@ -44,14 +45,37 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// Shared counters for a request body: how much was read, and whether the
-/// limit was hit (the forwarder turns that into a 413 instead of a 502).
+/// Shared counters for a request body: how much was read, whether the
+/// limit was hit (the forwarder turns that into a 413 instead of a 502), and
+/// when it has been read completely (the first-byte timeout starts then).
 #[derive(Debug, Default)]
 pub struct BodyStats {
     /// Bytes received from the client so far.
     pub bytes: AtomicU64,
     /// Set once the body went over the route's limit.
     pub too_large: AtomicBool,
+    done: AtomicBool,
+    done_signal: Notify,
+}
+
+impl BodyStats {
+    /// Records that the whole body has been read.
+    pub fn mark_sent(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.done_signal.notify_waiters();
+        }
+    }
+
+    /// Resolves once the whole body has been read.
+    pub async fn sent(&self) {
+        loop {
+            let notified = self.done_signal.notified();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -67,7 +91,13 @@ pin_project_lite::pin_project! {
 
 impl<B> RequestBody<B> {
     /// Wraps `inner`, allowing at most `limit` bytes.
-    pub fn new(inner: B, limit: u64, stats: Arc<BodyStats>) -> Self {
+    pub fn new(inner: B, limit: u64, stats: Arc<BodyStats>) -> Self
+    where
+        B: Body,
+    {
+        if inner.is_end_stream() {
+            stats.mark_sent();
+        }
         RequestBody {
             inner,
             limit,
@@ -89,8 +119,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let mut this = self.project();
+        match ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -103,10 +133,16 @@ where
                         }))));
                     }
                 }
+                if this.inner.is_end_stream() {
+                    this.stats.mark_sent();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            None => Poll::Ready(None),
+            None => {
+                this.stats.mark_sent();
+                Poll::Ready(None)
+            }
         }
     }
 

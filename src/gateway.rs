@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -347,9 +346,7 @@ async fn forward(
     let deadline = started + upstream.request_timeout;
     let first_byte = upstream.first_byte_timeout.min(upstream.request_timeout);
     let mut resp = upstream
-        .send(upstream_req, first_byte, || {
-            stats.too_large.load(Ordering::Relaxed)
-        })
+        .send(upstream_req, first_byte, deadline, &stats)
         .await
         .map_err(|e| match e {
             ForwardError::Timeout => GatewayError::UpstreamTimeout,

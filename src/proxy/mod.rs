@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::GwBody;
+use crate::body::{BodyStats, GwBody};
 use crate::config::{Defaults, Problem, SourceFile, UpstreamProtocol, UpstreamSpec};
 
 /// The pooled client type used for every upstream.
@@ -231,26 +231,33 @@ impl Upstream {
     }
 
     /// Sends `req` (URI already pointing at a target) and waits for the
-    /// response head, at most `first_byte` long.
+    /// response head: at most `first_byte` after the request body has been
+    /// sent (a slow upload is not a slow upstream), and never past `deadline`.
     pub async fn send(
         &self,
         req: Request<GwBody>,
         first_byte: Duration,
-        body_too_large: impl Fn() -> bool,
+        deadline: tokio::time::Instant,
+        body: &BodyStats,
     ) -> Result<Response<Incoming>, ForwardError> {
-        match tokio::time::timeout(first_byte, self.client.request(req)).await {
-            Err(_) => Err(ForwardError::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                if body_too_large() {
-                    Err(ForwardError::BodyTooLarge)
-                } else if is_timeout(&e) {
-                    Err(ForwardError::Timeout)
-                } else {
-                    Err(ForwardError::Failed(Box::new(e)))
-                }
+        let first_byte_timer = async {
+            body.sent().await;
+            tokio::time::sleep(first_byte).await;
+        };
+        let result = tokio::select! {
+            r = self.client.request(req) => r,
+            () = first_byte_timer => return Err(ForwardError::Timeout),
+            () = tokio::time::sleep_until(deadline) => return Err(ForwardError::Timeout),
+        };
+        result.map_err(|e| {
+            if body.too_large.load(Ordering::Relaxed) {
+                ForwardError::BodyTooLarge
+            } else if is_timeout(&e) {
+                ForwardError::Timeout
+            } else {
+                ForwardError::Failed(Box::new(e))
             }
-        }
+        })
     }
 }
 

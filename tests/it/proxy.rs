@@ -548,3 +548,36 @@ async fn host_bound_routes_and_templates_with_rewrite() {
         "other hosts do not match the host-bound route"
     );
 }
+
+#[tokio::test]
+async fn first_byte_timeout_starts_after_the_upload_is_sent() {
+    let backend = Backend::echo().await;
+    let gw = GatewayBuilder::new()
+        .policy(
+            "a.toml",
+            &format!(
+                "{}\n[[route]]\nname = \"up\"\nprefix = \"/\"\nupstream = \"b\"\n",
+                upstream("b", &backend.url(), "first_byte_timeout = \"300ms\"")
+            ),
+        )
+        .start()
+        .await;
+    // Six chunks, 150 ms apart: the upload takes ~900 ms, three times the
+    // first-byte timeout, and must still succeed.
+    let trickle = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 6 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(vec![b't'; 100])), i + 1))
+    });
+    let r = client()
+        .post(gw.url("/slow-upload"))
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Echo = r.json().await.unwrap();
+    assert_eq!(echo.body_len, 600);
+}
