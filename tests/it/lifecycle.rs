@@ -22,25 +22,44 @@ fn route(name: &str, prefix: &str) -> String {
 async fn bad_policy_on_reload_keeps_the_old_routes() {
     let backend = Backend::echo().await;
     let gw = GatewayBuilder::new()
-        .policy("a.toml", &format!("{}{}", upstream(&backend.url()), route("old", "/old")))
+        .policy(
+            "a.toml",
+            &format!("{}{}", upstream(&backend.url()), route("old", "/old")),
+        )
         .start()
         .await;
     let c = client();
     assert_eq!(c.get(gw.url("/old/x")).send().await.unwrap().status(), 200);
 
     // A broken file: unknown key. The reload is refused with file:line:col.
-    std::fs::write(gw.policy_path("b.toml"), "[[route]]\nname = \"new\"\nprefx = \"/new\"\n").unwrap();
+    std::fs::write(
+        gw.policy_path("b.toml"),
+        "[[route]]\nname = \"new\"\nprefx = \"/new\"\n",
+    )
+    .unwrap();
     let err = gw.running().reload().await.expect_err("reload must fail");
     let text = err.to_string();
     assert!(text.contains("b.toml:3:1: unknown field `prefx`"), "{text}");
     assert_eq!(gw.running().shared().generation(), 1);
-    assert_eq!(c.get(gw.url("/old/x")).send().await.unwrap().status(), 200, "old route still served");
+    assert_eq!(
+        c.get(gw.url("/old/x")).send().await.unwrap().status(),
+        200,
+        "old route still served"
+    );
     assert_eq!(c.get(gw.url("/new/x")).send().await.unwrap().status(), 404);
 
     // A semantic error (unknown upstream) is refused too.
-    std::fs::write(gw.policy_path("b.toml"), "[[route]]\nname = \"new\"\nprefix = \"/new\"\nupstream = \"nope\"\n").unwrap();
+    std::fs::write(
+        gw.policy_path("b.toml"),
+        "[[route]]\nname = \"new\"\nprefix = \"/new\"\nupstream = \"nope\"\n",
+    )
+    .unwrap();
     let err = gw.running().reload().await.expect_err("reload must fail");
-    assert!(err.to_string().contains("b.toml:4:12: route `new`: unknown upstream `nope`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("b.toml:4:12: route `new`: unknown upstream `nope`"),
+        "{err}"
+    );
 
     // Fixed: the new route appears, the old one stays.
     std::fs::write(gw.policy_path("b.toml"), route("new", "/new")).unwrap();
@@ -53,7 +72,10 @@ async fn bad_policy_on_reload_keeps_the_old_routes() {
 async fn policy_file_change_is_picked_up_by_the_watcher() {
     let backend = Backend::echo().await;
     let gw = GatewayBuilder::new()
-        .policy("a.toml", &format!("{}{}", upstream(&backend.url()), route("one", "/one")))
+        .policy(
+            "a.toml",
+            &format!("{}{}", upstream(&backend.url()), route("one", "/one")),
+        )
         .start_watching()
         .await;
     let c = client();
@@ -80,11 +102,23 @@ async fn requests_in_flight_finish_on_their_snapshot_across_a_reload() {
     })
     .await;
     let gw = GatewayBuilder::new()
-        .policy("a.toml", &format!("{}{}", upstream(&slow.url()), route("slow", "/slow")))
+        .policy(
+            "a.toml",
+            &format!("{}{}", upstream(&slow.url()), route("slow", "/slow")),
+        )
         .start()
         .await;
     let url = gw.url("/slow/x");
-    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
+    let in_flight = tokio::spawn(async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Replace the route by a direct answer while the request is upstream.
     std::fs::write(
@@ -94,26 +128,47 @@ async fn requests_in_flight_finish_on_their_snapshot_across_a_reload() {
     .unwrap();
     gw.running().reload().await.unwrap();
     assert_eq!(in_flight.await.unwrap(), "slow done");
-    let now = client().get(gw.url("/slow/x")).send().await.unwrap().text().await.unwrap();
+    let now = client()
+        .get(gw.url("/slow/x"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(now, "direct");
 }
 
 #[tokio::test]
 async fn duplicates_across_files_name_both_places() {
     let b = GatewayBuilder::new()
-        .policy("a.toml", &format!("{}{}", upstream("http://127.0.0.1:1"), route("r", "/a")))
-        .policy("b.toml", &format!("{}{}", upstream("http://127.0.0.1:1"), route("r", "/b")));
+        .policy(
+            "a.toml",
+            &format!("{}{}", upstream("http://127.0.0.1:1"), route("r", "/a")),
+        )
+        .policy(
+            "b.toml",
+            &format!("{}{}", upstream("http://127.0.0.1:1"), route("r", "/b")),
+        );
     let config = b.write();
     let err = gatehouse::server::check(&config).expect_err("duplicates must fail");
     let text = err.to_string();
     let a = b.path().join("policies/a.toml");
     let bb = b.path().join("policies/b.toml");
     assert!(
-        text.contains(&format!("{}:2:8: upstream `b` is already defined at {}:2:8", bb.display(), a.display())),
+        text.contains(&format!(
+            "{}:2:8: upstream `b` is already defined at {}:2:8",
+            bb.display(),
+            a.display()
+        )),
         "{text}"
     );
     assert!(
-        text.contains(&format!("{}:5:8: route `r` is already defined at {}:5:8", bb.display(), a.display())),
+        text.contains(&format!(
+            "{}:5:8: route `r` is already defined at {}:5:8",
+            bb.display(),
+            a.display()
+        )),
         "{text}"
     );
 }
@@ -173,7 +228,11 @@ impl Proc {
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("pid").to_string();
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
         assert!(ok, "kill {sig} {pid}");
     }
 
@@ -183,7 +242,9 @@ impl Proc {
             .await
             .expect("process exits in time")
             .expect("wait");
-        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), self.lines.recv()).await {
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(2), self.lines.recv()).await
+        {
             self.seen.push(line);
         }
         (status, self.seen)
@@ -199,7 +260,10 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     .await;
     let b = GatewayBuilder::new()
         .main("[server]\nshutdown_grace = \"20s\"\n")
-        .policy("a.toml", &format!("{}{}", upstream(&slow.url()), route("slow", "/")));
+        .policy(
+            "a.toml",
+            &format!("{}{}", upstream(&slow.url()), route("slow", "/")),
+        );
     let config = b.write();
     let mut proc = Proc::spawn(&["serve", "--no-watch", "--config", config.to_str().unwrap()]);
     let listening = proc.wait_for("listening").await;
@@ -222,13 +286,19 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     assert_eq!(body, "finished");
     let (exit, lines) = proc.finish().await;
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(lines.iter().any(|l| l.contains("\"drained\":true")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"drained\":true")),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]
 async fn access_log_has_the_fields_and_never_the_secrets() {
     let backend = Backend::echo().await;
-    let b = GatewayBuilder::new().policy("a.toml", &format!("{}{}", upstream(&backend.url()), route("all", "/")));
+    let b = GatewayBuilder::new().policy(
+        "a.toml",
+        &format!("{}{}", upstream(&backend.url()), route("all", "/")),
+    );
     let config = b.write();
     let mut proc = Proc::spawn(&["serve", "--no-watch", "--config", config.to_str().unwrap()]);
     let listening = proc.wait_for("listening").await;
@@ -267,11 +337,22 @@ async fn access_log_has_the_fields_and_never_the_secrets() {
     for (field, want) in cases {
         assert_eq!(line[field], want, "field {field} in {line}");
     }
-    assert!(line["duration_us"].as_u64().is_some_and(|d| d > 0), "{line}");
-    assert!(line["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")), "{line}");
+    assert!(
+        line["duration_us"].as_u64().is_some_and(|d| d > 0),
+        "{line}"
+    );
+    assert!(
+        line["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{line}"
+    );
     for secret in secrets {
         for l in &lines {
-            assert!(!l.contains(secret.split_once(' ').map_or(secret, |p| p.1)), "secret in log: {l}");
+            assert!(
+                !l.contains(secret.split_once(' ').map_or(secret, |p| p.1)),
+                "secret in log: {l}"
+            );
         }
     }
 }
@@ -300,12 +381,20 @@ async fn check_command_reports_file_line_column_and_exits_nonzero() {
         assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
     }
     // A good config passes.
-    std::fs::write(&file, "[[route]]\nname = \"r\"\npath = \"/b\"\nrespond = { status = 204 }\n").unwrap();
+    std::fs::write(
+        &file,
+        "[[route]]\nname = \"r\"\npath = \"/b\"\nrespond = { status = 204 }\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["check", "--config", config.to_str().unwrap()])
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes, 0 upstreams)"));
 }

@@ -4,6 +4,6 @@
 
 mod support;
 
-mod proxy;
 mod lifecycle;
+mod proxy;
 mod tls;
