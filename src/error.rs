@@ -17,6 +17,15 @@ pub enum GatewayError {
     /// The request target could not be normalised without ambiguity.
     #[error("invalid request path: {0}")]
     InvalidPath(&'static str),
+    /// The request head is not well-formed HTTP/1.
+    #[error("malformed request: {0}")]
+    MalformedRequest(&'static str),
+    /// The request target is longer than allowed.
+    #[error("request target too long")]
+    UriTooLong,
+    /// The request head is larger, or has more fields, than allowed.
+    #[error("request headers too large")]
+    HeadersTooLarge,
     /// The framing headers are ambiguous (smuggling risk).
     #[error("ambiguous message framing: {0}")]
     AmbiguousFraming(&'static str),
@@ -61,8 +70,11 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::InvalidPath(_)
+            | GatewayError::MalformedRequest(_)
             | GatewayError::AmbiguousFraming(_)
             | GatewayError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -77,6 +89,9 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::InvalidPath(_) => "invalid_path",
+            GatewayError::MalformedRequest(_) => "malformed_request",
+            GatewayError::UriTooLong => "uri_too_long",
+            GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::AmbiguousFraming(_) => "ambiguous_framing",
             GatewayError::InvalidHost(_) => "invalid_host",
             GatewayError::RouteNotFound => "route_not_found",
@@ -92,7 +107,13 @@ impl GatewayError {
     /// Whether the client connection should be closed after the answer
     /// (the framing of the rest of the stream cannot be trusted).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, GatewayError::AmbiguousFraming(_))
+        matches!(
+            self,
+            GatewayError::AmbiguousFraming(_)
+                | GatewayError::MalformedRequest(_)
+                | GatewayError::UriTooLong
+                | GatewayError::HeadersTooLarge
+        )
     }
 
     /// The text for the caller: never includes upstream error details.

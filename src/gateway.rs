@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -23,10 +24,10 @@ use crate::proxy::{self, ForwardError, ForwardedFor};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
 use crate::telemetry::AccessRecord;
-use crate::validate;
+use crate::validate::{self, Refusal, Verdicts};
 
 /// What the server knows about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The client's socket address.
     pub peer: SocketAddr,
@@ -36,6 +37,10 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// On a plain listener: redirect everything to HTTPS on this port.
     pub redirect_https_port: Option<u16>,
+    /// Heads the HTTP/1 framing guard refused (none on HTTP/2).
+    pub verdicts: Option<Arc<Verdicts>>,
+    /// Requests seen on this connection so far.
+    pub requests: AtomicU64,
 }
 
 impl ConnInfo {
@@ -102,7 +107,15 @@ impl Gateway {
             request_id,
             record,
         };
-        let (mut response, deadline) = match process(req, &conn, &mut ctx).await {
+        let leaves_http =
+            req.method() == Method::CONNECT || proxy::is_upgrade_request(req.headers());
+        let index = conn.requests.fetch_add(1, Ordering::Relaxed);
+        let refused = conn.verdicts.as_ref().and_then(|v| v.refused(index));
+        let outcome = match refused {
+            Some(why) => Err(refusal_error(why)),
+            None => process(req, &conn, &mut ctx).await,
+        };
+        let (mut response, deadline) = match outcome {
             Ok(done) => done,
             Err(e) => {
                 if let GatewayError::UpstreamFailed { source } = &e {
@@ -116,6 +129,13 @@ impl Gateway {
             .headers_mut()
             .insert(proxy::X_REQUEST_ID.clone(), ctx.request_id.clone());
         ctx.record.status = response.status().as_u16();
+        if leaves_http && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // The framing guard stops reading after an upgrade request:
+            // nothing more may be read from this connection as HTTP.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response.map(|body| ResponseBody::new(body, deadline, ctx.record).boxed())
     }
 }
@@ -135,6 +155,15 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     }
     let id = format!("{:032x}", rand::random::<u128>());
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn refusal_error(why: Refusal) -> GatewayError {
+    match why {
+        Refusal::Malformed(what) => GatewayError::MalformedRequest(what),
+        Refusal::Ambiguous(what) => GatewayError::AmbiguousFraming(what),
+        Refusal::UriTooLong => GatewayError::UriTooLong,
+        Refusal::HeadTooLarge => GatewayError::HeadersTooLarge,
+    }
 }
 
 type Done = (Response<GwBody>, Option<tokio::time::Instant>);

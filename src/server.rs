@@ -38,6 +38,7 @@ use crate::error;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::snapshot::Snapshot;
 use crate::tls::{self, CertInfo};
+use crate::validate::{FramingGuard, HeadLimits, Verdicts};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -452,6 +453,11 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             http: http.clone(),
             limit: limit.clone(),
             handshake_timeout: server.tls_handshake_timeout.0,
+            head_limits: HeadLimits {
+                max_head_bytes: usize::try_from(server.max_header_bytes.0).unwrap_or(usize::MAX),
+                max_headers: server.max_header_count,
+                max_uri_bytes: usize::try_from(server.max_uri_bytes.0).unwrap_or(usize::MAX),
+            },
             shared: shared.clone(),
         };
         tasks.push(tokio::spawn(acceptor.run(listener, stop_rx.clone())));
@@ -481,8 +487,10 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout.0)
-        .max_headers(server.max_header_count)
-        .max_buf_size(head.max(8192))
+        // The framing guard enforces the real limits with a JSON answer;
+        // hyper's own are a backstop just above them.
+        .max_headers(server.max_header_count + 1)
+        .max_buf_size(head.saturating_mul(2).max(64 * 1024))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
@@ -508,6 +516,7 @@ struct Acceptor {
     http: Arc<auto::Builder<TokioExecutor>>,
     limit: Arc<Semaphore>,
     handshake_timeout: Duration,
+    head_limits: HeadLimits,
     shared: Arc<Shared>,
 }
 
@@ -555,8 +564,10 @@ impl Acceptor {
     ) {
         match &self.tls {
             None => {
-                let info = self.conn_info(peer, None);
-                self.serve(TokioIo::new(tcp), info, watcher).await;
+                let verdicts = Arc::new(Verdicts::default());
+                let info = self.conn_info(peer, None, Some(verdicts.clone()));
+                let guarded = FramingGuard::new(tcp, self.head_limits, verdicts);
+                self.serve(TokioIo::new(guarded), info, watcher).await;
             }
             Some(slot) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(slot.config.load_full());
@@ -581,18 +592,32 @@ impl Acceptor {
                     Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                     _ => "TLS",
                 };
-                let info = self.conn_info(peer, Some(version));
-                self.serve(TokioIo::new(stream), info, watcher).await;
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let info = self.conn_info(peer, Some(version), None);
+                    self.serve(TokioIo::new(stream), info, watcher).await;
+                } else {
+                    let verdicts = Arc::new(Verdicts::default());
+                    let info = self.conn_info(peer, Some(version), Some(verdicts.clone()));
+                    let guarded = FramingGuard::new(stream, self.head_limits, verdicts);
+                    self.serve(TokioIo::new(guarded), info, watcher).await;
+                }
             }
         }
     }
 
-    fn conn_info(&self, peer: SocketAddr, tls_version: Option<&'static str>) -> Arc<ConnInfo> {
+    fn conn_info(
+        &self,
+        peer: SocketAddr,
+        tls_version: Option<&'static str>,
+        verdicts: Option<Arc<Verdicts>>,
+    ) -> Arc<ConnInfo> {
         Arc::new(ConnInfo {
             peer,
             listener: self.name.clone(),
             tls_version,
             redirect_https_port: self.redirect_https_port,
+            verdicts,
+            requests: AtomicU64::new(0),
         })
     }
 

@@ -138,8 +138,10 @@ pub struct ServerConfig {
     /// Most header fields in a request.
     #[validate(range(min = 1, max = 1000))]
     pub max_header_count: usize,
-    /// Largest request head (request line plus headers).
+    /// Largest request head (request line plus headers); beyond it 431.
     pub max_header_bytes: ByteSize,
+    /// Longest request target (path and query); beyond it 414.
+    pub max_uri_bytes: ByteSize,
     /// HTTP/2 streams per connection.
     #[validate(range(min = 1))]
     pub h2_max_concurrent_streams: u32,
@@ -155,6 +157,7 @@ impl Default for ServerConfig {
             header_read_timeout: Dur(Duration::from_secs(10)),
             max_header_count: 100,
             max_header_bytes: ByteSize(16 * 1024),
+            max_uri_bytes: ByteSize(8 * 1024),
             h2_max_concurrent_streams: 100,
             shutdown_grace: Dur(Duration::from_secs(30)),
         }

@@ -4,8 +4,10 @@
 //! so that routing, policy and the upstream all see the same bytes. What cannot
 //! be made unambiguous is refused, never guessed.
 
+mod framing;
 mod path;
 
+pub use framing::{FramingGuard, HeadLimits, Refusal, Verdicts};
 pub use path::{PathError, normalize_path};
 
 use http::{HeaderMap, header};
