@@ -458,6 +458,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
                 max_headers: server.max_header_count,
                 max_uri_bytes: usize::try_from(server.max_uri_bytes.0).unwrap_or(usize::MAX),
             },
+            header_read_timeout: server.header_read_timeout.0,
             shared: shared.clone(),
         };
         tasks.push(tokio::spawn(acceptor.run(listener, stop_rx.clone())));
@@ -517,6 +518,7 @@ struct Acceptor {
     limit: Arc<Semaphore>,
     handshake_timeout: Duration,
     head_limits: HeadLimits,
+    header_read_timeout: Duration,
     shared: Arc<Shared>,
 }
 
@@ -566,7 +568,8 @@ impl Acceptor {
             None => {
                 let verdicts = Arc::new(Verdicts::default());
                 let info = self.conn_info(peer, None, Some(verdicts.clone()));
-                let guarded = FramingGuard::new(tcp, self.head_limits, verdicts);
+                let guarded =
+                    FramingGuard::new(tcp, self.head_limits, verdicts, self.header_read_timeout);
                 self.serve(TokioIo::new(guarded), info, watcher).await;
             }
             Some(slot) => {
@@ -598,7 +601,12 @@ impl Acceptor {
                 } else {
                     let verdicts = Arc::new(Verdicts::default());
                     let info = self.conn_info(peer, Some(version), Some(verdicts.clone()));
-                    let guarded = FramingGuard::new(stream, self.head_limits, verdicts);
+                    let guarded = FramingGuard::new(
+                        stream,
+                        self.head_limits,
+                        verdicts,
+                        self.header_read_timeout,
+                    );
                     self.serve(TokioIo::new(guarded), info, watcher).await;
                 }
             }

@@ -131,17 +131,28 @@ pin_project_lite::pin_project! {
         scratch: Vec<u8>,
         pending_at: usize,
         m: Machine,
+        // Until the first head is complete. hyper times the later heads
+        // itself, but it sees nothing of the first one until the guard
+        // lets it through, so a client dribbling it is timed here.
+        first_head: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
 impl<I> FramingGuard<I> {
-    /// Wraps `io`; refusals are recorded in `verdicts`.
-    pub fn new(io: I, limits: HeadLimits, verdicts: Arc<Verdicts>) -> Self {
+    /// Wraps `io`; refusals are recorded in `verdicts`. The first request
+    /// head must be complete within `first_head_timeout`.
+    pub fn new(
+        io: I,
+        limits: HeadLimits,
+        verdicts: Arc<Verdicts>,
+        first_head_timeout: std::time::Duration,
+    ) -> Self {
         FramingGuard {
             io,
             scratch: vec![0; 16 * 1024],
             pending_at: 0,
             m: Machine::new(limits, verdicts),
+            first_head: Some(Box::pin(tokio::time::sleep(first_head_timeout))),
         }
     }
 }
@@ -497,13 +508,40 @@ impl<I: AsyncRead> AsyncRead for FramingGuard<I> {
                 }
                 return Poll::Ready(Ok(()));
             }
+            if m.heads > 0 || matches!(m.state, State::Passthrough | State::Poisoned) {
+                *this.first_head = None;
+            }
             match m.state {
-                State::Poisoned => return Poll::Ready(Ok(())),
                 State::Passthrough => return this.io.as_mut().poll_read(cx, buf),
+                State::Poisoned => {
+                    // hyper answers the refusal and closes. Until then, what
+                    // the client sends is discarded; an early end of stream
+                    // would make hyper drop the answer.
+                    let mut rb = ReadBuf::new(this.scratch);
+                    ready!(this.io.as_mut().poll_read(cx, &mut rb))?;
+                    if rb.filled().is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
+                }
                 _ => {}
             }
             let mut rb = ReadBuf::new(this.scratch);
-            ready!(this.io.as_mut().poll_read(cx, &mut rb))?;
+            let polled = this.io.as_mut().poll_read(cx, &mut rb);
+            if polled.is_pending() {
+                if let Some(timer) = this.first_head.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not received in time",
+                    )));
+                }
+                return Poll::Pending;
+            }
+            if let Poll::Ready(Err(e)) = polled {
+                return Poll::Ready(Err(e));
+            }
             let n = rb.filled().len();
             if n == 0 {
                 // End of stream: hand hyper any partial head, so it reports
@@ -512,7 +550,7 @@ impl<I: AsyncRead> AsyncRead for FramingGuard<I> {
                     return Poll::Ready(Ok(()));
                 }
                 m.pending.append(&mut m.head);
-                m.state = State::Poisoned;
+                m.state = State::Passthrough;
                 continue;
             }
             m.feed(&this.scratch[..n])?;

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod hostile;
 mod lifecycle;
 mod proxy;
 mod tls;

@@ -1,0 +1,404 @@
+//! Hostile clients: each request is written as raw bytes, and each test
+//! asserts the answer, whether the connection was closed, and that the
+//! backend saw nothing it should not have.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::support::*;
+
+struct Counted {
+    backend: Backend,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn counting_backend() -> Counted {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let backend = Backend::start(move |req| {
+        h.fetch_add(1, Ordering::SeqCst);
+        echo_response(req)
+    })
+    .await;
+    Counted { backend, hits }
+}
+
+fn policy(backend: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"b\"\ntargets = [\"{backend}\"]\n\n\
+         [[route]]\nname = \"public\"\nprefix = \"/public\"\nupstream = \"b\"\nmax_body = \"100B\"\n"
+    )
+}
+
+/// Whether `buf` holds one complete response with a Content-Length.
+fn one_response(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    text[..end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|len| len.trim().parse::<usize>().ok())
+        .is_some_and(|len| buf.len() >= end + 4 + len)
+}
+
+/// Writes `request`, then reads until the peer closes or 5 s pass (or,
+/// when `until_closed` is false, until one whole response has arrived).
+/// Returns the text read and whether the connection was closed.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+    until_closed: bool,
+) -> (String, bool) {
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if !until_closed && one_response(&buf) {
+                return false;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    (String::from_utf8_lossy(&buf).into_owned(), closed)
+}
+
+struct Case {
+    name: &'static str,
+    request: String,
+    status: u16,
+    code: Option<&'static str>,
+    closes: bool,
+}
+
+fn case(
+    name: &'static str,
+    request: impl Into<String>,
+    status: u16,
+    code: Option<&'static str>,
+    closes: bool,
+) -> Case {
+    Case {
+        name,
+        request: request.into(),
+        status,
+        code,
+        closes,
+    }
+}
+
+fn hostile_cases() -> Vec<Case> {
+    let h = "Host: x\r\n";
+    vec![
+        case(
+            "dot-dot out of the prefix",
+            format!("GET /public/../admin HTTP/1.1\r\n{h}\r\n"),
+            404,
+            Some("route_not_found"),
+            false,
+        ),
+        case(
+            "encoded dot-dot",
+            format!("GET /public/%2e%2e/admin HTTP/1.1\r\n{h}\r\n"),
+            404,
+            Some("route_not_found"),
+            false,
+        ),
+        case(
+            "encoded slash",
+            format!("GET /public/%2Fadmin HTTP/1.1\r\n{h}\r\n"),
+            400,
+            Some("invalid_path"),
+            false,
+        ),
+        case(
+            "dot-dot then encoded slash",
+            format!("GET /public/..%2f HTTP/1.1\r\n{h}\r\n"),
+            400,
+            Some("invalid_path"),
+            false,
+        ),
+        case(
+            "content-length with transfer-encoding",
+            format!(
+                "POST /public/x HTTP/1.1\r\n{h}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            400,
+            Some("ambiguous_framing"),
+            true,
+        ),
+        case(
+            "transfer-encoding first",
+            format!(
+                "POST /public/x HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+            ),
+            400,
+            Some("ambiguous_framing"),
+            true,
+        ),
+        case(
+            "two content-lengths",
+            format!(
+                "POST /public/x HTTP/1.1\r\n{h}Content-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+            ),
+            400,
+            Some("ambiguous_framing"),
+            true,
+        ),
+        case(
+            "chunked, identity",
+            format!(
+                "POST /public/x HTTP/1.1\r\n{h}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"
+            ),
+            400,
+            Some("ambiguous_framing"),
+            true,
+        ),
+        case(
+            "bare CR in a header",
+            format!("GET /public/x HTTP/1.1\r\n{h}X-A: a\rb\r\n\r\n"),
+            400,
+            Some("malformed_request"),
+            true,
+        ),
+        case(
+            "100 kB header",
+            format!(
+                "GET /public/x HTTP/1.1\r\n{h}X-Big: {}\r\n\r\n",
+                "a".repeat(100_000)
+            ),
+            431,
+            Some("headers_too_large"),
+            true,
+        ),
+        case(
+            "1000 headers",
+            format!(
+                "GET /public/x HTTP/1.1\r\n{h}{}\r\n",
+                "X-A: 1\r\n".repeat(1000)
+            ),
+            431,
+            Some("headers_too_large"),
+            true,
+        ),
+        case(
+            "9 kB target",
+            format!("GET /public/{} HTTP/1.1\r\n{h}\r\n", "a".repeat(9000)),
+            414,
+            Some("uri_too_long"),
+            true,
+        ),
+        case(
+            "body one byte over the limit",
+            format!(
+                "POST /public/x HTTP/1.1\r\n{h}Content-Length: 101\r\n\r\n{}",
+                "a".repeat(101)
+            ),
+            413,
+            Some("payload_too_large"),
+            false,
+        ),
+        case(
+            "absolute-form host differs",
+            "GET http://evil.test/public/x HTTP/1.1\r\nHost: good.test\r\n\r\n",
+            400,
+            Some("invalid_host"),
+            false,
+        ),
+    ]
+}
+
+fn check(case: &Case, text: &str, closed: bool, transport: &str) {
+    let name = case.name;
+    let status_line = format!("HTTP/1.1 {}", case.status);
+    assert!(
+        text.starts_with(&status_line),
+        "{transport} {name}: {}",
+        text.lines().next().unwrap_or("")
+    );
+    if let Some(code) = case.code {
+        assert!(
+            text.contains(&format!("\"error\":\"{code}\"")),
+            "{transport} {name}: {text:.300}"
+        );
+        assert!(text.contains("\"request_id\":\""), "{transport} {name}");
+    }
+    if case.closes {
+        assert!(closed, "{transport} {name}: connection must be closed");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{transport} {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_requests_over_tcp_never_reach_the_backend() {
+    let b = counting_backend().await;
+    let gw = GatewayBuilder::new()
+        .policy("a.toml", &policy(&b.backend.url()))
+        .start()
+        .await;
+    for case in hostile_cases() {
+        let s = tokio::net::TcpStream::connect(gw.addr("http"))
+            .await
+            .unwrap();
+        let (text, closed) = exchange(s, case.request.as_bytes(), case.closes).await;
+        check(&case, &text, closed, "tcp");
+    }
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        0,
+        "no hostile request reached the backend"
+    );
+    // The same connection-level checks do not get in the way of good requests.
+    let s = tokio::net::TcpStream::connect(gw.addr("http"))
+        .await
+        .unwrap();
+    let (text, _) = exchange(
+        s,
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET //public/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        true,
+    )
+    .await;
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(
+        text.contains("\"uri\":\"/public/y\""),
+        "merged slashes: {text}"
+    );
+    assert_eq!(b.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_smuggled_second_request_is_refused_after_the_first_is_served() {
+    let b = counting_backend().await;
+    let gw = GatewayBuilder::new()
+        .policy("a.toml", &policy(&b.backend.url()))
+        .start()
+        .await;
+    let s = tokio::net::TcpStream::connect(gw.addr("http"))
+        .await
+        .unwrap();
+    let (text, closed) = exchange(
+        s,
+        b"GET /public/first HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /public/second HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+          GET /public/third HTTP/1.1\r\nHost: x\r\n\r\n",
+        true,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("ambiguous_framing"), "{text}");
+    assert!(
+        !text.contains("/public/third"),
+        "nothing after the refusal is served: {text}"
+    );
+    assert!(closed);
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        1,
+        "only the first request reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn hostile_requests_over_tls_are_refused_the_same_way() {
+    let b = counting_backend().await;
+    let builder = GatewayBuilder::new();
+    let ca = TestCa::new(builder.path());
+    let (cert, key) = ca.issue("localhost", &["localhost"]);
+    let gw = builder
+        .main(&format!(
+            "[[listener]]\nname = \"https\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ))
+        .policy("a.toml", &policy(&b.backend.url()))
+        .start()
+        .await;
+    let connector = tokio_rustls::TlsConnector::from(rustls_client(&ca.ca_pem(), &[b"http/1.1"]));
+    let addr: SocketAddr = gw.addr("https");
+    for case in hostile_cases().into_iter().filter(|c| c.closes) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (text, closed) = exchange(tls, case.request.as_bytes(), true).await;
+        check(&case, &text, closed, "tls");
+    }
+    assert_eq!(b.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_is_cut_off_while_normal_clients_are_served() {
+    let b = counting_backend().await;
+    let gw = GatewayBuilder::new()
+        .main("[server]\nheader_read_timeout = \"1s\"\n")
+        .policy("a.toml", &policy(&b.backend.url()))
+        .start()
+        .await;
+    let addr = gw.addr("http");
+    // Twenty slow clients dribble one header byte every 200 ms.
+    let mut lorises = Vec::new();
+    for _ in 0..20 {
+        lorises.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let head = b"GET /public/x HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            for byte in head {
+                if s.write_all(&[*byte]).await.is_err() {
+                    return Some(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // A closed connection shows as EOF on a non-blocking read.
+                let mut probe = [0u8; 1];
+                if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+                    return Some(started.elapsed());
+                }
+            }
+            None
+        }));
+    }
+    // Meanwhile normal requests keep succeeding.
+    let c = client();
+    for i in 0..20 {
+        let r = c
+            .get(gw.url(&format!("/public/ok{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for l in lorises {
+        let cut = l.await.unwrap();
+        let Some(after) = cut else {
+            panic!("a slow-loris connection was never closed");
+        };
+        assert!(
+            after < Duration::from_secs(8),
+            "closed only after {after:?}"
+        );
+    }
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        20,
+        "only the normal requests reached the backend"
+    );
+}
