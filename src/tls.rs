@@ -5,7 +5,8 @@
 //! Only TLS 1.3 and 1.2 with rustls' default (modern) cipher suites are
 //! offered; ALPN offers h2 and http/1.1. A server config is immutable: a
 //! reload builds a new one (carrying over the session cache and ticket keys so
-//! resumption survives) and the listener swaps it in for new handshakes, so
+//! resumption survives, except on mTLS listeners, where a resumed session
+//! would skip the new client CA) and the listener swaps it in for new handshakes, so
 //! established connections are never touched. Private keys are never logged.
 
 use std::collections::HashMap;
@@ -230,7 +231,7 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// Builds a listener's server config. `previous` passes on the session
-/// cache and ticket keys across reloads.
+/// cache and ticket keys across reloads (not for mTLS listeners).
 pub fn server_config(
     tls: &TlsConfig,
     base: &Path,
@@ -285,7 +286,10 @@ pub fn server_config(
     };
     let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    match previous {
+    // Sessions survive a reload only without client certificates: a session
+    // resumed from before the reload would skip verification against a
+    // changed client CA.
+    match previous.filter(|_| tls.client_ca.is_none()) {
         Some(prev) => {
             cfg.session_storage = prev.session_storage.clone();
             cfg.ticketer = prev.ticketer.clone();

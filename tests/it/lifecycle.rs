@@ -1,12 +1,10 @@
 //! Reload, shutdown, the access log and `gatehouse check`, including the
 //! real binary driven by signals.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::Response;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::support::*;
 
@@ -171,84 +169,6 @@ async fn duplicates_across_files_name_both_places() {
         )),
         "{text}"
     );
-}
-
-/// The real binary, with stdout (the JSON log) read line by line.
-struct Proc {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn gatehouse");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (at most 10 s) for a log line whose message is `message`.
-    async fn wait_for(&mut self, message: &str) -> serde_json::Value {
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line.clone());
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == message
-                {
-                    return Some(v);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(v)) => v,
-            _ => panic!("no `{message}` log line; saw:\n{}", self.seen.join("\n")),
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("pid").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-
-    /// Collects the rest of stdout until the process exits (at most 10 s).
-    async fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("process exits in time")
-            .expect("wait");
-        while let Ok(Some(line)) =
-            tokio::time::timeout(Duration::from_secs(2), self.lines.recv()).await
-        {
-            self.seen.push(line);
-        }
-        (status, self.seen)
-    }
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::server::{Running, StartOptions};
@@ -17,7 +19,9 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -332,4 +336,108 @@ pub async fn error_code(resp: reqwest::Response) -> String {
     );
     assert!(v["message"].as_str().is_some(), "message in {v}");
     v["error"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The real binary, with stdout (the JSON log) read line by line.
+pub struct Proc {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn gatehouse");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most 10 s) for a log line whose message is `message`.
+    pub async fn wait_for(&mut self, message: &str) -> serde_json::Value {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == message
+                {
+                    return Some(v);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(v)) => v,
+            _ => panic!("no `{message}` log line; saw:\n{}", self.seen.join("\n")),
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("pid").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Collects the rest of stdout until the process exits (at most 10 s).
+    pub async fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("process exits in time")
+            .expect("wait");
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(2), self.lines.recv()).await
+        {
+            self.seen.push(line);
+        }
+        (status, self.seen)
+    }
+
+    /// Peak resident memory of the process so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Starts `gatehouse serve` on `config` and returns it with the address
+    /// of its first public listener.
+    pub async fn serve(config: &Path) -> (Proc, String) {
+        let mut proc = Proc::spawn(&[
+            "serve",
+            "--no-watch",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ]);
+        let listening = proc.wait_for("listening").await;
+        let addr = listening["addr"].as_str().expect("addr").to_owned();
+        proc.wait_for("admin listening").await;
+        (proc, addr)
+    }
 }
