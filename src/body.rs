@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -54,6 +55,8 @@ pub struct BodyStats {
     pub bytes: AtomicU64,
     /// Set once the body went over the route's limit.
     pub too_large: AtomicBool,
+    /// Set once the client sent the body too slowly.
+    pub timed_out: AtomicBool,
     done: AtomicBool,
     done_signal: Notify,
 }
@@ -78,31 +81,54 @@ impl BodyStats {
     }
 }
 
+/// How fast a client must send its body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    /// Longest pause between two pieces of the body.
+    pub max_gap: Duration,
+    /// Slowest average rate (bytes per second), enforced after `grace`.
+    pub min_rate: u64,
+    /// Time before `min_rate` applies.
+    pub grace: Duration,
+}
+
+/// The error a [`RequestBody`] yields when the client sends too slowly.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received in time")]
+pub struct BodyTimeout;
+
 pin_project_lite::pin_project! {
-    /// A client's request body, counted and capped while it streams.
+    /// A client's request body, counted, capped and paced while it streams.
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
         limit: u64,
         seen: u64,
         stats: Arc<BodyStats>,
+        pace: BodyPace,
+        started: Instant,
+        gap: Pin<Box<Sleep>>,
     }
 }
 
 impl<B> RequestBody<B> {
-    /// Wraps `inner`, allowing at most `limit` bytes.
-    pub fn new(inner: B, limit: u64, stats: Arc<BodyStats>) -> Self
+    /// Wraps `inner`, allowing at most `limit` bytes at `pace`.
+    pub fn new(inner: B, limit: u64, pace: BodyPace, stats: Arc<BodyStats>) -> Self
     where
         B: Body,
     {
         if inner.is_end_stream() {
             stats.mark_sent();
         }
+        let started = Instant::now();
         RequestBody {
             inner,
             limit,
             seen: 0,
             stats,
+            pace,
+            started,
+            gap: Box::pin(tokio::time::sleep_until(started + pace.max_gap)),
         }
     }
 }
@@ -120,12 +146,30 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match ready!(this.inner.as_mut().poll_frame(cx)) {
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if polled.is_pending() {
+            if this.gap.as_mut().poll(cx).is_ready() {
+                this.stats.timed_out.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+            }
+            return Poll::Pending;
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     *this.seen += n;
                     this.stats.bytes.fetch_add(n, Ordering::Relaxed);
+                    let now = Instant::now();
+                    this.gap.as_mut().reset(now + this.pace.max_gap);
+                    let elapsed = now.duration_since(*this.started);
+                    if elapsed > this.pace.grace
+                        && u128::from(*this.seen) * 1000
+                            < u128::from(this.pace.min_rate) * elapsed.as_millis()
+                    {
+                        this.stats.timed_out.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                    }
                     if *this.seen > *this.limit {
                         this.stats.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
@@ -265,6 +309,45 @@ mod tests {
         })))
     }
 
+    const PACE: BodyPace = BodyPace {
+        max_gap: Duration::from_secs(10),
+        min_rate: 1024,
+        grace: Duration::from_secs(10),
+    };
+
+    fn paced(gaps_ms: &'static [u64], size: usize) -> impl Body<Data = Bytes, Error = BoxError> {
+        StreamBody::new(stream::unfold(0usize, move |i| async move {
+            let gap = *gaps_ms.get(i)?;
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'p'; size]))),
+                i + 1,
+            ))
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_body_pace_is_enforced() {
+        let cases: [(&str, &'static [u64], usize, bool); 4] = [
+            ("steady", &[1000; 15], 2048, true),
+            ("one long pause", &[1000, 10_500, 1000], 2048, false),
+            ("pause just under the gap", &[9_900, 9_900], 30_000, true),
+            (
+                "too slow on average after the grace period",
+                &[2000; 8],
+                1000,
+                false,
+            ),
+        ];
+        for (name, gaps, size, ok) in cases {
+            let stats = Arc::new(BodyStats::default());
+            let body = RequestBody::new(paced(gaps, size), u64::MAX, PACE, stats.clone());
+            let result = body.collect().await;
+            assert_eq!(result.is_ok(), ok, "{name}");
+            assert_eq!(stats.timed_out.load(Ordering::Relaxed), !ok, "{name}");
+        }
+    }
+
     #[tokio::test]
     async fn request_body_counts_and_caps_while_streaming() {
         let cases = [
@@ -274,7 +357,7 @@ mod tests {
         ];
         for (name, n, size, limit, ok) in cases {
             let stats = Arc::new(BodyStats::default());
-            let body = RequestBody::new(chunks(n, size), limit, stats.clone());
+            let body = RequestBody::new(chunks(n, size), limit, PACE, stats.clone());
             let result = body.collect().await;
             assert_eq!(result.is_ok(), ok, "{name}");
             assert_eq!(stats.too_large.load(Ordering::Relaxed), !ok, "{name}");

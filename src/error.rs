@@ -47,6 +47,9 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The client sent its body too slowly.
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream failed")]
     UpstreamFailed {
@@ -78,6 +81,7 @@ impl GatewayError {
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +101,7 @@ impl GatewayError {
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::RequestTimeout => "request_timeout",
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::NoTarget => "no_upstream_target",
@@ -113,6 +118,7 @@ impl GatewayError {
                 | GatewayError::MalformedRequest(_)
                 | GatewayError::UriTooLong
                 | GatewayError::HeadersTooLarge
+                | GatewayError::RequestTimeout
         )
     }
 

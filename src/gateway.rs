@@ -367,7 +367,8 @@ async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let stats = ctx.record.body.clone();
-    let body = RequestBody::new(body, route.max_body, stats.clone()).boxed();
+    let body =
+        RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone()).boxed();
     let upstream_req = Request::from_parts(parts, body);
 
     // 11. Forward.
@@ -382,6 +383,7 @@ async fn forward(
             ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
                 limit: route.max_body,
             },
+            ForwardError::BodyTimeout => GatewayError::RequestTimeout,
             ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
         })?;
 

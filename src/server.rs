@@ -555,6 +555,7 @@ impl Acceptor {
                 drop(permit);
             });
         }
+        drop(listener);
         tracing::info!(listener = %me.name, "stopped accepting");
     }
 

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::body::BodyPace;
 use crate::config::{Defaults, Loaded, Problem, Problems, RouteSpec, SourceFile};
 use crate::proxy::Upstream;
 use crate::route::{
@@ -33,6 +34,8 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Whether `//` is folded into `/` before routing.
     pub merge_slashes: bool,
+    /// How fast clients must send request bodies.
+    pub body_pace: BodyPace,
     /// The policy files it was built from.
     pub policy_files: Vec<PathBuf>,
 }
@@ -46,6 +49,11 @@ impl Snapshot {
             routes: RouteTable::default(),
             upstreams: HashMap::new(),
             merge_slashes: true,
+            body_pace: BodyPace {
+                max_gap: std::time::Duration::from_secs(10),
+                min_rate: 1024,
+                grace: std::time::Duration::from_secs(10),
+            },
             policy_files: Vec::new(),
         }
     }
@@ -138,7 +146,12 @@ impl Snapshot {
                 loaded_at: SystemTime::now(),
                 routes,
                 upstreams,
-                merge_slashes: true,
+                merge_slashes: loaded.config.server.merge_slashes,
+                body_pace: BodyPace {
+                    max_gap: loaded.config.server.body_timeout.0,
+                    min_rate: loaded.config.server.body_min_rate.0,
+                    grace: loaded.config.server.body_timeout.0,
+                },
                 policy_files: loaded
                     .policies
                     .iter()

@@ -142,6 +142,13 @@ pub struct ServerConfig {
     pub max_header_bytes: ByteSize,
     /// Longest request target (path and query); beyond it 414.
     pub max_uri_bytes: ByteSize,
+    /// Longest pause while receiving a request body; also the grace period
+    /// before `body_min_rate` applies. Beyond it 408.
+    pub body_timeout: Dur,
+    /// Slowest average body rate, in bytes per second, after `body_timeout`.
+    pub body_min_rate: ByteSize,
+    /// Fold repeated slashes (`//`) into one before routing and forwarding.
+    pub merge_slashes: bool,
     /// HTTP/2 streams per connection.
     #[validate(range(min = 1))]
     pub h2_max_concurrent_streams: u32,
@@ -158,6 +165,9 @@ impl Default for ServerConfig {
             max_header_count: 100,
             max_header_bytes: ByteSize(16 * 1024),
             max_uri_bytes: ByteSize(8 * 1024),
+            body_timeout: Dur(Duration::from_secs(10)),
+            body_min_rate: ByteSize(1024),
+            merge_slashes: true,
             h2_max_concurrent_streams: 100,
             shutdown_grace: Dur(Duration::from_secs(30)),
         }

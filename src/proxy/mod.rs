@@ -132,6 +132,9 @@ pub enum ForwardError {
     /// The client's body went over the route's limit while streaming.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client sent its body too slowly.
+    #[error("request body too slow")]
+    BodyTimeout,
     /// Anything else: refused connection, reset, protocol error.
     #[error("upstream request failed")]
     Failed(#[source] crate::BoxError),
@@ -252,6 +255,8 @@ impl Upstream {
         result.map_err(|e| {
             if body.too_large.load(Ordering::Relaxed) {
                 ForwardError::BodyTooLarge
+            } else if body.timed_out.load(Ordering::Relaxed) {
+                ForwardError::BodyTimeout
             } else if is_timeout(&e) {
                 ForwardError::Timeout
             } else {

@@ -209,10 +209,9 @@ pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
 #[tokio::test]
 async fn upstream_down_is_502_and_silent_upstream_is_504() {
     // A port with nothing listening: bind, note the port, close.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Port 1 (tcpmux) on loopback: nothing listens there, and unlike a
+    // just-released ephemeral port no parallel test can take it.
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     // A backend that accepts and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
