@@ -32,6 +32,27 @@ pub enum GatewayError {
     /// The Host header (or :authority) is missing, malformed or inconsistent.
     #[error("invalid host: {0}")]
     InvalidHost(&'static str),
+    /// A header the route requires is missing.
+    #[error("missing required header `{0}`")]
+    MissingHeader(String),
+    /// The body's media type is not one the route accepts.
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    /// The query string breaks the route's rules.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// The body is not valid JSON (for a route with a schema).
+    #[error("request body is not valid JSON")]
+    InvalidJson,
+    /// The body does not satisfy the route's JSON Schema.
+    #[error("request body does not match the schema")]
+    SchemaViolation(Vec<crate::validate::SchemaError>),
+    /// The client's address is not allowed.
+    #[error("client address not allowed")]
+    IpDenied,
+    /// A CORS preflight from an origin, method or header the route does not allow.
+    #[error("CORS preflight rejected")]
+    CorsRejected,
     /// No route matches host and path.
     #[error("no route matches this request")]
     RouteNotFound,
@@ -75,7 +96,13 @@ impl GatewayError {
             GatewayError::InvalidPath(_)
             | GatewayError::MalformedRequest(_)
             | GatewayError::AmbiguousFraming(_)
-            | GatewayError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            | GatewayError::InvalidHost(_)
+            | GatewayError::MissingHeader(_)
+            | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidJson => StatusCode::BAD_REQUEST,
+            GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            GatewayError::IpDenied | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
@@ -98,6 +125,13 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::AmbiguousFraming(_) => "ambiguous_framing",
             GatewayError::InvalidHost(_) => "invalid_host",
+            GatewayError::MissingHeader(_) => "missing_header",
+            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::InvalidQuery(_) => "invalid_query",
+            GatewayError::InvalidJson => "invalid_json",
+            GatewayError::SchemaViolation(_) => "schema_violation",
+            GatewayError::IpDenied => "ip_denied",
+            GatewayError::CorsRejected => "cors_rejected",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
@@ -162,11 +196,25 @@ pub fn error_response(
     message: &str,
     request_id: &str,
 ) -> Result<Response<GwBody>, http::Error> {
-    let body = serde_json::json!({
+    error_response_with(status, code, message, request_id, None)
+}
+
+/// As [`error_response`], with an `errors` list (schema failures).
+fn error_response_with(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    details: Option<serde_json::Value>,
+) -> Result<Response<GwBody>, http::Error> {
+    let mut body = serde_json::json!({
         "error": code,
         "message": message,
         "request_id": request_id,
     });
+    if let (Some(details), Some(obj)) = (details, body.as_object_mut()) {
+        obj.insert("errors".to_owned(), details);
+    }
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")

@@ -24,6 +24,7 @@ use crate::proxy::{self, ForwardError, ForwardedFor};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
 use crate::telemetry::AccessRecord;
+use crate::cors;
 use crate::validate::{self, Refusal, Verdicts};
 
 /// What the server knows about the connection a request came on.
@@ -65,6 +66,8 @@ struct RequestCtx {
     snapshot: Arc<Snapshot>,
     request_id: HeaderValue,
     record: AccessRecord,
+    /// The matched route, once known.
+    route: Option<Arc<Route>>,
 }
 
 /// Host as routed on (lower case, no port) and as received.
@@ -96,16 +99,19 @@ impl Gateway {
             status: 0,
             error: None,
             started,
-            client: conn.peer,
+            client: validate::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies),
+            peer: conn.peer,
             listener: conn.listener.clone(),
             tls_version: conn.tls_version,
             http_version: req.version(),
             body: Arc::new(BodyStats::default()),
         };
+        let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
             snapshot,
             request_id,
             record,
+            route: None,
         };
         let leaves_http =
             req.method() == Method::CONNECT || proxy::is_upgrade_request(req.headers());
@@ -128,6 +134,12 @@ impl Gateway {
         response
             .headers_mut()
             .insert(proxy::X_REQUEST_ID.clone(), ctx.request_id.clone());
+        if let (Some(route), Some(origin)) = (&ctx.route, &origin)
+            && let Some(cors) = &route.cors
+            && response.status() != StatusCode::NO_CONTENT
+        {
+            cors.decorate(origin, response.headers_mut());
+        }
         ctx.record.status = response.status().as_u16();
         if leaves_http && response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The framing guard stops reading after an upgrade request:
@@ -187,16 +199,33 @@ async fn process(
         ));
     }
 
-    // 3. Route.
+    // Global client-address rules: cheap, before anything else is looked at.
+    let client = ctx.record.client;
+    ctx.snapshot.access.check(client)?;
+
+    // 3. Route (a CORS preflight is routed by the method it asks about).
     let snapshot = ctx.snapshot.clone();
-    let (route, params) = match snapshot.routes.lookup(&host.name, &path, req.method()) {
+    let preflight = cors::preflight(req.method(), req.headers());
+    let method = preflight.as_ref().map_or(req.method(), |p| &p.method);
+    let mut found = snapshot.routes.lookup(&host.name, &path, method);
+    if preflight.is_some() && !matches!(&found, Lookup::Found(r, _) if r.cors.is_some()) {
+        found = snapshot.routes.lookup(&host.name, &path, req.method());
+    }
+    let (route, params) = match found {
         Lookup::Found(route, params) => (route, params),
         Lookup::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
         Lookup::NotFound => return Err(GatewayError::RouteNotFound),
     };
     ctx.record.route = Some(route.name.clone());
+    ctx.route = Some(route.clone());
 
-    // 4. Limits.
+    // 7 (address part). Route client-address rules.
+    route.rules.ip.check(client)?;
+    if let (Some(p), Some(cors)) = (&preflight, &route.cors) {
+        return Ok((cors.answer(p, route.methods.as_deref())?, None));
+    }
+
+    // 4. Limits and head rules.
     if let Some(len) = validate::content_length(req.headers())
         && len > route.max_body
     {
@@ -204,6 +233,7 @@ async fn process(
             limit: route.max_body,
         });
     }
+    route.rules.check_head(req.headers(), req.uri().query())?;
 
     match &route.action {
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
@@ -406,6 +436,9 @@ async fn forward(
             }
         }
     }
+    // The upstream's HTTP version is not the client's (hyper would write
+    // `HTTP/1.0` back to a 1.1 client); HTTP/2 ignores this field.
+    *resp.version_mut() = Version::HTTP_11;
     proxy::prepare_response_headers(resp.headers_mut(), &ctx.request_id, switching);
     route.response_headers.apply(resp.headers_mut());
     let resp = resp.map(|b| b.map_err(|e| -> crate::BoxError { Box::new(e) }).boxed());

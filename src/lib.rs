@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod proxy;

@@ -44,7 +44,7 @@ enum Command {
         )]
         config: PathBuf,
         /// Do not watch config, policy and certificate files (SIGHUP still reloads).
-        #[arg(long, env = "GATEHOUSE_NO_WATCH")]
+        #[arg(long, env = "GATEHOUSE_NO_WATCH", value_parser = clap::builder::BoolishValueParser::new())]
         no_watch: bool,
     },
     /// Validate the config and every policy file; print `file:line:column: reason` per problem.
@@ -79,6 +79,7 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(level).context("invalid --log-level")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout);
     match format {
         LogFormat::Json => builder

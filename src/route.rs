@@ -86,10 +86,15 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// Largest request body.
     pub max_body: u64,
+    /// Header, query, address and body rules.
+    pub rules: crate::validate::RequestRules,
+    /// CORS policy.
+    pub cors: Option<crate::cors::Cors>,
 }
 
 impl Route {
-    fn allows(&self, method: &Method) -> bool {
+    /// Whether the route accepts `method`.
+    pub fn allows(&self, method: &Method) -> bool {
         match &self.methods {
             None => true,
             Some(list) => list.contains(method),
@@ -384,6 +389,8 @@ mod tests {
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
             max_body: 0,
+            rules: Default::default(),
+            cors: None,
         })
     }
 
@@ -582,6 +589,8 @@ mod tests {
                 request_headers: HeaderEdits::default(),
                 response_headers: HeaderEdits::default(),
                 max_body: 0,
+                rules: Default::default(),
+                cors: None,
             }
         }
     }

@@ -443,7 +443,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             None
         };
         let tls_mode = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(listener = %l.name, %addr, mode = tls_mode, redirect_https_port = ?l.redirect_https_port, "listening");
+        tracing::info!(listener = %l.name, %addr, mode = tls_mode, redirect_https_port = l.redirect_https_port.unwrap_or(0), "listening");
         listeners.push((l.name.clone(), addr));
         let acceptor = Acceptor {
             name: l.name.as_str().into(),

@@ -16,10 +16,12 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use crate::body::BodyPace;
 use crate::config::{Defaults, Loaded, Problem, Problems, RouteSpec, SourceFile};
 use crate::proxy::Upstream;
+use crate::cors::Cors;
 use crate::route::{
-    Action, DirectResponse, HeaderEdits, PathMatch, Place, Route, RouteTable, RouteTableBuilder,
-    parse_rewrite,
+    Action, DirectResponse, HeaderEdits, PathMatch, Place, RewritePart, Route, RouteTable,
+    RouteTableBuilder, parse_rewrite,
 };
+use crate::validate::{IpRules, QueryRules, RequestRules, parse_net};
 
 /// One generation of the configuration.
 #[derive(Debug)]
@@ -36,6 +38,10 @@ pub struct Snapshot {
     pub merge_slashes: bool,
     /// How fast clients must send request bodies.
     pub body_pace: BodyPace,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Client-address rules for every route.
+    pub access: IpRules,
     /// The policy files it was built from.
     pub policy_files: Vec<PathBuf>,
 }
@@ -54,6 +60,8 @@ impl Snapshot {
                 min_rate: 1024,
                 grace: std::time::Duration::from_secs(10),
             },
+            trusted_proxies: Vec::new(),
+            access: IpRules::default(),
             policy_files: Vec::new(),
         }
     }
@@ -63,6 +71,12 @@ impl Snapshot {
     pub fn build(loaded: &Loaded, generation: u64) -> Result<Snapshot, Problems> {
         let mut problems = Vec::new();
         let defaults = &loaded.config.defaults;
+        let access_cfg = &loaded.config.access;
+        let trusted_proxies = parse_nets(&access_cfg.trusted_proxies, &loaded.source, "[access] trusted_proxies", &mut problems);
+        let access = IpRules {
+            allow: parse_nets(&access_cfg.allow_ips, &loaded.source, "[access] allow_ips", &mut problems),
+            deny: parse_nets(&access_cfg.deny_ips, &loaded.source, "[access] deny_ips", &mut problems),
+        };
 
         // Upstreams, with duplicate names refused naming both places.
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
@@ -112,14 +126,14 @@ impl Snapshot {
                     continue;
                 }
                 route_places.insert(name.clone(), place_string(source, r.name.span()));
-                match compile_route(
-                    r,
-                    spec.span(),
+                let ctx = RouteCtx {
                     source,
                     defaults,
-                    &upstreams,
-                    upstream_places.contains_key(&name_of(r)),
-                ) {
+                    upstreams: &upstreams,
+                    upstream_places: &upstream_places,
+                    merge_slashes: loaded.config.server.merge_slashes,
+                };
+                match compile_route(r, spec.span(), &ctx) {
                     Ok((host, path, route)) => {
                         let place = Place {
                             source: source.clone(),
@@ -152,6 +166,8 @@ impl Snapshot {
                     min_rate: loaded.config.server.body_min_rate.0,
                     grace: loaded.config.server.body_timeout.0,
                 },
+                trusted_proxies,
+                access,
                 policy_files: loaded
                     .policies
                     .iter()
@@ -206,14 +222,23 @@ fn compile_edits(
 
 type Compiled = (Option<String>, PathMatch, Route);
 
-fn compile_route(
-    r: &RouteSpec,
-    span: std::ops::Range<usize>,
-    source: &Arc<SourceFile>,
-    defaults: &Defaults,
-    upstreams: &HashMap<String, Arc<Upstream>>,
-    upstream_declared: bool,
-) -> Result<Compiled, Vec<Problem>> {
+/// What compiling a route needs besides its spec.
+struct RouteCtx<'a> {
+    source: &'a Arc<SourceFile>,
+    defaults: &'a Defaults,
+    upstreams: &'a HashMap<String, Arc<Upstream>>,
+    upstream_places: &'a HashMap<String, String>,
+    merge_slashes: bool,
+}
+
+fn compile_route(r: &RouteSpec, span: std::ops::Range<usize>, ctx: &RouteCtx<'_>) -> Result<Compiled, Vec<Problem>> {
+    let RouteCtx {
+        source,
+        defaults,
+        upstreams,
+        ..
+    } = *ctx;
+    let upstream_declared = ctx.upstream_places.contains_key(&name_of(r));
     let mut problems = Vec::new();
     let name = r.name.get_ref();
     let label = format!("route `{name}`");
@@ -261,7 +286,7 @@ fn compile_route(
             .map(|s| s.span())
             .next()
             .unwrap_or(span.clone());
-        match crate::validate::normalize_path(s, true) {
+        match crate::validate::normalize_path(s, ctx.merge_slashes) {
             Ok(n) if n == *s || matches!(p, PathMatch::Template(_)) => {}
             Ok(n) => problems.push(source.problem(
                 pspan,
@@ -401,6 +426,29 @@ fn compile_route(
         &mut problems,
     );
 
+    let rules = compile_rules(r, source, span.clone(), &label, &mut problems);
+    let route_methods: Vec<Method> = methods.clone();
+    let cors = r
+        .cors
+        .as_ref()
+        .and_then(|c| compile_cors(c.get_ref(), &route_methods, source, c.span(), &label, &mut problems));
+    if let (Some(parts), Some(PathMatch::Template(t))) = (&rewrite, &path) {
+        let names = template_params(t);
+        for part in parts {
+            if let RewritePart::Param(p) = part
+                && !names.contains(p)
+            {
+                let at = r.rewrite_path.as_ref().map(|s| s.span()).unwrap_or(span.clone());
+                problems.push(source.problem(at, format!("{label}: `rewrite_path` uses `{{{p}}}`, which the template does not define")));
+            }
+        }
+    } else if let Some(parts) = &rewrite
+        && parts.iter().any(|p| matches!(p, RewritePart::Param(_)))
+    {
+        let at = r.rewrite_path.as_ref().map(|s| s.span()).unwrap_or(span.clone());
+        problems.push(source.problem(at, format!("{label}: `rewrite_path` parameters need a `template` route")));
+    }
+
     match (path, action) {
         (Some(path), Some(action)) if problems.is_empty() => Ok((
             host,
@@ -418,8 +466,158 @@ fn compile_route(
                 request_headers,
                 response_headers,
                 max_body: r.max_body.unwrap_or(defaults.max_body).0,
+                rules,
+                cors,
             },
         )),
         _ => Err(problems),
     }
+}
+
+/// Names of the `{name}` / `{*name}` parameters of a template.
+fn template_params(t: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        if after.starts_with('{') {
+            rest = &after[1..];
+            continue;
+        }
+        let Some(close) = after.find('}') else { break };
+        out.push(after[..close].trim_start_matches('*').to_owned());
+        rest = &after[close + 1..];
+    }
+    out
+}
+
+/// Parses a list of CIDRs, reporting each bad one at its place.
+pub(crate) fn parse_nets(list: &[toml::Spanned<String>], source: &SourceFile, what: &str, problems: &mut Vec<Problem>) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for item in list {
+        match parse_net(item.get_ref()) {
+            Ok(n) => out.push(n),
+            Err(e) => problems.push(source.problem(item.span(), format!("{what}: {e}"))),
+        }
+    }
+    out
+}
+
+fn compile_rules(
+    r: &RouteSpec,
+    source: &SourceFile,
+    span: std::ops::Range<usize>,
+    label: &str,
+    problems: &mut Vec<Problem>,
+) -> RequestRules {
+    let mut required_headers = Vec::new();
+    for h in &r.required_headers {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => required_headers.push(n),
+            Err(_) => problems.push(source.problem(span.clone(), format!("{label}: invalid header name `{h}` in required_headers"))),
+        }
+    }
+    let content_types: Vec<String> = r.content_types.iter().map(|t| t.trim().to_ascii_lowercase()).collect();
+    if content_types.iter().any(|t| !t.contains('/') || t.contains(';')) {
+        problems.push(source.problem(span.clone(), format!("{label}: content_types are media types like `application/json`")));
+    }
+    let query = r.query.as_ref().map(|q| QueryRules {
+        allowed: q.allowed.clone(),
+        required: q.required.clone(),
+        max_params: q.max_params,
+    });
+    let ip = IpRules {
+        allow: parse_nets(&r.allow_ips, source, &format!("{label}: allow_ips"), problems),
+        deny: parse_nets(&r.deny_ips, source, &format!("{label}: deny_ips"), problems),
+    };
+    let schema = r.json_schema.as_ref().and_then(|path| {
+        let dir = source.path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let file = dir.join(path.get_ref());
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(source.problem(path.span(), format!("{label}: cannot read schema {}: {e}", file.display())));
+                return None;
+            }
+        };
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(Problem {
+                    file: file.clone(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: format!("invalid JSON schema: {e}"),
+                });
+                return None;
+            }
+        };
+        match jsonschema::validator_for(&value) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                problems.push(Problem {
+                    file,
+                    line: 0,
+                    column: 0,
+                    message: format!("invalid JSON schema at {}: {e}", e.schema_path()),
+                });
+                None
+            }
+        }
+    });
+    RequestRules {
+        required_headers,
+        content_types,
+        query,
+        ip,
+        schema,
+    }
+}
+
+fn compile_cors(
+    c: &crate::config::CorsSpec,
+    route_methods: &[Method],
+    source: &SourceFile,
+    span: std::ops::Range<usize>,
+    label: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Cors> {
+    let before = problems.len();
+    if c.allow_origins.is_empty() {
+        problems.push(source.problem(span.clone(), format!("{label}: cors needs at least one origin")));
+    }
+    if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
+        problems.push(source.problem(span.clone(), format!("{label}: cors `*` origin cannot allow credentials")));
+    }
+    let names = |list: &[String], what: &str, problems: &mut Vec<Problem>| -> Vec<HeaderName> {
+        list.iter()
+            .filter_map(|h| match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    problems.push(source.problem(span.clone(), format!("{label}: invalid header `{h}` in cors {what}")));
+                    None
+                }
+            })
+            .collect()
+    };
+    let headers = names(&c.allow_headers, "allow_headers", problems);
+    let expose = names(&c.expose_headers, "expose_headers", problems);
+    let mut methods = Vec::new();
+    for m in &c.allow_methods {
+        match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => methods.push(m),
+            Err(_) => problems.push(source.problem(span.clone(), format!("{label}: invalid method `{m}` in cors"))),
+        }
+    }
+    if methods.is_empty() {
+        methods = route_methods.to_vec();
+    }
+    (problems.len() == before).then(|| Cors {
+        origins: c.allow_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
+        methods,
+        headers,
+        expose,
+        credentials: c.allow_credentials,
+        max_age: c.max_age.map(|d| d.0.as_secs()),
+    })
 }

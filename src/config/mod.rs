@@ -41,6 +41,22 @@ pub struct ConfigFile {
     /// Defaults for routes and upstreams that do not set their own.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Who may connect, and which proxies are trusted to say who did.
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// Client-address rules for every route (reloadable).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Proxies (CIDR) whose `X-Forwarded-For` is believed; the client is the
+    /// right-most hop that is not one of them.
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Only these client networks are served (empty: all not denied).
+    pub allow_ips: Vec<Spanned<String>>,
+    /// These client networks are refused with 403.
+    pub deny_ips: Vec<Spanned<String>>,
 }
 
 fn default_policies() -> PathBuf {
@@ -296,6 +312,64 @@ pub struct RouteSpec {
     pub response_headers: HeaderEdits,
     /// Largest request body (default from `[defaults]`).
     pub max_body: Option<ByteSize>,
+    /// Headers every request must carry (400 otherwise).
+    #[serde(default)]
+    pub required_headers: Vec<String>,
+    /// Media types accepted for request bodies (415 otherwise).
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// Query-string rules.
+    pub query: Option<QuerySpec>,
+    /// JSON Schema file (relative to this policy file) the body must match (422).
+    pub json_schema: Option<Spanned<PathBuf>>,
+    /// Only these client networks may use the route.
+    #[serde(default)]
+    pub allow_ips: Vec<Spanned<String>>,
+    /// These client networks may not.
+    #[serde(default)]
+    pub deny_ips: Vec<Spanned<String>>,
+    /// CORS policy, answered at the gateway.
+    pub cors: Option<Spanned<CorsSpec>>,
+}
+
+/// Query-string rules of a route.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySpec {
+    /// Only these parameter names are accepted (absent: any).
+    pub allowed: Option<Vec<String>>,
+    /// These parameters must be present.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// Most parameters in one request.
+    #[serde(default = "default_max_params")]
+    pub max_params: usize,
+}
+
+fn default_max_params() -> usize {
+    64
+}
+
+/// CORS policy of a route.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSpec {
+    /// Allowed origins (`https://app.example`), or `"*"`.
+    pub allow_origins: Vec<String>,
+    /// Allowed methods (default: the route's).
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and Authorization (not with `"*"`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    pub max_age: Option<Dur>,
 }
 
 /// Header changes.

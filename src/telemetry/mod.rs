@@ -6,7 +6,7 @@
 //! holds no header values at all: credentials, cookies and API keys cannot
 //! leak through it. The subscriber itself is installed by `main`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -34,11 +34,13 @@ pub struct AccessRecord {
     pub error: Option<&'static str>,
     /// When the request arrived.
     pub started: Instant,
-    /// The client socket address.
-    pub client: SocketAddr,
+    /// The client's address (through trusted proxies, if any).
+    pub client: IpAddr,
+    /// The socket peer (the client itself, or the last proxy).
+    pub peer: SocketAddr,
     /// The listener that accepted it.
     pub listener: Arc<str>,
-    /// `TLSv1_3`, `TLSv1_2`, or none for plain HTTP.
+    /// `TLSv1.3`, `TLSv1.2`, or none for plain HTTP.
     pub tls_version: Option<&'static str>,
     /// HTTP version of the client's request.
     pub http_version: http::Version,
@@ -66,6 +68,7 @@ impl AccessRecord {
             bytes_out,
             complete,
             client = %self.client,
+            peer = %self.peer,
             listener = %self.listener,
             tls = self.tls_version.unwrap_or("-"),
             http = ?self.http_version,

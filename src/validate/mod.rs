@@ -6,9 +6,13 @@
 
 mod framing;
 mod path;
+mod rules;
 
 pub use framing::{FramingGuard, HeadLimits, Refusal, Verdicts};
 pub use path::{PathError, normalize_path};
+pub use rules::{
+    IpRules, QueryRules, RequestRules, SchemaError, canonical, client_ip, has_body, parse_net,
+};
 
 use http::{HeaderMap, header};
 

@@ -1,0 +1,216 @@
+//! CORS per route: preflight requests are answered by the gateway, and
+//! allowed origins get the `Access-Control-*` headers on real responses.
+//!
+//! CORS is a browser contract, not access control: a request from an origin
+//! that is not allowed is still handled (the browser hides the answer), but
+//! a preflight for it is refused with 403 and never forwarded.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use crate::body::{GwBody, empty};
+use crate::error::GatewayError;
+
+/// A route's compiled CORS policy.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Allowed origins, lower case (`*`: any).
+    pub origins: Vec<String>,
+    /// Allowed methods (empty: the route's methods).
+    pub methods: Vec<Method>,
+    /// Allowed request headers, lower case.
+    pub headers: Vec<HeaderName>,
+    /// Response headers the browser may read.
+    pub expose: Vec<HeaderName>,
+    /// Whether credentials (cookies, Authorization) may be sent.
+    pub credentials: bool,
+    /// How long a preflight answer may be cached, in seconds.
+    pub max_age: Option<u64>,
+}
+
+/// The parts of a preflight request.
+#[derive(Debug)]
+pub struct Preflight {
+    /// The Origin.
+    pub origin: HeaderValue,
+    /// The method the real request will use.
+    pub method: Method,
+    /// The headers it will send.
+    pub headers: Vec<String>,
+}
+
+/// Recognises a preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`.
+pub fn preflight(method: &Method, headers: &HeaderMap) -> Option<Preflight> {
+    if method != Method::OPTIONS {
+        return None;
+    }
+    let origin = headers.get(header::ORIGIN)?.clone();
+    let requested = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    let method = Method::from_bytes(requested.as_bytes()).ok()?;
+    let headers = headers
+        .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    Some(Preflight {
+        origin,
+        method,
+        headers,
+    })
+}
+
+impl Cors {
+    fn allows_origin(&self, origin: &HeaderValue) -> bool {
+        let Ok(o) = origin.to_str() else { return false };
+        self.origins.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+    }
+
+    fn origin_value(&self, origin: &HeaderValue) -> HeaderValue {
+        if self.origins.iter().any(|a| a == "*") && !self.credentials {
+            HeaderValue::from_static("*")
+        } else {
+            origin.clone()
+        }
+    }
+
+    /// Answers a preflight, or refuses it.
+    pub fn answer(&self, p: &Preflight, route_methods: Option<&[Method]>) -> Result<Response<GwBody>, GatewayError> {
+        if !self.allows_origin(&p.origin) {
+            return Err(GatewayError::CorsRejected);
+        }
+        let methods: Vec<Method> = if self.methods.is_empty() {
+            route_methods.map(<[Method]>::to_vec).unwrap_or_default()
+        } else {
+            self.methods.clone()
+        };
+        let method_ok = if methods.is_empty() {
+            true
+        } else {
+            methods.contains(&p.method)
+        };
+        let headers_ok = p.headers.iter().all(|h| self.headers.iter().any(|a| a.as_str() == h));
+        if !method_ok || !headers_ok {
+            return Err(GatewayError::CorsRejected);
+        }
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.origin_value(&p.origin));
+        let allow_methods = if methods.is_empty() {
+            p.method.as_str().to_owned()
+        } else {
+            methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+        };
+        if let Ok(v) = HeaderValue::from_str(&allow_methods) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+        }
+        if !self.headers.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&self.headers.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", "))
+        {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+        if self.credentials {
+            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        if let Some(age) = self.max_age {
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
+        }
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        Ok(resp)
+    }
+
+    /// Adds the CORS headers to a real response for an allowed origin.
+    pub fn decorate(&self, origin: &HeaderValue, headers: &mut HeaderMap) {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        if !self.allows_origin(origin) {
+            return;
+        }
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.origin_value(origin));
+        if self.credentials {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        if !self.expose.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&self.expose.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", "))
+        {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cors(origins: &[&str], credentials: bool) -> Cors {
+        Cors {
+            origins: origins.iter().map(|s| s.to_string()).collect(),
+            methods: vec![Method::GET, Method::POST],
+            headers: vec![HeaderName::from_static("content-type"), HeaderName::from_static("x-tenant")],
+            expose: vec![HeaderName::from_static("x-request-id")],
+            credentials,
+            max_age: Some(600),
+        }
+    }
+
+    fn pf(origin: &'static str, method: Method, headers: &[&str]) -> Preflight {
+        Preflight {
+            origin: HeaderValue::from_static(origin),
+            method,
+            headers: headers.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn preflights() {
+        let c = cors(&["https://app.test"], true);
+        let cases = [
+            ("allowed", pf("https://app.test", Method::POST, &["x-tenant"]), Some("https://app.test")),
+            ("case-insensitive origin", pf("https://APP.test", Method::GET, &[]), Some("https://APP.test")),
+            ("other origin", pf("https://evil.test", Method::GET, &[]), None),
+            ("method not allowed", pf("https://app.test", Method::DELETE, &[]), None),
+            ("header not allowed", pf("https://app.test", Method::GET, &["x-admin"]), None),
+        ];
+        for (name, p, want) in cases {
+            let got = c.answer(&p, None).ok().map(|r| {
+                assert_eq!(r.status(), StatusCode::NO_CONTENT, "{name}");
+                assert_eq!(r.headers()[header::ACCESS_CONTROL_MAX_AGE], "600", "{name}");
+                assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true", "{name}");
+                r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN].to_str().unwrap_or("").to_owned()
+            });
+            assert_eq!(got.as_deref(), want, "{name}");
+        }
+        let any = cors(&["*"], false);
+        let r = any.answer(&pf("https://x.test", Method::GET, &[]), None).ok();
+        assert_eq!(r.map(|r| r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN].clone()), Some(HeaderValue::from_static("*")));
+    }
+
+    #[test]
+    fn real_responses_get_headers_only_for_allowed_origins() {
+        let c = cors(&["https://app.test"], false);
+        let mut h = HeaderMap::new();
+        c.decorate(&HeaderValue::from_static("https://app.test"), &mut h);
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.test");
+        assert_eq!(h[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-request-id");
+        let mut h = HeaderMap::new();
+        c.decorate(&HeaderValue::from_static("https://evil.test"), &mut h);
+        assert!(h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        assert_eq!(h[header::VARY], "Origin");
+    }
+
+    #[test]
+    fn preflight_is_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://app.test"));
+        assert!(preflight(&Method::OPTIONS, &h).is_none(), "needs the requested method");
+        h.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("PUT"));
+        h.insert(header::ACCESS_CONTROL_REQUEST_HEADERS, HeaderValue::from_static("X-A, content-type"));
+        let p = preflight(&Method::OPTIONS, &h);
+        assert_eq!(p.as_ref().map(|p| p.method.clone()), Some(Method::PUT));
+        assert_eq!(p.map(|p| p.headers), Some(vec!["x-a".to_owned(), "content-type".to_owned()]));
+        assert!(preflight(&Method::GET, &h).is_none());
+    }
+}
