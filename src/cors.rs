@@ -66,7 +66,9 @@ pub fn preflight(method: &Method, headers: &HeaderMap) -> Option<Preflight> {
 impl Cors {
     fn allows_origin(&self, origin: &HeaderValue) -> bool {
         let Ok(o) = origin.to_str() else { return false };
-        self.origins.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+        self.origins
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
     }
 
     fn origin_value(&self, origin: &HeaderValue) -> HeaderValue {
@@ -78,7 +80,11 @@ impl Cors {
     }
 
     /// Answers a preflight, or refuses it.
-    pub fn answer(&self, p: &Preflight, route_methods: Option<&[Method]>) -> Result<Response<GwBody>, GatewayError> {
+    pub fn answer(
+        &self,
+        p: &Preflight,
+        route_methods: Option<&[Method]>,
+    ) -> Result<Response<GwBody>, GatewayError> {
         if !self.allows_origin(&p.origin) {
             return Err(GatewayError::CorsRejected);
         }
@@ -92,29 +98,49 @@ impl Cors {
         } else {
             methods.contains(&p.method)
         };
-        let headers_ok = p.headers.iter().all(|h| self.headers.iter().any(|a| a.as_str() == h));
+        let headers_ok = p
+            .headers
+            .iter()
+            .all(|h| self.headers.iter().any(|a| a.as_str() == h));
         if !method_ok || !headers_ok {
             return Err(GatewayError::CorsRejected);
         }
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.origin_value(&p.origin));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            self.origin_value(&p.origin),
+        );
         let allow_methods = if methods.is_empty() {
             p.method.as_str().to_owned()
         } else {
-            methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+            methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         if let Ok(v) = HeaderValue::from_str(&allow_methods) {
             h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
         }
         if !self.headers.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&self.headers.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", "))
+            && let Ok(v) = HeaderValue::from_str(
+                &self
+                    .headers
+                    .iter()
+                    .map(HeaderName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
         {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
         if self.credentials {
-            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         if let Some(age) = self.max_age {
             h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
@@ -129,12 +155,25 @@ impl Cors {
         if !self.allows_origin(origin) {
             return;
         }
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.origin_value(origin));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            self.origin_value(origin),
+        );
         if self.credentials {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         if !self.expose.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&self.expose.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", "))
+            && let Ok(v) = HeaderValue::from_str(
+                &self
+                    .expose
+                    .iter()
+                    .map(HeaderName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
         {
             headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
         }
@@ -149,7 +188,10 @@ mod tests {
         Cors {
             origins: origins.iter().map(|s| s.to_string()).collect(),
             methods: vec![Method::GET, Method::POST],
-            headers: vec![HeaderName::from_static("content-type"), HeaderName::from_static("x-tenant")],
+            headers: vec![
+                HeaderName::from_static("content-type"),
+                HeaderName::from_static("x-tenant"),
+            ],
             expose: vec![HeaderName::from_static("x-request-id")],
             credentials,
             max_age: Some(600),
@@ -168,24 +210,56 @@ mod tests {
     fn preflights() {
         let c = cors(&["https://app.test"], true);
         let cases = [
-            ("allowed", pf("https://app.test", Method::POST, &["x-tenant"]), Some("https://app.test")),
-            ("case-insensitive origin", pf("https://APP.test", Method::GET, &[]), Some("https://APP.test")),
-            ("other origin", pf("https://evil.test", Method::GET, &[]), None),
-            ("method not allowed", pf("https://app.test", Method::DELETE, &[]), None),
-            ("header not allowed", pf("https://app.test", Method::GET, &["x-admin"]), None),
+            (
+                "allowed",
+                pf("https://app.test", Method::POST, &["x-tenant"]),
+                Some("https://app.test"),
+            ),
+            (
+                "case-insensitive origin",
+                pf("https://APP.test", Method::GET, &[]),
+                Some("https://APP.test"),
+            ),
+            (
+                "other origin",
+                pf("https://evil.test", Method::GET, &[]),
+                None,
+            ),
+            (
+                "method not allowed",
+                pf("https://app.test", Method::DELETE, &[]),
+                None,
+            ),
+            (
+                "header not allowed",
+                pf("https://app.test", Method::GET, &["x-admin"]),
+                None,
+            ),
         ];
         for (name, p, want) in cases {
             let got = c.answer(&p, None).ok().map(|r| {
                 assert_eq!(r.status(), StatusCode::NO_CONTENT, "{name}");
                 assert_eq!(r.headers()[header::ACCESS_CONTROL_MAX_AGE], "600", "{name}");
-                assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true", "{name}");
-                r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN].to_str().unwrap_or("").to_owned()
+                assert_eq!(
+                    r.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS],
+                    "true",
+                    "{name}"
+                );
+                r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN]
+                    .to_str()
+                    .unwrap_or("")
+                    .to_owned()
             });
             assert_eq!(got.as_deref(), want, "{name}");
         }
         let any = cors(&["*"], false);
-        let r = any.answer(&pf("https://x.test", Method::GET, &[]), None).ok();
-        assert_eq!(r.map(|r| r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN].clone()), Some(HeaderValue::from_static("*")));
+        let r = any
+            .answer(&pf("https://x.test", Method::GET, &[]), None)
+            .ok();
+        assert_eq!(
+            r.map(|r| r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN].clone()),
+            Some(HeaderValue::from_static("*"))
+        );
     }
 
     #[test]
@@ -205,12 +279,24 @@ mod tests {
     fn preflight_is_recognised() {
         let mut h = HeaderMap::new();
         h.insert(header::ORIGIN, HeaderValue::from_static("https://app.test"));
-        assert!(preflight(&Method::OPTIONS, &h).is_none(), "needs the requested method");
-        h.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("PUT"));
-        h.insert(header::ACCESS_CONTROL_REQUEST_HEADERS, HeaderValue::from_static("X-A, content-type"));
+        assert!(
+            preflight(&Method::OPTIONS, &h).is_none(),
+            "needs the requested method"
+        );
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("PUT"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            HeaderValue::from_static("X-A, content-type"),
+        );
         let p = preflight(&Method::OPTIONS, &h);
         assert_eq!(p.as_ref().map(|p| p.method.clone()), Some(Method::PUT));
-        assert_eq!(p.map(|p| p.headers), Some(vec!["x-a".to_owned(), "content-type".to_owned()]));
+        assert_eq!(
+            p.map(|p| p.headers),
+            Some(vec!["x-a".to_owned(), "content-type".to_owned()])
+        );
         assert!(preflight(&Method::GET, &h).is_none());
     }
 }

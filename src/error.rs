@@ -167,11 +167,16 @@ impl GatewayError {
 
     /// The full answer: status, JSON body, and `Allow` / `Connection` where due.
     pub fn to_response(&self, request_id: &str) -> Response<GwBody> {
-        error_response(
+        let details = match self {
+            GatewayError::SchemaViolation(errors) => serde_json::to_value(errors).ok(),
+            _ => None,
+        };
+        error_response_with(
             self.status(),
             self.code(),
             &self.public_message(),
             request_id,
+            details,
         )
         .map(|mut r| {
             if let GatewayError::MethodNotAllowed { allow } = self

@@ -19,12 +19,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{BodyStats, GwBody, RequestBody, ResponseBody, empty, full};
+use crate::cors;
 use crate::error::GatewayError;
 use crate::proxy::{self, ForwardError, ForwardedFor};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
 use crate::telemetry::AccessRecord;
-use crate::cors;
 use crate::validate::{self, Refusal, Verdicts};
 
 /// What the server knows about the connection a request came on.
@@ -169,6 +169,20 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// The `X-Forwarded-For` chain a trusted proxy sent, joined on one line.
+fn forwarded_chain(values: &[String]) -> Option<String> {
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn parts_headers_for_chain(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn refusal_error(why: Refusal) -> GatewayError {
     match why {
         Refusal::Malformed(what) => GatewayError::MalformedRequest(what),
@@ -203,15 +217,18 @@ async fn process(
     let client = ctx.record.client;
     ctx.snapshot.access.check(client)?;
 
-    // 3. Route (a CORS preflight is routed by the method it asks about).
+    // 3. Route. A CORS preflight goes to the route with a CORS policy at
+    // that path, whatever method it asks about; its policy decides.
     let snapshot = ctx.snapshot.clone();
-    let preflight = cors::preflight(req.method(), req.headers());
-    let method = preflight.as_ref().map_or(req.method(), |p| &p.method);
-    let mut found = snapshot.routes.lookup(&host.name, &path, method);
-    if preflight.is_some() && !matches!(&found, Lookup::Found(r, _) if r.cors.is_some()) {
-        found = snapshot.routes.lookup(&host.name, &path, req.method());
+    if let Some(p) = cors::preflight(req.method(), req.headers())
+        && let Some(route) = snapshot.routes.lookup_cors(&host.name, &path)
+        && let Some(policy) = &route.cors
+    {
+        ctx.record.route = Some(route.name.clone());
+        route.rules.ip.check(client)?;
+        return Ok((policy.answer(&p, route.methods.as_deref())?, None));
     }
-    let (route, params) = match found {
+    let (route, params) = match snapshot.routes.lookup(&host.name, &path, req.method()) {
         Lookup::Found(route, params) => (route, params),
         Lookup::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
         Lookup::NotFound => return Err(GatewayError::RouteNotFound),
@@ -221,9 +238,6 @@ async fn process(
 
     // 7 (address part). Route client-address rules.
     route.rules.ip.check(client)?;
-    if let (Some(p), Some(cors)) = (&preflight, &route.cors) {
-        return Ok((cors.answer(p, route.methods.as_deref())?, None));
-    }
 
     // 4. Limits and head rules.
     if let Some(len) = validate::content_length(req.headers())
@@ -381,8 +395,21 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
+    let peer = validate::canonical(conn.peer.ip());
+    let trusted_peer = ctx
+        .snapshot
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer));
+    let chain = if trusted_peer {
+        forwarded_chain(&parts_headers_for_chain(&parts.headers))
+    } else {
+        None
+    };
     let fwd = ForwardedFor {
-        client: conn.peer.ip(),
+        client: ctx.record.client,
+        peer,
+        chain: chain.as_deref(),
         proto: conn.proto(),
         host: host.authority.as_deref(),
     };
@@ -397,8 +424,27 @@ async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let stats = ctx.record.body.clone();
-    let body =
-        RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone()).boxed();
+    let body = RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone());
+    // 9. Body schema: only routes with one buffer the body (bounded by
+    // their limit); every other body streams.
+    let body = if route.rules.schema.is_some() {
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) if stats.too_large.load(Ordering::Relaxed) => {
+                return Err(GatewayError::PayloadTooLarge {
+                    limit: route.max_body,
+                });
+            }
+            Err(_) if stats.timed_out.load(Ordering::Relaxed) => {
+                return Err(GatewayError::RequestTimeout);
+            }
+            Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
+        };
+        route.rules.check_body(&bytes)?;
+        full(bytes)
+    } else {
+        body.boxed()
+    };
     let upstream_req = Request::from_parts(parts, body);
 
     // 11. Forward.

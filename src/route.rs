@@ -223,6 +223,28 @@ impl RouteTable {
         self.count == 0
     }
 
+    /// The first route at this host and path that has a CORS policy, for
+    /// answering a preflight whatever method it asks about.
+    pub fn lookup_cors(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        fn in_router<'r>(
+            router: &'r matchit::Router<Candidates>,
+            path: &str,
+        ) -> Option<&'r Arc<Route>> {
+            router
+                .at(path)
+                .ok()?
+                .value
+                .iter()
+                .find(|r| r.cors.is_some())
+        }
+        if let Some(router) = self.by_host.get(host)
+            && router.at(path).is_ok()
+        {
+            return in_router(router, path);
+        }
+        in_router(&self.any_host, path)
+    }
+
     /// Finds the route for a request. `host` is lower-case without port.
     pub fn lookup(&self, host: &str, path: &str, method: &Method) -> Lookup<'_> {
         if let Some(router) = self.by_host.get(host)

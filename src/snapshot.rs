@@ -15,8 +15,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::body::BodyPace;
 use crate::config::{Defaults, Loaded, Problem, Problems, RouteSpec, SourceFile};
-use crate::proxy::Upstream;
 use crate::cors::Cors;
+use crate::proxy::Upstream;
 use crate::route::{
     Action, DirectResponse, HeaderEdits, PathMatch, Place, RewritePart, Route, RouteTable,
     RouteTableBuilder, parse_rewrite,
@@ -72,10 +72,25 @@ impl Snapshot {
         let mut problems = Vec::new();
         let defaults = &loaded.config.defaults;
         let access_cfg = &loaded.config.access;
-        let trusted_proxies = parse_nets(&access_cfg.trusted_proxies, &loaded.source, "[access] trusted_proxies", &mut problems);
+        let trusted_proxies = parse_nets(
+            &access_cfg.trusted_proxies,
+            &loaded.source,
+            "[access] trusted_proxies",
+            &mut problems,
+        );
         let access = IpRules {
-            allow: parse_nets(&access_cfg.allow_ips, &loaded.source, "[access] allow_ips", &mut problems),
-            deny: parse_nets(&access_cfg.deny_ips, &loaded.source, "[access] deny_ips", &mut problems),
+            allow: parse_nets(
+                &access_cfg.allow_ips,
+                &loaded.source,
+                "[access] allow_ips",
+                &mut problems,
+            ),
+            deny: parse_nets(
+                &access_cfg.deny_ips,
+                &loaded.source,
+                "[access] deny_ips",
+                &mut problems,
+            ),
         };
 
         // Upstreams, with duplicate names refused naming both places.
@@ -231,7 +246,11 @@ struct RouteCtx<'a> {
     merge_slashes: bool,
 }
 
-fn compile_route(r: &RouteSpec, span: std::ops::Range<usize>, ctx: &RouteCtx<'_>) -> Result<Compiled, Vec<Problem>> {
+fn compile_route(
+    r: &RouteSpec,
+    span: std::ops::Range<usize>,
+    ctx: &RouteCtx<'_>,
+) -> Result<Compiled, Vec<Problem>> {
     let RouteCtx {
         source,
         defaults,
@@ -428,25 +447,47 @@ fn compile_route(r: &RouteSpec, span: std::ops::Range<usize>, ctx: &RouteCtx<'_>
 
     let rules = compile_rules(r, source, span.clone(), &label, &mut problems);
     let route_methods: Vec<Method> = methods.clone();
-    let cors = r
-        .cors
-        .as_ref()
-        .and_then(|c| compile_cors(c.get_ref(), &route_methods, source, c.span(), &label, &mut problems));
+    let cors = r.cors.as_ref().and_then(|c| {
+        compile_cors(
+            c.get_ref(),
+            &route_methods,
+            source,
+            c.span(),
+            &label,
+            &mut problems,
+        )
+    });
     if let (Some(parts), Some(PathMatch::Template(t))) = (&rewrite, &path) {
         let names = template_params(t);
         for part in parts {
             if let RewritePart::Param(p) = part
                 && !names.contains(p)
             {
-                let at = r.rewrite_path.as_ref().map(|s| s.span()).unwrap_or(span.clone());
-                problems.push(source.problem(at, format!("{label}: `rewrite_path` uses `{{{p}}}`, which the template does not define")));
+                let at = r
+                    .rewrite_path
+                    .as_ref()
+                    .map(|s| s.span())
+                    .unwrap_or(span.clone());
+                problems.push(source.problem(
+                    at,
+                    format!(
+                        "{label}: `rewrite_path` uses `{{{p}}}`, which the template does not define"
+                    ),
+                ));
             }
         }
     } else if let Some(parts) = &rewrite
         && parts.iter().any(|p| matches!(p, RewritePart::Param(_)))
     {
-        let at = r.rewrite_path.as_ref().map(|s| s.span()).unwrap_or(span.clone());
-        problems.push(source.problem(at, format!("{label}: `rewrite_path` parameters need a `template` route")));
+        let at = r
+            .rewrite_path
+            .as_ref()
+            .map(|s| s.span())
+            .unwrap_or(span.clone());
+        problems.push(source.problem(
+            at,
+            format!("{label}: `rewrite_path` parameters need a `template` route"),
+        ));
     }
 
     match (path, action) {
@@ -492,7 +533,12 @@ fn template_params(t: &str) -> Vec<String> {
 }
 
 /// Parses a list of CIDRs, reporting each bad one at its place.
-pub(crate) fn parse_nets(list: &[toml::Spanned<String>], source: &SourceFile, what: &str, problems: &mut Vec<Problem>) -> Vec<ipnet::IpNet> {
+pub(crate) fn parse_nets(
+    list: &[toml::Spanned<String>],
+    source: &SourceFile,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<ipnet::IpNet> {
     let mut out = Vec::new();
     for item in list {
         match parse_net(item.get_ref()) {
@@ -514,12 +560,25 @@ fn compile_rules(
     for h in &r.required_headers {
         match HeaderName::from_bytes(h.as_bytes()) {
             Ok(n) => required_headers.push(n),
-            Err(_) => problems.push(source.problem(span.clone(), format!("{label}: invalid header name `{h}` in required_headers"))),
+            Err(_) => problems.push(source.problem(
+                span.clone(),
+                format!("{label}: invalid header name `{h}` in required_headers"),
+            )),
         }
     }
-    let content_types: Vec<String> = r.content_types.iter().map(|t| t.trim().to_ascii_lowercase()).collect();
-    if content_types.iter().any(|t| !t.contains('/') || t.contains(';')) {
-        problems.push(source.problem(span.clone(), format!("{label}: content_types are media types like `application/json`")));
+    let content_types: Vec<String> = r
+        .content_types
+        .iter()
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    if content_types
+        .iter()
+        .any(|t| !t.contains('/') || t.contains(';'))
+    {
+        problems.push(source.problem(
+            span.clone(),
+            format!("{label}: content_types are media types like `application/json`"),
+        ));
     }
     let query = r.query.as_ref().map(|q| QueryRules {
         allowed: q.allowed.clone(),
@@ -527,16 +586,28 @@ fn compile_rules(
         max_params: q.max_params,
     });
     let ip = IpRules {
-        allow: parse_nets(&r.allow_ips, source, &format!("{label}: allow_ips"), problems),
+        allow: parse_nets(
+            &r.allow_ips,
+            source,
+            &format!("{label}: allow_ips"),
+            problems,
+        ),
         deny: parse_nets(&r.deny_ips, source, &format!("{label}: deny_ips"), problems),
     };
     let schema = r.json_schema.as_ref().and_then(|path| {
-        let dir = source.path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let dir = source
+            .path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         let file = dir.join(path.get_ref());
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
-                problems.push(source.problem(path.span(), format!("{label}: cannot read schema {}: {e}", file.display())));
+                problems.push(source.problem(
+                    path.span(),
+                    format!("{label}: cannot read schema {}: {e}", file.display()),
+                ));
                 return None;
             }
         };
@@ -584,20 +655,31 @@ fn compile_cors(
 ) -> Option<Cors> {
     let before = problems.len();
     if c.allow_origins.is_empty() {
-        problems.push(source.problem(span.clone(), format!("{label}: cors needs at least one origin")));
+        problems.push(source.problem(
+            span.clone(),
+            format!("{label}: cors needs at least one origin"),
+        ));
     }
     if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
-        problems.push(source.problem(span.clone(), format!("{label}: cors `*` origin cannot allow credentials")));
+        problems.push(source.problem(
+            span.clone(),
+            format!("{label}: cors `*` origin cannot allow credentials"),
+        ));
     }
     let names = |list: &[String], what: &str, problems: &mut Vec<Problem>| -> Vec<HeaderName> {
         list.iter()
-            .filter_map(|h| match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    problems.push(source.problem(span.clone(), format!("{label}: invalid header `{h}` in cors {what}")));
-                    None
-                }
-            })
+            .filter_map(
+                |h| match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        problems.push(source.problem(
+                            span.clone(),
+                            format!("{label}: invalid header `{h}` in cors {what}"),
+                        ));
+                        None
+                    }
+                },
+            )
             .collect()
     };
     let headers = names(&c.allow_headers, "allow_headers", problems);
@@ -606,14 +688,21 @@ fn compile_cors(
     for m in &c.allow_methods {
         match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
             Ok(m) => methods.push(m),
-            Err(_) => problems.push(source.problem(span.clone(), format!("{label}: invalid method `{m}` in cors"))),
+            Err(_) => problems.push(source.problem(
+                span.clone(),
+                format!("{label}: invalid method `{m}` in cors"),
+            )),
         }
     }
     if methods.is_empty() {
         methods = route_methods.to_vec();
     }
     (problems.len() == before).then(|| Cors {
-        origins: c.allow_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
+        origins: c
+            .allow_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
         methods,
         headers,
         expose,

@@ -70,16 +70,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// What the gateway knows about the client, for the forwarding headers.
 #[derive(Debug)]
 pub struct ForwardedFor<'a> {
-    /// The client's address.
+    /// The client's address (through trusted proxies).
     pub client: IpAddr,
+    /// The socket peer.
+    pub peer: IpAddr,
+    /// The `X-Forwarded-For` chain, when the peer is a trusted proxy.
+    pub chain: Option<&'a str>,
     /// `http` or `https`.
     pub proto: &'static str,
     /// The Host the client asked for, if any.
     pub host: Option<&'a str>,
 }
 
-/// Rewrites a request's headers for the upstream. Client-sent forwarding
-/// headers are replaced, not extended: nothing before the gateway is trusted.
+/// Rewrites a request's headers for the upstream. Forwarding headers from an
+/// untrusted peer are replaced; behind a trusted proxy the `X-Forwarded-For`
+/// chain is extended with the proxy's address.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     fwd: &ForwardedFor<'_>,
@@ -92,8 +97,17 @@ pub fn prepare_request_headers(
         headers.remove(header::HOST);
     }
     let ip = fwd.client.to_string();
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    let xff = match fwd.chain {
+        Some(chain) => format!("{chain}, {}", fwd.peer),
+        None => fwd.peer.to_string(),
+    };
+    match HeaderValue::from_str(&xff) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(X_FORWARDED_FOR.clone());
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -169,6 +183,8 @@ mod tests {
         ]);
         let fwd = ForwardedFor {
             client: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            peer: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            chain: None,
             proto: "https",
             host: Some("api.test"),
         };
@@ -218,6 +234,8 @@ mod tests {
         let mut h = HeaderMap::new();
         let fwd = ForwardedFor {
             client: "2001:db8::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            peer: "2001:db8::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            chain: None,
             proto: "http",
             host: None,
         };

@@ -133,7 +133,13 @@ impl RequestRules {
             let media = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+                .map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
                 .unwrap_or_default();
             let allowed = if self.content_types.is_empty() {
                 // A schema implies JSON.
@@ -153,7 +159,9 @@ impl RequestRules {
 
     /// Validates a JSON body against the schema, if there is one.
     pub fn check_body(&self, body: &[u8]) -> Result<(), GatewayError> {
-        let Some(schema) = &self.schema else { return Ok(()) };
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
         let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|_| GatewayError::InvalidJson)?;
         const MAX_REPORTED: usize = 10;
@@ -210,11 +218,15 @@ fn check_query(rules: &QueryRules, query: Option<&str>) -> Result<(), GatewayErr
         && let Some(bad) = names.iter().find(|n| !allowed.iter().any(|a| a == *n))
     {
         let shown = truncate(bad, 64);
-        return Err(GatewayError::InvalidQuery(format!("query parameter `{shown}` is not allowed")));
+        return Err(GatewayError::InvalidQuery(format!(
+            "query parameter `{shown}` is not allowed"
+        )));
     }
     for req in &rules.required {
         if !names.contains(&req.as_str()) {
-            return Err(GatewayError::InvalidQuery(format!("query parameter `{req}` is required")));
+            return Err(GatewayError::InvalidQuery(format!(
+                "query parameter `{req}` is required"
+            )));
         }
     }
     Ok(())
@@ -256,17 +268,37 @@ mod tests {
     fn client_address_from_trusted_proxies_only() {
         let trusted = nets(&["127.0.0.1", "10.0.0.0/8"]);
         let cases: [(&str, &str, &[&str], &str); 7] = [
-            ("untrusted peer ignores the header", "192.0.2.9", &["1.1.1.1"], "192.0.2.9"),
-            ("trusted peer, one hop", "127.0.0.1", &["203.0.113.5"], "203.0.113.5"),
+            (
+                "untrusted peer ignores the header",
+                "192.0.2.9",
+                &["1.1.1.1"],
+                "192.0.2.9",
+            ),
+            (
+                "trusted peer, one hop",
+                "127.0.0.1",
+                &["203.0.113.5"],
+                "203.0.113.5",
+            ),
             (
                 "right-most untrusted hop wins",
                 "127.0.0.1",
                 &["6.6.6.6, 203.0.113.5, 10.0.0.2"],
                 "203.0.113.5",
             ),
-            ("several header lines", "10.0.0.1", &["6.6.6.6", "203.0.113.7"], "203.0.113.7"),
+            (
+                "several header lines",
+                "10.0.0.1",
+                &["6.6.6.6", "203.0.113.7"],
+                "203.0.113.7",
+            ),
             ("all hops trusted", "127.0.0.1", &["10.0.0.3"], "10.0.0.3"),
-            ("malformed chain", "127.0.0.1", &["203.0.113.5, bogus"], "127.0.0.1"),
+            (
+                "malformed chain",
+                "127.0.0.1",
+                &["203.0.113.5, bogus"],
+                "127.0.0.1",
+            ),
             ("no header", "127.0.0.1", &[], "127.0.0.1"),
         ];
         for (name, peer, xff, want) in cases {
@@ -293,23 +325,56 @@ mod tests {
         };
         let cases: [(&str, &[(&str, &str)], Option<&str>, Option<&str>); 8] = [
             ("ok", &[("x-tenant", "a")], Some("page=1"), None),
-            ("missing header", &[], Some("page=1"), Some("missing_header")),
+            (
+                "missing header",
+                &[],
+                Some("page=1"),
+                Some("missing_header"),
+            ),
             (
                 "json body",
-                &[("x-tenant", "a"), ("content-length", "2"), ("content-type", "application/json; charset=utf-8")],
+                &[
+                    ("x-tenant", "a"),
+                    ("content-length", "2"),
+                    ("content-type", "application/json; charset=utf-8"),
+                ],
                 Some("page=1&limit=2"),
                 None,
             ),
             (
                 "xml body",
-                &[("x-tenant", "a"), ("content-length", "2"), ("content-type", "application/xml")],
+                &[
+                    ("x-tenant", "a"),
+                    ("content-length", "2"),
+                    ("content-type", "application/xml"),
+                ],
                 Some("page=1"),
                 Some("unsupported_media_type"),
             ),
-            ("body without type", &[("x-tenant", "a"), ("transfer-encoding", "chunked")], Some("page=1"), Some("unsupported_media_type")),
-            ("unknown param", &[("x-tenant", "a")], Some("page=1&debug=1"), Some("invalid_query")),
-            ("missing param", &[("x-tenant", "a")], Some("limit=1"), Some("invalid_query")),
-            ("too many params", &[("x-tenant", "a")], Some("page=1&page=2&page=3&page=4"), Some("invalid_query")),
+            (
+                "body without type",
+                &[("x-tenant", "a"), ("transfer-encoding", "chunked")],
+                Some("page=1"),
+                Some("unsupported_media_type"),
+            ),
+            (
+                "unknown param",
+                &[("x-tenant", "a")],
+                Some("page=1&debug=1"),
+                Some("invalid_query"),
+            ),
+            (
+                "missing param",
+                &[("x-tenant", "a")],
+                Some("limit=1"),
+                Some("invalid_query"),
+            ),
+            (
+                "too many params",
+                &[("x-tenant", "a")],
+                Some("page=1&page=2&page=3&page=4"),
+                Some("invalid_query"),
+            ),
         ];
         for (name, hs, query, want) in cases {
             let mut h = HeaderMap::new();
@@ -335,7 +400,10 @@ mod tests {
             ..RequestRules::default()
         };
         assert!(rules.check_body(br#"{"qty": 2, "items": ["a"]}"#).is_ok());
-        assert_eq!(rules.check_body(b"{not json").err().map(|e| e.code()), Some("invalid_json"));
+        assert_eq!(
+            rules.check_body(b"{not json").err().map(|e| e.code()),
+            Some("invalid_json")
+        );
         match rules.check_body(br#"{"qty": 0, "items": ["a", 5]}"#) {
             Err(GatewayError::SchemaViolation(errors)) => {
                 let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();

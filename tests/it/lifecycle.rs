@@ -263,7 +263,9 @@ async fn access_log_has_the_fields_and_never_the_secrets() {
     );
     assert_eq!(line["client"], "127.0.0.1", "{line}");
     assert!(
-        line["peer"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")),
+        line["peer"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
         "{line}"
     );
     for secret in secrets {

@@ -7,4 +7,5 @@ mod support;
 mod hostile;
 mod lifecycle;
 mod proxy;
+mod rules;
 mod tls;
