@@ -145,7 +145,7 @@ impl RequestRules {
                 // A schema implies JSON.
                 media == "application/json" || media.ends_with("+json")
             } else {
-                self.content_types.iter().any(|t| *t == media)
+                self.content_types.contains(&media)
             };
             if !allowed {
                 return Err(GatewayError::UnsupportedMediaType);
