@@ -218,3 +218,61 @@ mod tests {
         assert!(checked > 500, "only {checked} cases normalised");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Paths built from pieces that stress the normaliser.
+    fn raw_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just(String::new()),
+            Just("%2e".to_owned()),
+            Just("%2E%2e".to_owned()),
+            Just("%41".to_owned()),
+            Just("%20".to_owned()),
+            Just("%C3%A9".to_owned()),
+            "[a-zA-Z0-9._~-]{1,6}",
+            "[!$&'()*+,;=:@]{1,3}",
+        ];
+        (prop::collection::vec(piece, 0..8), any::<bool>()).prop_map(|(pieces, trailing)| {
+            let mut p = String::from("/");
+            p.push_str(&pieces.join("/"));
+            if trailing {
+                p.push('/');
+            }
+            p
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn normalising_twice_changes_nothing(raw in raw_path(), merge in any::<bool>()) {
+            if let Ok(once) = normalize_path(&raw, merge) {
+                prop_assert_eq!(normalize_path(&once, merge), Ok(once.clone()));
+            }
+        }
+
+        #[test]
+        fn output_has_no_dot_segments_and_starts_with_a_slash(raw in raw_path(), merge in any::<bool>()) {
+            if let Ok(out) = normalize_path(&raw, merge) {
+                prop_assert!(out.starts_with('/'));
+                prop_assert!(!out.split('/').any(|s| s == "." || s == ".."), "{} -> {}", raw, out);
+                prop_assert!(!out.to_ascii_lowercase().contains("%2e"), "{} -> {}", raw, out);
+                if merge {
+                    prop_assert!(!out.contains("//"), "{} -> {}", raw, out);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_input_gives_ascii_rooted_paths_or_an_error(raw in "\\PC{0,64}") {
+            if let Ok(out) = normalize_path(&raw, true) {
+                prop_assert!(out.starts_with('/') && out.is_ascii(), "{:?} -> {:?}", raw, out);
+            }
+        }
+    }
+}
