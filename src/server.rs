@@ -427,7 +427,6 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway = Gateway::new(snapshot);
-    let http = Arc::new(http_builder(server));
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
@@ -445,20 +444,21 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         let tls_mode = if tls.is_some() { "https" } else { "http" };
         tracing::info!(listener = %l.name, %addr, mode = tls_mode, redirect_https_port = l.redirect_https_port.unwrap_or(0), "listening");
         listeners.push((l.name.clone(), addr));
+        let effective = l.limits.apply(server);
         let acceptor = Acceptor {
             name: l.name.as_str().into(),
             tls,
             redirect_https_port: l.redirect_https_port,
             gateway: gateway.clone(),
-            http: http.clone(),
+            http: Arc::new(http_builder(&effective)),
             limit: limit.clone(),
             handshake_timeout: server.tls_handshake_timeout.0,
             head_limits: HeadLimits {
-                max_head_bytes: usize::try_from(server.max_header_bytes.0).unwrap_or(usize::MAX),
-                max_headers: server.max_header_count,
-                max_uri_bytes: usize::try_from(server.max_uri_bytes.0).unwrap_or(usize::MAX),
+                max_head_bytes: usize::try_from(effective.max_header_bytes.0).unwrap_or(usize::MAX),
+                max_headers: effective.max_header_count,
+                max_uri_bytes: usize::try_from(effective.max_uri_bytes.0).unwrap_or(usize::MAX),
             },
-            header_read_timeout: server.header_read_timeout.0,
+            header_read_timeout: effective.header_read_timeout.0,
             shared: shared.clone(),
         };
         tasks.push(tokio::spawn(acceptor.run(listener, stop_rx.clone())));

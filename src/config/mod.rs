@@ -76,6 +76,43 @@ pub struct ListenerConfig {
     /// On a plain listener: answer every request with a 308 redirect to
     /// HTTPS on this port instead of serving it.
     pub redirect_https_port: Option<u16>,
+    /// This listener's own connection limits (default: `[server]`).
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+/// Per-listener overrides of the `[server]` connection limits.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Overrides `[server] header_read_timeout`.
+    pub header_read_timeout: Option<Dur>,
+    /// Overrides `[server] max_header_count`.
+    pub max_header_count: Option<usize>,
+    /// Overrides `[server] max_header_bytes`.
+    pub max_header_bytes: Option<ByteSize>,
+    /// Overrides `[server] max_uri_bytes`.
+    pub max_uri_bytes: Option<ByteSize>,
+    /// Overrides `[server] h2_max_concurrent_streams`.
+    pub h2_max_concurrent_streams: Option<u32>,
+}
+
+impl ListenerLimits {
+    /// The server settings with this listener's overrides applied.
+    pub fn apply(&self, server: &ServerConfig) -> ServerConfig {
+        ServerConfig {
+            header_read_timeout: self
+                .header_read_timeout
+                .unwrap_or(server.header_read_timeout),
+            max_header_count: self.max_header_count.unwrap_or(server.max_header_count),
+            max_header_bytes: self.max_header_bytes.unwrap_or(server.max_header_bytes),
+            max_uri_bytes: self.max_uri_bytes.unwrap_or(server.max_uri_bytes),
+            h2_max_concurrent_streams: self
+                .h2_max_concurrent_streams
+                .unwrap_or(server.h2_max_concurrent_streams),
+            ..server.clone()
+        }
+    }
 }
 
 /// TLS settings of a listener.

@@ -402,3 +402,38 @@ async fn slow_loris_is_cut_off_while_normal_clients_are_served() {
         "only the normal requests reached the backend"
     );
 }
+
+#[tokio::test]
+async fn listeners_can_override_the_head_limits() {
+    let b = counting_backend().await;
+    let gw = GatewayBuilder::new()
+        .main("[[listener]]\nname = \"strict\"\naddr = \"127.0.0.1:0\"\n[listener.limits]\nmax_header_bytes = \"1KiB\"\nmax_uri_bytes = 100\n")
+        .policy("a.toml", &policy(&b.backend.url()))
+        .start()
+        .await;
+    let big_header = format!(
+        "GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    let long_uri = format!(
+        "GET /public/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(150)
+    );
+    for (listener, request, want) in [
+        ("http", &big_header, "HTTP/1.1 200"),
+        ("strict", &big_header, "HTTP/1.1 431"),
+        ("http", &long_uri, "HTTP/1.1 200"),
+        ("strict", &long_uri, "HTTP/1.1 414"),
+    ] {
+        let s = tokio::net::TcpStream::connect(gw.addr(listener))
+            .await
+            .unwrap();
+        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        assert!(
+            text.starts_with(want),
+            "{listener}: {}",
+            text.lines().next().unwrap_or("")
+        );
+    }
+    assert_eq!(b.hits.load(Ordering::SeqCst), 2);
+}
