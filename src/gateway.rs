@@ -98,6 +98,7 @@ impl Gateway {
             target: None,
             status: 0,
             error: None,
+            reason: None,
             started,
             client: validate::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies),
             peer: conn.peer,
@@ -128,6 +129,7 @@ impl Gateway {
                     tracing::warn!(request_id = %ctx.record.request_id, error = %source, "upstream failed");
                 }
                 ctx.record.error = Some(e.code());
+                ctx.record.reason = Some(e.to_string());
                 (e.to_response(&ctx.record.request_id), None)
             }
         };

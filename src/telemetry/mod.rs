@@ -32,6 +32,8 @@ pub struct AccessRecord {
     pub status: u16,
     /// The error code when the gateway answered itself.
     pub error: Option<&'static str>,
+    /// Why, in words (gateway-written text, never a header value).
+    pub reason: Option<String>,
     /// When the request arrived.
     pub started: Instant,
     /// The client's address (through trusted proxies, if any).
@@ -63,6 +65,7 @@ impl AccessRecord {
             target_addr = self.target.as_deref().unwrap_or("-"),
             status = self.status,
             error = self.error.unwrap_or("-"),
+            reason = self.reason.as_deref().unwrap_or("-"),
             duration_us,
             bytes_in = self.body.bytes.load(Ordering::Relaxed),
             bytes_out,
