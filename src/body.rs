@@ -69,6 +69,11 @@ impl BodyStats {
         }
     }
 
+    /// Whether the whole body has been read.
+    pub fn is_sent(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// Resolves once the whole body has been read.
     pub async fn sent(&self) {
         loop {
@@ -107,7 +112,9 @@ pin_project_lite::pin_project! {
         stats: Arc<BodyStats>,
         pace: BodyPace,
         started: Instant,
-        gap: Pin<Box<Sleep>>,
+        last: Instant,
+        // Armed only when the body actually waits: most bodies never do.
+        gap: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -128,7 +135,8 @@ impl<B> RequestBody<B> {
             stats,
             pace,
             started,
-            gap: Box::pin(tokio::time::sleep_until(started + pace.max_gap)),
+            last: started,
+            gap: None,
         }
     }
 }
@@ -148,7 +156,11 @@ where
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         if polled.is_pending() {
-            if this.gap.as_mut().poll(cx).is_ready() {
+            let until = *this.last + this.pace.max_gap;
+            let gap = this
+                .gap
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            if gap.as_mut().poll(cx).is_ready() {
                 this.stats.timed_out.store(true, Ordering::Relaxed);
                 return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
             }
@@ -161,7 +173,10 @@ where
                     *this.seen += n;
                     this.stats.bytes.fetch_add(n, Ordering::Relaxed);
                     let now = Instant::now();
-                    this.gap.as_mut().reset(now + this.pace.max_gap);
+                    *this.last = now;
+                    if let Some(gap) = this.gap.as_mut() {
+                        gap.as_mut().reset(now + this.pace.max_gap);
+                    }
                     let elapsed = now.duration_since(*this.started);
                     if elapsed > this.pace.grace
                         && u128::from(*this.seen) * 1000
@@ -205,7 +220,9 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: GwBody,
-        deadline: Option<Pin<Box<Sleep>>>,
+        deadline: Option<Instant>,
+        // Armed only when the body actually waits.
+        timer: Option<Pin<Box<Sleep>>>,
         bytes: u64,
         record: Option<Box<AccessRecord>>,
     }
@@ -231,7 +248,8 @@ impl ResponseBody {
     pub fn new(inner: GwBody, deadline: Option<Instant>, record: AccessRecord) -> Self {
         ResponseBody {
             inner,
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            deadline,
+            timer: None,
             bytes: 0,
             record: Some(Box::new(record)),
         }
@@ -274,8 +292,13 @@ impl Body for ResponseBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some(deadline) = this.deadline.as_mut()
-                    && deadline.as_mut().poll(cx).is_ready()
+                if let Some(deadline) = *this.deadline
+                    && this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)))
+                        .as_mut()
+                        .poll(cx)
+                        .is_ready()
                 {
                     if let Some(mut record) = this.record.take() {
                         record.error = Some("response_deadline");

@@ -169,6 +169,15 @@ fn parse<T: DeserializeOwned>(source: &SourceFile) -> Result<T, Problem> {
     })
 }
 
+/// Parses one policy file's text; `path` is only used in the error.
+pub fn parse_policy(text: &str, path: &str) -> Result<PolicyFile, Problem> {
+    let source = SourceFile {
+        path: PathBuf::from(path),
+        text: text.to_owned(),
+    };
+    parse(&source)
+}
+
 /// Reads and parses the main file and every `*.toml` file in its policy
 /// directory. Does blocking file I/O: call it from a blocking context.
 pub fn load(config_path: &Path) -> Result<Loaded, Problems> {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use validator::Validate;
 
-pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load};
+pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load, parse_policy};
 pub use units::{ByteSize, Dur};
 
 /// The main config file.

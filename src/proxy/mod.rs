@@ -243,14 +243,24 @@ impl Upstream {
         deadline: tokio::time::Instant,
         body: &BodyStats,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let first_byte_timer = async {
-            body.sent().await;
-            tokio::time::sleep(first_byte).await;
-        };
-        let result = tokio::select! {
-            r = self.client.request(req) => r,
-            () = first_byte_timer => return Err(ForwardError::Timeout),
-            () = tokio::time::sleep_until(deadline) => return Err(ForwardError::Timeout),
+        let response = self.client.request(req);
+        let result = if body.is_sent() {
+            // No body to wait for (the common case): one timer.
+            let at = deadline.min(tokio::time::Instant::now() + first_byte);
+            match tokio::time::timeout_at(at, response).await {
+                Ok(r) => r,
+                Err(_) => return Err(ForwardError::Timeout),
+            }
+        } else {
+            let first_byte_timer = async {
+                body.sent().await;
+                tokio::time::sleep(first_byte).await;
+            };
+            tokio::select! {
+                r = response => r,
+                () = first_byte_timer => return Err(ForwardError::Timeout),
+                () = tokio::time::sleep_until(deadline) => return Err(ForwardError::Timeout),
+            }
         };
         result.map_err(|e| {
             if body.too_large.load(Ordering::Relaxed) {

@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The HTTP/2 connection preface (prior knowledge).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What replaces a refused head.
-const POISON: &[u8] =
+/// What hyper is given in place of a refused head.
+pub const REFUSED_REQUEST: &[u8] =
     b"GET / HTTP/1.1\r\nHost: refused.gatehouse.invalid\r\nConnection: close\r\n\r\n";
 
 /// Why a request head was refused.
@@ -186,8 +186,16 @@ fn header_is(name: &str, want: &str) -> bool {
 
 /// Examines the bytes collected so far.
 fn examine(buf: &[u8], limits: &HeadLimits) -> Head {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    // The usual limit fits on the stack; only a raised one allocates.
+    let mut on_stack = [httparse::EMPTY_HEADER; 128];
+    let mut on_heap;
+    let headers: &mut [httparse::Header<'_>] = if limits.max_headers <= on_stack.len() {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut on_heap
+    };
+    let mut req = httparse::Request::new(headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
@@ -426,7 +434,7 @@ impl Machine {
                             self.verdicts.refuse(self.heads, why);
                             self.heads += 1;
                             self.head.clear();
-                            self.pending.extend_from_slice(POISON);
+                            self.pending.extend_from_slice(REFUSED_REQUEST);
                             self.state = State::Poisoned;
                             return Ok(());
                         }
@@ -486,6 +494,21 @@ impl Machine {
         }
         Ok(())
     }
+}
+
+/// Runs the guard over a whole byte stream at once (default limits): what
+/// hyper would be given, and the first refusal. For fuzzing and tests.
+pub fn inspect_stream(data: &[u8]) -> (Vec<u8>, Option<Refusal>) {
+    let verdicts = Arc::new(Verdicts::default());
+    let limits = HeadLimits {
+        max_head_bytes: 16 * 1024,
+        max_headers: 100,
+        max_uri_bytes: 8 * 1024,
+    };
+    let mut m = Machine::new(limits, verdicts.clone());
+    let _ = m.feed(data);
+    let refused = (0..=m.heads).find_map(|i| verdicts.refused(i));
+    (m.pending, refused)
 }
 
 impl<I: AsyncRead> AsyncRead for FramingGuard<I> {
@@ -713,7 +736,10 @@ mod tests {
                         );
                     }
                     Some(_) => {
-                        assert!(out.ends_with(POISON), "{name}: poison handed to hyper");
+                        assert!(
+                            out.ends_with(REFUSED_REQUEST),
+                            "{name}: poison handed to hyper"
+                        );
                         let shown = String::from_utf8_lossy(&out);
                         assert!(
                             !shown.contains("Transfer-Encoding: chunked\r\nContent-Length"),
@@ -729,7 +755,7 @@ mod tests {
     fn nothing_after_a_refusal_is_passed_on() {
         let input = "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxGET /next HTTP/1.1\r\n\r\n";
         let (out, _, state) = run(input.as_bytes(), input.len());
-        assert_eq!(out, POISON);
+        assert_eq!(out, REFUSED_REQUEST);
         assert_eq!(state, State::Poisoned);
     }
 

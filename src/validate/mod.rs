@@ -8,7 +8,7 @@ mod framing;
 mod path;
 mod rules;
 
-pub use framing::{FramingGuard, HeadLimits, Refusal, Verdicts};
+pub use framing::{FramingGuard, HeadLimits, REFUSED_REQUEST, Refusal, Verdicts, inspect_stream};
 pub use path::{PathError, normalize_path};
 pub use rules::{
     IpRules, QueryRules, RequestRules, SchemaError, canonical, client_ip, has_body, parse_net,

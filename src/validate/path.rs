@@ -45,9 +45,46 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// The common case, already normal: no escapes, no backslash or control
+/// bytes, no dot segments, and (when merging) no empty segments.
+fn is_plain(bytes: &[u8], merge_slashes: bool) -> bool {
+    let mut prev = b'/';
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' | b'\\' | 0..=0x1f | 0x7f..=0xff => return false,
+            b'/' => {
+                if i > 0 {
+                    let seg = &bytes[segment_start..i];
+                    if seg == b"." || seg == b".." || (merge_slashes && prev == b'/') {
+                        return false;
+                    }
+                }
+                segment_start = i + 1;
+            }
+            _ => {}
+        }
+        prev = b;
+    }
+    let last = &bytes[segment_start..];
+    last != b"." && last != b".."
+}
+
 /// Normalises `raw` (the path part of a request target, without query).
 /// `merge_slashes` folds `//` into `/`.
 pub fn normalize_path(raw: &str, merge_slashes: bool) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if is_plain(bytes, merge_slashes) {
+        return Ok(raw.to_owned());
+    }
+    normalize_full(raw, merge_slashes)
+}
+
+/// The general algorithm (also right for plain paths, only slower).
+fn normalize_full(raw: &str, merge_slashes: bool) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -249,6 +286,11 @@ mod properties {
     }
 
     proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_the_full_algorithm(raw in raw_path(), merge in any::<bool>()) {
+            prop_assert_eq!(normalize_path(&raw, merge), normalize_full(&raw, merge));
+        }
+
         #[test]
         fn normalising_twice_changes_nothing(raw in raw_path(), merge in any::<bool>()) {
             if let Ok(once) = normalize_path(&raw, merge) {

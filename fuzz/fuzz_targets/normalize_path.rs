@@ -1,0 +1,16 @@
+//! Path normalisation never panics, and what it accepts is a fixed point
+//! without dot segments.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(raw) = std::str::from_utf8(data) else { return };
+    for merge in [true, false] {
+        if let Ok(once) = gatehouse::validate::normalize_path(raw, merge) {
+            assert!(once.starts_with('/'));
+            assert!(!once.split('/').any(|s| s == "." || s == ".."), "{raw:?} -> {once:?}");
+            assert_eq!(gatehouse::validate::normalize_path(&once, merge).as_deref(), Ok(once.as_str()));
+        }
+    }
+});
