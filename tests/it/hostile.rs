@@ -437,3 +437,32 @@ async fn listeners_can_override_the_head_limits() {
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn h2_clients_get_the_configured_stream_limit() {
+    let gw = GatewayBuilder::new()
+        .main("[[listener]]\nname = \"h2\"\naddr = \"127.0.0.1:0\"\n[listener.limits]\nh2_max_concurrent_streams = 7\n")
+        .policy("a.toml", "[[route]]\nname = \"h\"\npath = \"/hello\"\nrespond = { status = 200, body = \"hi\" }\n")
+        .start()
+        .await;
+    for (listener, want) in [("h2", 7), ("http", 100)] {
+        // h2c with prior knowledge: the framing guard steps aside for it.
+        let tcp = tokio::net::TcpStream::connect(gw.addr(listener))
+            .await
+            .unwrap();
+        let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{}/hello", gw.addr(listener)))
+            .body(())
+            .unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{listener}");
+        assert_eq!(
+            send.current_max_send_streams(),
+            want,
+            "{listener}: SETTINGS_MAX_CONCURRENT_STREAMS"
+        );
+        driver.abort();
+    }
+}
