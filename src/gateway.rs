@@ -138,7 +138,6 @@ impl Gateway {
             .insert(proxy::X_REQUEST_ID.clone(), ctx.request_id.clone());
         if let (Some(route), Some(origin)) = (&ctx.route, &origin)
             && let Some(cors) = &route.cors
-            && response.status() != StatusCode::NO_CONTENT
         {
             cors.decorate(origin, response.headers_mut());
         }
@@ -172,17 +171,13 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 }
 
 /// The `X-Forwarded-For` chain a trusted proxy sent, joined on one line.
-fn forwarded_chain(values: &[String]) -> Option<String> {
-    (!values.is_empty()).then(|| values.join(", "))
-}
-
-fn parts_headers_for_chain(headers: &http::HeaderMap) -> Vec<String> {
-    headers
+fn forwarded_chain(headers: &http::HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect()
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 fn refusal_error(why: Refusal) -> GatewayError {
@@ -404,7 +399,7 @@ async fn forward(
         .iter()
         .any(|n| n.contains(&peer));
     let chain = if trusted_peer {
-        forwarded_chain(&parts_headers_for_chain(&parts.headers))
+        forwarded_chain(&parts.headers)
     } else {
         None
     };

@@ -398,7 +398,11 @@ mod tests {
     use super::*;
 
     fn route(name: &str, methods: Option<&[Method]>) -> Arc<Route> {
-        Arc::new(Route {
+        Arc::new(route_value(name, methods))
+    }
+
+    fn route_value(name: &str, methods: Option<&[Method]>) -> Route {
+        Route {
             name: name.into(),
             methods: methods.map(|m| m.to_vec()),
             action: Action::Respond(DirectResponse {
@@ -413,7 +417,7 @@ mod tests {
             max_body: 0,
             rules: Default::default(),
             cors: None,
-        })
+        }
     }
 
     fn place() -> Place {
@@ -575,9 +579,9 @@ mod tests {
 
     #[test]
     fn upstream_paths() {
-        let mut strip = Route::clone_for_test(&route("s", None));
+        let mut strip = route_value("s", None);
         strip.strip_prefix = Some("/public".into());
-        let mut rewrite = Route::clone_for_test(&route("r", None));
+        let mut rewrite = route_value("r", None);
         rewrite.rewrite = parse_rewrite("/v2/items/{id}/{rest}").ok();
         let params = vec![
             ("id".to_owned(), "7".to_owned()),
@@ -594,26 +598,5 @@ mod tests {
         }
         assert!(parse_rewrite("/x/{unclosed").is_err());
         assert!(parse_rewrite("/x/{}").is_err());
-    }
-
-    impl Route {
-        fn clone_for_test(r: &Route) -> Route {
-            Route {
-                name: r.name.clone(),
-                methods: r.methods.clone(),
-                action: Action::Respond(DirectResponse {
-                    status: StatusCode::OK,
-                    headers: vec![],
-                    body: bytes::Bytes::new(),
-                }),
-                strip_prefix: None,
-                rewrite: None,
-                request_headers: HeaderEdits::default(),
-                response_headers: HeaderEdits::default(),
-                max_body: 0,
-                rules: Default::default(),
-                cors: None,
-            }
-        }
     }
 }

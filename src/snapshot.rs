@@ -457,19 +457,15 @@ fn compile_route(
             &mut problems,
         )
     });
+    let rewrite_at = r.rewrite_path.as_ref().map_or(span.clone(), |s| s.span());
     if let (Some(parts), Some(PathMatch::Template(t))) = (&rewrite, &path) {
         let names = template_params(t);
         for part in parts {
             if let RewritePart::Param(p) = part
                 && !names.contains(p)
             {
-                let at = r
-                    .rewrite_path
-                    .as_ref()
-                    .map(|s| s.span())
-                    .unwrap_or(span.clone());
                 problems.push(source.problem(
-                    at,
+                    rewrite_at.clone(),
                     format!(
                         "{label}: `rewrite_path` uses `{{{p}}}`, which the template does not define"
                     ),
@@ -479,13 +475,8 @@ fn compile_route(
     } else if let Some(parts) = &rewrite
         && parts.iter().any(|p| matches!(p, RewritePart::Param(_)))
     {
-        let at = r
-            .rewrite_path
-            .as_ref()
-            .map(|s| s.span())
-            .unwrap_or(span.clone());
         problems.push(source.problem(
-            at,
+            rewrite_at,
             format!("{label}: `rewrite_path` parameters need a `template` route"),
         ));
     }

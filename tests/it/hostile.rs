@@ -17,13 +17,7 @@ struct Counted {
 }
 
 async fn counting_backend() -> Counted {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let backend = Backend::start(move |req| {
-        h.fetch_add(1, Ordering::SeqCst);
-        echo_response(req)
-    })
-    .await;
+    let (backend, hits) = Backend::counting().await;
     Counted { backend, hits }
 }
 

@@ -1,24 +1,12 @@
 //! Per-route rules, client-address lists, CORS and body pacing: each
 //! refusal carries the JSON error body and never reaches the backend.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::support::*;
-
-async fn counting() -> (Backend, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let backend = Backend::start(move |req| {
-        h.fetch_add(1, Ordering::SeqCst);
-        echo_response(req)
-    })
-    .await;
-    (backend, hits)
-}
 
 const SCHEMA: &str = r#"{
   "type": "object",
@@ -32,7 +20,7 @@ const SCHEMA: &str = r#"{
 
 #[tokio::test]
 async fn route_rules_refuse_before_the_backend() {
-    let (backend, hits) = counting().await;
+    let (backend, hits) = Backend::counting().await;
     let builder = GatewayBuilder::new().policy(
         "orders.toml",
         &format!(
@@ -152,7 +140,7 @@ async fn a_broken_schema_is_a_config_error() {
 
 #[tokio::test]
 async fn client_addresses_are_checked_through_trusted_proxies_only() {
-    let (backend, hits) = counting().await;
+    let (backend, hits) = Backend::counting().await;
     let gw = GatewayBuilder::new()
         .main("[access]\ntrusted_proxies = [\"127.0.0.1\"]\ndeny_ips = [\"203.0.113.66\"]\n")
         .policy(
@@ -219,7 +207,7 @@ async fn client_addresses_are_checked_through_trusted_proxies_only() {
 
 #[tokio::test]
 async fn cors_preflights_are_answered_at_the_gateway() {
-    let (backend, hits) = counting().await;
+    let (backend, hits) = Backend::counting().await;
     let gw = GatewayBuilder::new()
         .policy(
             "a.toml",
@@ -284,7 +272,7 @@ async fn cors_preflights_are_answered_at_the_gateway() {
 
 #[tokio::test]
 async fn a_stalled_upload_gets_408() {
-    let (backend, _hits) = counting().await;
+    let (backend, _hits) = Backend::counting().await;
     let gw = GatewayBuilder::new()
         .main("[server]\nbody_timeout = \"400ms\"\n")
         .policy(

@@ -74,6 +74,18 @@ impl Backend {
         Backend { addr, task }
     }
 
+    /// An echo backend that counts the requests it receives.
+    pub async fn counting() -> (Backend, Arc<std::sync::atomic::AtomicUsize>) {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let backend = Backend::start(move |req| {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            echo_response(req)
+        })
+        .await;
+        (backend, hits)
+    }
+
     /// Answers with a JSON description of the request it got.
     pub async fn echo() -> Backend {
         Backend::start(|req| async move { echo_response(req).await }).await
