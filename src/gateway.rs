@@ -114,8 +114,10 @@ impl Gateway {
             record,
             route: None,
         };
-        let leaves_http =
-            req.method() == Method::CONNECT || proxy::is_upgrade_request(req.headers());
+        // Exactly the guard's rule: after any `Upgrade` header or CONNECT it
+        // stops reading the connection as HTTP.
+        let leaves_http = conn.verdicts.is_some()
+            && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
         let index = conn.requests.fetch_add(1, Ordering::Relaxed);
         let refused = conn.verdicts.as_ref().and_then(|v| v.refused(index));
         let outcome = match refused {
@@ -244,7 +246,11 @@ async fn process(
             limit: route.max_body,
         });
     }
-    route.rules.check_head(req.headers(), req.uri().query())?;
+    route.rules.check_head(
+        req.headers(),
+        req.uri().query(),
+        !http_body::Body::is_end_stream(req.body()),
+    )?;
 
     match &route.action {
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),

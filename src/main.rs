@@ -81,7 +81,15 @@ enum CertsCommand {
 }
 
 fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).context("invalid --log-level")?;
+    // rustls warns once per handshake about an IP address sent as SNI; any
+    // client can trigger that, so its log is kept to errors unless asked.
+    let directives = if level.contains("rustls") {
+        level.to_owned()
+    } else {
+        format!("{level},rustls=error")
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&directives).context("invalid --log-level")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

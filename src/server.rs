@@ -227,6 +227,20 @@ fn build_all(
                 format!("listener `{}` is defined twice", l.name),
             ));
         }
+        let limits = &l.limits;
+        if limits.max_header_count == Some(0)
+            || limits.h2_max_concurrent_streams == Some(0)
+            || limits.max_header_bytes.is_some_and(|b| b.0 < 1024)
+            || limits.max_uri_bytes.is_some_and(|b| b.0 < 64)
+        {
+            problems.push(loaded.source.problem(
+                listener.span(),
+                format!(
+                    "listener `{}`: limits must allow at least 1 header, 1 stream, a 1 KiB head and a 64-byte target",
+                    l.name
+                ),
+            ));
+        }
         if l.tls.is_some() && l.redirect_https_port.is_some() {
             problems.push(loaded.source.problem(
                 listener.span(),

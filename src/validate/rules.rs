@@ -113,23 +113,31 @@ pub struct RequestRules {
     pub schema: Option<Arc<jsonschema::Validator>>,
 }
 
-/// Whether the request announces a body.
-pub fn has_body(headers: &HeaderMap) -> bool {
+/// Whether the request carries a body: from its HTTP/1 framing headers,
+/// else `streaming` (an HTTP/2 body may come without any length header).
+pub fn has_body(headers: &HeaderMap, streaming: bool) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+            .map_or(streaming, |v| v.as_bytes() != b"0")
 }
 
 impl RequestRules {
     /// Header, content-type and query checks (no body is read).
-    pub fn check_head(&self, headers: &HeaderMap, query: Option<&str>) -> Result<(), GatewayError> {
+    /// `streaming` says whether the body has not ended yet.
+    pub fn check_head(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        streaming: bool,
+    ) -> Result<(), GatewayError> {
         for name in &self.required_headers {
             if !headers.contains_key(name) {
                 return Err(GatewayError::MissingHeader(name.as_str().to_owned()));
             }
         }
-        if (!self.content_types.is_empty() || self.schema.is_some()) && has_body(headers) {
+        if (!self.content_types.is_empty() || self.schema.is_some()) && has_body(headers, streaming)
+        {
             let media = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
@@ -158,10 +166,14 @@ impl RequestRules {
     }
 
     /// Validates a JSON body against the schema, if there is one.
+    /// An empty body (a GET on the route) has nothing to validate.
     pub fn check_body(&self, body: &[u8]) -> Result<(), GatewayError> {
         let Some(schema) = &self.schema else {
             return Ok(());
         };
+        if body.is_empty() {
+            return Ok(());
+        }
         let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|_| GatewayError::InvalidJson)?;
         const MAX_REPORTED: usize = 10;
@@ -381,7 +393,7 @@ mod tests {
             for (k, v) in hs {
                 h.insert(*k, HeaderValue::from_static(v));
             }
-            let got = rules.check_head(&h, query).err().map(|e| e.code());
+            let got = rules.check_head(&h, query, false).err().map(|e| e.code());
             assert_eq!(got, want, "{name}");
         }
     }

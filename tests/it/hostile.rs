@@ -460,3 +460,40 @@ async fn h2_clients_get_the_configured_stream_limit() {
         driver.abort();
     }
 }
+
+#[tokio::test]
+async fn a_lone_upgrade_header_cannot_smuggle_a_request_behind_it() {
+    let b = counting_backend().await;
+    let gw = GatewayBuilder::new()
+        .policy("a.toml", &policy(&b.backend.url()))
+        .start()
+        .await;
+    // The guard stops parsing after any Upgrade header, so the gateway must
+    // close the connection unless the upstream switched protocols.
+    let s = tokio::net::TcpStream::connect(gw.addr("http"))
+        .await
+        .unwrap();
+    let (text, closed) = exchange(
+        s,
+        b"GET /public/first HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\
+          POST /public/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        true,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "only one answer: {text}"
+    );
+    assert!(closed);
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        1,
+        "the smuggled request never reached the backend"
+    );
+}
