@@ -80,7 +80,14 @@ enum CertsCommand {
     },
 }
 
-fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+/// Installs the log subscriber. Lines are written by a dedicated thread
+/// (a write to a slow stdout must never block a runtime worker); the
+/// returned guard flushes what is queued when dropped at exit. If the queue
+/// (128k lines) is full, lines are dropped rather than stalling requests.
+fn init_logging(
+    level: &str,
+    format: LogFormat,
+) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     // rustls warns once per handshake about an IP address sent as SNI; any
     // client can trigger that, so its log is kept to errors unless asked.
     let directives = if level.contains("rustls") {
@@ -90,10 +97,12 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     };
     let filter =
         tracing_subscriber::EnvFilter::try_new(&directives).context("invalid --log-level")?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(std::io::stdout);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder
             .json()
@@ -103,7 +112,8 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     }
-    .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+    .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
+    Ok(guard)
 }
 
 fn main() -> ExitCode {
@@ -138,7 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config, no_watch } => {
-            init_logging(&cli.log_level, cli.log_format)?;
+            let _log_guard = init_logging(&cli.log_level, cli.log_format)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
