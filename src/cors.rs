@@ -63,6 +63,19 @@ pub fn preflight(method: &Method, headers: &HeaderMap) -> Option<Preflight> {
     })
 }
 
+/// `a, b, c` as one header value; `None` for an empty list.
+fn header_list(names: &[HeaderName]) -> Option<HeaderValue> {
+    if names.is_empty() {
+        return None;
+    }
+    let joined = names
+        .iter()
+        .map(HeaderName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    HeaderValue::from_str(&joined).ok()
+}
+
 impl Cors {
     fn allows_origin(&self, origin: &HeaderValue) -> bool {
         let Ok(o) = origin.to_str() else { return false };
@@ -124,16 +137,7 @@ impl Cors {
         if let Ok(v) = HeaderValue::from_str(&allow_methods) {
             h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
         }
-        if !self.headers.is_empty()
-            && let Ok(v) = HeaderValue::from_str(
-                &self
-                    .headers
-                    .iter()
-                    .map(HeaderName::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )
-        {
+        if let Some(v) = header_list(&self.headers) {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
         if self.credentials {
@@ -165,16 +169,7 @@ impl Cors {
                 HeaderValue::from_static("true"),
             );
         }
-        if !self.expose.is_empty()
-            && let Ok(v) = HeaderValue::from_str(
-                &self
-                    .expose
-                    .iter()
-                    .map(HeaderName::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )
-        {
+        if let Some(v) = header_list(&self.expose) {
             headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
         }
     }
