@@ -84,9 +84,81 @@ pub enum GatewayError {
     /// The upstream has no target to send the request to.
     #[error("no upstream target available")]
     NoTarget,
+    /// The route needs credentials and the request carries none.
+    #[error("authentication required")]
+    MissingCredentials {
+        /// What to put in `WWW-Authenticate`.
+        challenge: Challenge,
+    },
+    /// The credentials are malformed, unknown, wrong, expired or revoked.
+    /// `why` is safe to show: it never tells which part of a secret failed.
+    #[error("{why}")]
+    InvalidCredentials {
+        /// What to put in `WWW-Authenticate`.
+        challenge: Challenge,
+        /// For the caller and the log.
+        why: &'static str,
+    },
+    /// Valid credentials without a scope the route requires.
+    #[error("insufficient scope: `{scope}` is required")]
+    InsufficientScope {
+        /// What to put in `WWW-Authenticate`.
+        challenge: Challenge,
+        /// The missing scope.
+        scope: String,
+    },
+    /// Valid credentials without any of the roles the route requires.
+    #[error("the caller has none of the roles this route requires")]
+    RoleRequired,
+    /// Too many failed credential attempts from this client address.
+    #[error("too many failed authentication attempts")]
+    AuthThrottled {
+        /// Seconds until the next attempt is allowed.
+        retry_after_secs: u64,
+    },
+    /// Credentials could not be checked now (verifier saturated, key set
+    /// not available).
+    #[error("authentication is temporarily unavailable")]
+    AuthUnavailable,
     /// The gateway failed internally (a bug); details are only logged.
     #[error("internal error")]
     Internal(&'static str),
+}
+
+/// The `WWW-Authenticate` challenges of a 401 or 403 (RFC 6750): a Bearer
+/// challenge (tokens, and keys sent as bearer), and an `ApiKey` challenge
+/// naming the header when the route takes API keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// The API-key header, when the route accepts keys.
+    pub api_key_header: Option<http::HeaderName>,
+}
+
+impl Challenge {
+    /// The header values: `error` is an RFC 6750 error code (or none for a
+    /// request without credentials), `scope` the scope that was missing.
+    fn values(&self, error: Option<&str>, scope: Option<&str>) -> Vec<HeaderValue> {
+        let mut bearer = String::from("Bearer realm=\"gatehouse\"");
+        if let Some(e) = error {
+            bearer.push_str(&format!(", error=\"{e}\""));
+        }
+        if let Some(s) = scope.filter(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            bearer.push_str(&format!(", scope=\"{s}\""));
+        }
+        let mut out: Vec<HeaderValue> = HeaderValue::from_str(&bearer).into_iter().collect();
+        if let Some(h) = &self.api_key_header
+            && let Ok(v) = HeaderValue::from_str(&format!(
+                "ApiKey realm=\"gatehouse\", header=\"{}\"",
+                h.as_str()
+            ))
+        {
+            out.push(v);
+        }
+        out
+    }
 }
 
 impl GatewayError {
@@ -112,6 +184,14 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::MissingCredentials { .. } | GatewayError::InvalidCredentials { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::InsufficientScope { .. } | GatewayError::RoleRequired => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,6 +219,12 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::NoTarget => "no_upstream_target",
+            GatewayError::MissingCredentials { .. } => "missing_credentials",
+            GatewayError::InvalidCredentials { .. } => "invalid_credentials",
+            GatewayError::InsufficientScope { .. } => "insufficient_scope",
+            GatewayError::RoleRequired => "role_required",
+            GatewayError::AuthThrottled { .. } => "too_many_auth_failures",
+            GatewayError::AuthUnavailable => "auth_unavailable",
             GatewayError::Internal(_) => "internal",
         }
     }
@@ -183,6 +269,23 @@ impl GatewayError {
                 && let Ok(v) = HeaderValue::from_str(allow)
             {
                 r.headers_mut().insert(header::ALLOW, v);
+            }
+            let challenges = match self {
+                GatewayError::MissingCredentials { challenge } => challenge.values(None, None),
+                GatewayError::InvalidCredentials { challenge, .. } => {
+                    challenge.values(Some("invalid_token"), None)
+                }
+                GatewayError::InsufficientScope { challenge, scope } => {
+                    challenge.values(Some("insufficient_scope"), Some(scope))
+                }
+                _ => Vec::new(),
+            };
+            for v in challenges {
+                r.headers_mut().append(header::WWW_AUTHENTICATE, v);
+            }
+            if let GatewayError::AuthThrottled { retry_after_secs } = self {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             if self.closes_connection() {
                 r.headers_mut()
@@ -291,6 +394,10 @@ mod tests {
         ];
         for (name, err, status, code) in cases {
             let resp = err.to_response("rid-1");
+            assert!(
+                resp.headers().get(header::WWW_AUTHENTICATE).is_none(),
+                "{name}"
+            );
             assert_eq!(resp.status().as_u16(), status, "{name}");
             let allow = resp.headers().get(header::ALLOW).cloned();
             let body = resp.into_body().collect().await.map(|b| b.to_bytes());
@@ -309,5 +416,85 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn auth_errors_carry_challenges() {
+        let key_route = Challenge {
+            api_key_header: Some(http::HeaderName::from_static("x-api-key")),
+        };
+        let jwt_route = Challenge {
+            api_key_header: None,
+        };
+        let cases: Vec<(&str, GatewayError, u16, &str, Vec<&str>)> = vec![
+            (
+                "missing on a key route",
+                GatewayError::MissingCredentials {
+                    challenge: key_route.clone(),
+                },
+                401,
+                "missing_credentials",
+                vec![
+                    "Bearer realm=\"gatehouse\"",
+                    "ApiKey realm=\"gatehouse\", header=\"x-api-key\"",
+                ],
+            ),
+            (
+                "invalid token",
+                GatewayError::InvalidCredentials {
+                    challenge: jwt_route.clone(),
+                    why: "token expired",
+                },
+                401,
+                "invalid_credentials",
+                vec!["Bearer realm=\"gatehouse\", error=\"invalid_token\""],
+            ),
+            (
+                "scope",
+                GatewayError::InsufficientScope {
+                    challenge: jwt_route.clone(),
+                    scope: "orders:write".into(),
+                },
+                403,
+                "insufficient_scope",
+                vec![
+                    "Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"orders:write\"",
+                ],
+            ),
+            (
+                "scope with a quote is not echoed",
+                GatewayError::InsufficientScope {
+                    challenge: jwt_route,
+                    scope: "a\"b".into(),
+                },
+                403,
+                "insufficient_scope",
+                vec!["Bearer realm=\"gatehouse\", error=\"insufficient_scope\""],
+            ),
+        ];
+        for (name, err, status, code, challenges) in cases {
+            assert_eq!(err.code(), code, "{name}");
+            let resp = err.to_response("rid");
+            assert_eq!(resp.status().as_u16(), status, "{name}");
+            let got: Vec<&str> = resp
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            assert_eq!(got, challenges, "{name}");
+        }
+        let throttled = GatewayError::AuthThrottled {
+            retry_after_secs: 7,
+        }
+        .to_response("rid");
+        assert_eq!(throttled.status().as_u16(), 429);
+        assert_eq!(
+            throttled
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"7"[..])
+        );
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! [`Gateway::handle`] loads one config snapshot, then runs the steps in
 //! order as plain functions over a [`RequestCtx`]: normalise and strictly
-//! parse, route, check limits, rewrite, forward, finish. A step that refuses
+//! parse, route, check limits, authenticate (the per-client failure gate
+//! first, so bad keys cannot burn argon2), authorise, rewrite, forward,
+//! finish. A step that refuses
 //! the request returns a [`GatewayError`]; the request is then answered with
 //! the JSON error body and never forwarded. Every outcome is logged once,
 //! when its response has been sent.
@@ -18,9 +20,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::auth::Principal;
+use crate::auth::api_key::{ApiKeyAuth, ApiKeyError};
+use crate::auth::jwt::JwtError;
+use crate::auth::policy::{self, Presented, PresentedError, RouteAuth};
 use crate::body::{BodyStats, GwBody, RequestBody, ResponseBody, empty, full};
 use crate::cors;
-use crate::error::GatewayError;
+use crate::error::{Challenge, GatewayError};
 use crate::proxy::{self, ForwardError, ForwardedFor};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
@@ -58,6 +64,7 @@ impl ConnInfo {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    api_keys: Arc<ApiKeyAuth>,
 }
 
 /// Per-request state carried through the steps.
@@ -68,6 +75,8 @@ struct RequestCtx {
     record: AccessRecord,
     /// The matched route, once known.
     route: Option<Arc<Route>>,
+    /// The authenticated caller, once known.
+    principal: Option<Principal>,
 }
 
 /// Host as routed on (lower case, no port) and as received.
@@ -78,9 +87,9 @@ struct Host {
 }
 
 impl Gateway {
-    /// A gateway serving `snapshot`.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Gateway {
-        Gateway { snapshot }
+    /// A gateway serving `snapshot`, checking API keys with `api_keys`.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, api_keys: Arc<ApiKeyAuth>) -> Gateway {
+        Gateway { snapshot, api_keys }
     }
 
     /// Handles one request from start to finish. Never fails: every error
@@ -106,6 +115,8 @@ impl Gateway {
             tls_version: conn.tls_version,
             http_version: req.version(),
             body: Arc::new(BodyStats::default()),
+            consumer: None,
+            auth: None,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
@@ -113,6 +124,7 @@ impl Gateway {
             request_id,
             record,
             route: None,
+            principal: None,
         };
         // Exactly the guard's rule: after any `Upgrade` header or CONNECT it
         // stops reading the connection as HTTP.
@@ -122,7 +134,7 @@ impl Gateway {
         let refused = conn.verdicts.as_ref().and_then(|v| v.refused(index));
         let outcome = match refused {
             Some(why) => Err(refusal_error(why)),
-            None => process(req, &conn, &mut ctx).await,
+            None => process(req, &conn, &mut ctx, &self.api_keys).await,
         };
         let (mut response, deadline) = match outcome {
             Ok(done) => done,
@@ -197,6 +209,7 @@ async fn process(
     req: Request<Incoming>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
+    api_keys: &ApiKeyAuth,
 ) -> Result<Done, GatewayError> {
     // 2. Normalise and strictly parse.
     validate::check_framing(req.headers())?;
@@ -252,12 +265,101 @@ async fn process(
         !http_body::Body::is_end_stream(req.body()),
     )?;
 
+    // 5–7. Authenticate and authorise. The per-client failure gate runs
+    // inside the API-key check before any hashing.
+    if let Some(principal) =
+        authenticate(req.headers(), &route.auth, &ctx.snapshot, api_keys, client).await?
+    {
+        ctx.record.consumer = Some(principal.subject.clone());
+        ctx.record.auth = Some(principal.method.as_str());
+        ctx.principal = Some(principal);
+    }
+
     match &route.action {
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
         Action::Forward(upstream) => {
             ctx.record.upstream = Some(upstream.name.clone());
             forward(req, conn, ctx, route, upstream, &host, &path, &params).await
         }
+    }
+}
+
+/// Steps 5–7: who is calling, and may they use this route. `None` for a
+/// route without authentication.
+async fn authenticate(
+    headers: &http::HeaderMap,
+    auth: &RouteAuth,
+    snapshot: &Snapshot,
+    api_keys: &ApiKeyAuth,
+    client: std::net::IpAddr,
+) -> Result<Option<Principal>, GatewayError> {
+    if !auth.required() {
+        return Ok(None);
+    }
+    let challenge = Challenge {
+        api_key_header: auth.api_key.then(|| auth.key_header.clone()),
+    };
+    let presented = match policy::presented(auth, headers) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err(GatewayError::MissingCredentials { challenge }),
+        Err(e) => {
+            let why = match e {
+                PresentedError::Duplicate => "credential header sent more than once",
+                PresentedError::NotText => "credential header is not valid text",
+                PresentedError::Scheme => "unsupported authorization scheme (use Bearer)",
+            };
+            return Err(GatewayError::InvalidCredentials { challenge, why });
+        }
+    };
+    let principal = match presented {
+        Presented::ApiKey(key) => api_keys
+            .authenticate(key, client)
+            .await
+            .map_err(|e| api_key_refusal(e, challenge.clone()))?,
+        Presented::Jwt(token) => snapshot
+            .jwt
+            .verify(token, auth.issuers.as_deref())
+            .await
+            .map_err(|e| jwt_refusal(&e, challenge.clone()))?,
+    };
+    if let Some(scope) = policy::missing_scope(auth, &principal) {
+        return Err(GatewayError::InsufficientScope {
+            challenge,
+            scope: scope.to_owned(),
+        });
+    }
+    if !policy::has_role(auth, &principal) {
+        return Err(GatewayError::RoleRequired);
+    }
+    Ok(Some(principal))
+}
+
+fn api_key_refusal(e: ApiKeyError, challenge: Challenge) -> GatewayError {
+    let why = match e {
+        ApiKeyError::Malformed => "malformed API key",
+        ApiKeyError::Invalid => "invalid API key",
+        ApiKeyError::Expired => "API key expired",
+        ApiKeyError::Revoked => "API key revoked",
+        ApiKeyError::ConsumerDisabled => "consumer disabled",
+        ApiKeyError::Throttled { retry_after_secs } => {
+            return GatewayError::AuthThrottled { retry_after_secs };
+        }
+        ApiKeyError::Busy => return GatewayError::AuthUnavailable,
+        ApiKeyError::Internal(cause) => {
+            tracing::error!(error = %cause, "API key check failed");
+            return GatewayError::Internal("API key check failed");
+        }
+    };
+    GatewayError::InvalidCredentials { challenge, why }
+}
+
+fn jwt_refusal(e: &JwtError, challenge: Challenge) -> GatewayError {
+    match e {
+        JwtError::KeysUnavailable => GatewayError::AuthUnavailable,
+        other => GatewayError::InvalidCredentials {
+            challenge,
+            why: other.public_description(),
+        },
     }
 }
 
@@ -424,6 +526,20 @@ async fn forward(
         upstream.preserve_host,
     );
     route.request_headers.apply(&mut parts.headers);
+    // Identity headers are the gateway's to set: a client's own are removed
+    // on every route, then the authenticated caller's are added.
+    for name in &ctx.snapshot.identity_headers {
+        parts.headers.remove(name);
+    }
+    if let Some(principal) = &ctx.principal {
+        if !route.auth.forward_authorization {
+            parts.headers.remove(header::AUTHORIZATION);
+            parts.headers.remove(&route.auth.key_header);
+        }
+        for (name, value) in policy::identity_headers(principal) {
+            parts.headers.insert(name, value);
+        }
+    }
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let stats = ctx.record.body.clone();

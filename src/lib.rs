@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod cors;
@@ -14,6 +15,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;

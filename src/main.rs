@@ -1,12 +1,19 @@
 //! The gatehouse command line: the only place that reads flags and the
 //! environment, installs the log subscriber, and wires the parts together.
 
-use std::path::PathBuf;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gatehouse::admin::ops::{self, NewConsumer, NewKey, OpError, RotateKey};
+use gatehouse::auth::{Clock, SystemClock};
+use gatehouse::config::{self, Environment, Loaded};
 use gatehouse::server::{self, StartOptions};
+use gatehouse::store::{self, ApiKey, AuditEntry, Consumer, KeyStore};
 use gatehouse::tls;
 
 // glibc malloc showed up at ~15% of the proxy's CPU under load; mimalloc's
@@ -67,6 +74,145 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Manage consumers (works on the configured store, gateway running or not).
+    Consumers {
+        #[command(flatten)]
+        target: StoreTarget,
+        #[command(subcommand)]
+        command: ConsumersCommand,
+    },
+    /// Manage API keys (works on the configured store, gateway running or not).
+    Keys {
+        #[command(flatten)]
+        target: StoreTarget,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print the argon2id hash of a secret read from standard input (one
+    /// line), for `[admin] token_hash`. With --generate, make a new random
+    /// token and print it and its hash.
+    HashSecret {
+        /// Generate a random 256-bit token instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Sign a development JWT with an issuer's local signing key.
+    Token {
+        /// The main config file.
+        #[arg(
+            long,
+            short,
+            env = "GATEHOUSE_CONFIG",
+            default_value = "gatehouse.toml"
+        )]
+        config: PathBuf,
+        /// The issuer's name in the config.
+        #[arg(long)]
+        issuer: String,
+        /// The subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// A scope to grant (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// An extra claim `name=value` (value parsed as JSON if it can be; repeat for more).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
+}
+
+/// Which store a management command works on.
+#[derive(Debug, Args)]
+struct StoreTarget {
+    /// The main config file (its `[store]` section names the store).
+    #[arg(
+        long,
+        short,
+        env = "GATEHOUSE_CONFIG",
+        default_value = "gatehouse.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Aligned columns for people.
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsumersCommand {
+    /// Create a consumer.
+    Create {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Plan or tier.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Metadata, a JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// List consumers.
+    List,
+    /// Show a consumer (by id or name) and its keys.
+    Show {
+        /// Id or name.
+        consumer: String,
+    },
+    /// Disable a consumer: all its keys stop working.
+    Disable {
+        /// Id or name.
+        consumer: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key for a consumer; the key is printed once.
+    Create {
+        /// The consumer's id or name.
+        #[arg(long)]
+        consumer: String,
+        /// A label for the key.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// A scope to grant (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 90d.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List keys (of one consumer, or all).
+    List {
+        /// The consumer's id or name.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// The key id.
+        key: String,
+    },
+    /// Replace a key; the old one keeps working for the grace period.
+    Rotate {
+        /// The key id.
+        key: String,
+        /// How long the old key keeps working (default: `[api_keys] rotation_grace`).
+        #[arg(long)]
+        grace: Option<String>,
     },
 }
 
@@ -130,6 +276,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
+        Command::Consumers { target, command } => {
+            cli_runtime()?.block_on(consumers(&target, command))
+        }
+        Command::Keys { target, command } => cli_runtime()?.block_on(keys(&target, command)),
+        Command::HashSecret { generate } => hash_secret(generate),
+        Command::Token {
+            config,
+            issuer,
+            sub,
+            scopes,
+            ttl,
+            claims,
+        } => token(&config, &issuer, &sub, &scopes, ttl, &claims),
         Command::Certs {
             command: CertsCommand::Dev { dir },
         } => {
@@ -158,8 +317,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The process environment, handed to the library (which never reads it).
+fn environment() -> Environment {
+    Environment::new(std::env::vars())
+}
+
 fn check(config: &std::path::Path) -> ExitCode {
-    match server::check(config) {
+    match server::check(config, &environment()) {
         Ok((routes, upstreams)) => {
             println!(
                 "{}: ok ({routes} routes, {upstreams} upstreams)",
@@ -185,6 +349,7 @@ async fn serve(config: PathBuf, watch: bool) -> anyhow::Result<ExitCode> {
     let running = match server::start(StartOptions {
         config_path: config,
         watch,
+        env: environment(),
     })
     .await
     {
@@ -206,5 +371,354 @@ async fn serve(config: PathBuf, watch: bool) -> anyhow::Result<ExitCode> {
         }
     }
     running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cli_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Loaded> {
+    config::load(path).map_err(|problems| anyhow::anyhow!("{problems}"))
+}
+
+async fn open_store(loaded: &Loaded) -> anyhow::Result<Arc<dyn KeyStore>> {
+    store::open(&loaded.config.store.options(&loaded.base_dir))
+        .await
+        .context("cannot open the store")
+}
+
+/// `cli:USER`, for the audit trail.
+fn cli_actor() -> String {
+    let user = environment()
+        .get("USER")
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("cli:{user}")
+}
+
+/// Audits a CLI operation and turns its error into a message.
+async fn audited<T>(
+    store: &dyn KeyStore,
+    action: &str,
+    target: Option<&str>,
+    result: Result<T, OpError>,
+) -> anyhow::Result<T> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    let entry = AuditEntry {
+        at: SystemClock.now(),
+        actor: cli_actor(),
+        client: None,
+        action: action.to_owned(),
+        target: target.map(str::to_owned),
+        outcome: outcome.to_owned(),
+    };
+    if let Err(e) = store.record_audit(&entry).await {
+        eprintln!("gatehouse: warning: cannot write the audit entry: {e}");
+    }
+    result.map_err(|e| match e {
+        OpError::Invalid(fields) => {
+            let lines: Vec<String> = fields
+                .iter()
+                .map(|(f, m)| format!("  {f}: {}", m.join("; ")))
+                .collect();
+            anyhow::anyhow!("invalid input:\n{}", lines.join("\n"))
+        }
+        OpError::Store(source) => anyhow::anyhow!("store error: {source}"),
+        other => anyhow::anyhow!("{other}"),
+    })
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn when(t: Option<i64>) -> String {
+    match t.and_then(|t| u64::try_from(t).ok()) {
+        Some(secs) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string()
+        }
+        None => "-".to_owned(),
+    }
+}
+
+fn print_consumers(list: &[Consumer]) {
+    println!(
+        "{:<20} {:<24} {:<10} {:<21} DISABLED",
+        "ID", "NAME", "PLAN", "CREATED"
+    );
+    for c in list {
+        println!(
+            "{:<20} {:<24} {:<10} {:<21} {}",
+            c.id,
+            c.name,
+            c.plan.as_deref().unwrap_or("-"),
+            when(Some(c.created_at)),
+            when(c.disabled_at)
+        );
+    }
+}
+
+fn print_keys(list: &[ApiKey]) {
+    println!(
+        "{:<14} {:<20} {:<12} {:<24} {:<21} {:<21} REVOKED",
+        "ID", "CONSUMER", "NAME", "SCOPES", "EXPIRES", "LAST USED"
+    );
+    for k in list {
+        println!(
+            "{:<14} {:<20} {:<12} {:<24} {:<21} {:<21} {}",
+            k.id,
+            k.consumer_id,
+            k.name,
+            if k.scopes.is_empty() {
+                "-".to_owned()
+            } else {
+                k.scopes.join(",")
+            },
+            when(k.expires_at),
+            when(k.last_used_at),
+            when(k.revoked_at)
+        );
+    }
+}
+
+async fn consumers(target: &StoreTarget, command: ConsumersCommand) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(&target.config)?;
+    let store = open_store(&loaded).await?;
+    let store = store.as_ref();
+    let now = SystemClock.now();
+    let json = target.output == Output::Json;
+    match command {
+        ConsumersCommand::Create {
+            name,
+            plan,
+            metadata,
+        } => {
+            let metadata = match metadata {
+                Some(m) => serde_json::from_str(&m).context("--metadata must be a JSON object")?,
+                None => serde_json::Map::new(),
+            };
+            let input = NewConsumer {
+                name,
+                plan,
+                metadata,
+            };
+            let result = ops::create_consumer(store, now, input).await;
+            let id = result.as_ref().ok().map(|c| c.id.clone());
+            let c = audited(store, "consumer.create", id.as_deref(), result).await?;
+            if json {
+                print_json(&c)?;
+            } else {
+                print_consumers(std::slice::from_ref(&c));
+            }
+        }
+        ConsumersCommand::List => {
+            let list = audited(
+                store,
+                "consumer.list",
+                None,
+                store.list_consumers().await.map_err(OpError::from),
+            )
+            .await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print_consumers(&list);
+            }
+        }
+        ConsumersCommand::Show { consumer } => {
+            let result = async {
+                let c = ops::consumer(store, &consumer).await?;
+                let keys = store.list_keys(Some(&c.id)).await?;
+                Ok((c, keys))
+            }
+            .await;
+            let (c, keys) = audited(store, "consumer.show", Some(&consumer), result).await?;
+            if json {
+                print_json(&serde_json::json!({"consumer": c, "keys": keys}))?;
+            } else {
+                print_consumers(std::slice::from_ref(&c));
+                println!();
+                print_keys(&keys);
+            }
+        }
+        ConsumersCommand::Disable { consumer } => {
+            let result = ops::disable_consumer(store, now, &consumer).await;
+            let c = audited(store, "consumer.disable", Some(&consumer), result).await?;
+            if json {
+                print_json(&c)?;
+            } else {
+                print_consumers(std::slice::from_ref(&c));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(target: &StoreTarget, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(&target.config)?;
+    let store = open_store(&loaded).await?;
+    let store = store.as_ref();
+    let now = SystemClock.now();
+    let json = target.output == Output::Json;
+    let argon2 = loaded.config.api_keys.argon2();
+    let print_created = |created: &ops::CreatedKey| -> anyhow::Result<()> {
+        if json {
+            print_json(created)
+        } else {
+            print_keys(std::slice::from_ref(&created.key));
+            if let Some(previous) = &created.previous {
+                println!(
+                    "previous key {} now expires {}",
+                    previous.id,
+                    when(previous.expires_at)
+                );
+            }
+            println!();
+            println!("API key (shown once, store it now):");
+            println!("{}", created.api_key);
+            Ok(())
+        }
+    };
+    match command {
+        KeysCommand::Create {
+            consumer,
+            name,
+            scopes,
+            expires_in,
+        } => {
+            let input = NewKey {
+                name,
+                scopes,
+                expires_in,
+            };
+            let result = ops::create_key(store, now, &argon2, &consumer, input).await;
+            let id = result
+                .as_ref()
+                .map_or(consumer.clone(), |k| k.key.id.clone());
+            let created = audited(store, "key.create", Some(&id), result).await?;
+            print_created(&created)?;
+        }
+        KeysCommand::List { consumer } => {
+            let result = async {
+                let owner = match &consumer {
+                    Some(c) => Some(ops::consumer(store, c).await?.id),
+                    None => None,
+                };
+                Ok(store.list_keys(owner.as_deref()).await?)
+            }
+            .await;
+            let list = audited(store, "key.list", consumer.as_deref(), result).await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print_keys(&list);
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let result = ops::revoke_key(store, now, &key).await;
+            let k = audited(store, "key.revoke", Some(&key), result).await?;
+            if json {
+                print_json(&k)?;
+            } else {
+                print_keys(std::slice::from_ref(&k));
+            }
+        }
+        KeysCommand::Rotate { key, grace } => {
+            let grace_default = loaded.config.api_keys.rotation_grace.0;
+            let result = ops::rotate_key(
+                store,
+                now,
+                &argon2,
+                &key,
+                RotateKey { grace },
+                grace_default,
+            )
+            .await;
+            let created = audited(store, "key.rotate", Some(&key), result).await?;
+            print_created(&created)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hash_secret(generate: bool) -> anyhow::Result<ExitCode> {
+    let settings = gatehouse::auth::api_key::Argon2Settings::default();
+    let secret = if generate {
+        let token = random_token()?;
+        println!("token: {token}");
+        token
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the secret from standard input")?;
+        let secret = line.trim_end_matches(['\r', '\n']).to_owned();
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "the secret must be at least 16 characters"
+        );
+        secret
+    };
+    let hash = gatehouse::auth::api_key::hash_secret(&secret, &settings)
+        .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
+    if generate {
+        println!("hash:  {hash}");
+    } else {
+        println!("{hash}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 256 bits from the OS RNG, as 64 hex digits.
+fn random_token() -> anyhow::Result<String> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the OS random generator failed: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn token(
+    config: &Path,
+    issuer: &str,
+    sub: &str,
+    scopes: &[String],
+    ttl: Duration,
+    claims: &[String],
+) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(config)?;
+    let spec = loaded
+        .config
+        .jwt_issuers
+        .iter()
+        .map(|s| s.get_ref())
+        .find(|s| s.name == issuer)
+        .with_context(|| format!("no [[jwt_issuer]] named `{issuer}` in {}", config.display()))?;
+    gatehouse::auth::jwt::ensure_dev_keys(spec, &loaded.base_dir)?;
+    let env = environment();
+    let jwks = gatehouse::auth::jwks::JwksRegistry::new()?;
+    let built =
+        gatehouse::auth::jwt::Issuer::build(spec, &loaded.base_dir, &|n| env.get(n), &jwks)?;
+    let mut extra = serde_json::Map::new();
+    for c in claims {
+        let (k, v) = c
+            .split_once('=')
+            .with_context(|| format!("--claim `{c}` is not name=value"))?;
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+        extra.insert(k.to_owned(), value);
+    }
+    let token = gatehouse::auth::jwt::mint(&built, sub, scopes, ttl, extra, SystemClock.now())?;
+    println!("{token}");
     Ok(ExitCode::SUCCESS)
 }

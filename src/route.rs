@@ -90,6 +90,8 @@ pub struct Route {
     pub rules: crate::validate::RequestRules,
     /// CORS policy.
     pub cors: Option<crate::cors::Cors>,
+    /// Who may call it.
+    pub auth: crate::auth::policy::RouteAuth,
 }
 
 impl Route {
@@ -417,6 +419,7 @@ mod tests {
             max_body: 0,
             rules: Default::default(),
             cors: None,
+            auth: crate::auth::policy::RouteAuth::default(),
         }
     }
 

@@ -32,11 +32,15 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use crate::auth::api_key::ApiKeyAuth;
+use crate::auth::jwks::JwksRegistry;
+use crate::auth::{Clock, SystemClock};
 use crate::body::GwBody;
-use crate::config::{self, Loaded, Problem, Problems, ServerConfig};
+use crate::config::{self, Environment, Loaded, Problem, Problems, ServerConfig};
 use crate::error;
 use crate::gateway::{ConnInfo, Gateway};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BuildDeps, Snapshot};
+use crate::store::{self, KeyStore, StoreError};
 use crate::tls::{self, CertInfo};
 use crate::validate::{FramingGuard, HeadLimits, Verdicts};
 
@@ -60,6 +64,12 @@ pub enum StartError {
     /// A blocking task failed.
     #[error("internal error while loading: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The JWKS client could not be built.
+    #[error("cannot set up JWKS fetching: {0}")]
+    Jwks(#[from] crate::auth::jwks::JwksError),
+    /// The consumer and key store could not be opened or read.
+    #[error("cannot open the key store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// What to start.
@@ -69,6 +79,8 @@ pub struct StartOptions {
     pub config_path: PathBuf,
     /// Watch the config, policy and certificate files and reload on change.
     pub watch: bool,
+    /// Environment values the config may name (HMAC secrets).
+    pub env: Environment,
 }
 
 /// A listener's TLS config, swapped on reload.
@@ -89,6 +101,11 @@ pub struct Shared {
     ready: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
     graceful: Mutex<Option<GracefulShutdown>>,
+    env: Environment,
+    jwks: JwksRegistry,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn KeyStore>,
+    api_keys: Arc<ApiKeyAuth>,
 }
 
 impl Shared {
@@ -113,26 +130,50 @@ impl Shared {
         self.certs.load_full()
     }
 
+    /// The consumer and key store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// The API-key authenticator (its in-memory key index).
+    pub fn api_keys(&self) -> &Arc<ApiKeyAuth> {
+        &self.api_keys
+    }
+
+    /// The clock expiry checks use.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Loads the configuration again and swaps it in whole, or keeps the
     /// running one and returns every problem.
     pub async fn reload(&self) -> Result<u64, Problems> {
         let _guard = self.reload_lock.lock().await;
         let generation = self.generation() + 1;
         let path = self.config_path.clone();
+        let env = self.env.clone();
+        let jwks = self.jwks.clone();
+        let clock = self.clock.clone();
         let previous: Vec<(String, Arc<rustls::ServerConfig>)> = self
             .tls
             .iter()
             .map(|s| (s.listener.clone(), s.config.load_full()))
             .collect();
-        let built =
-            tokio::task::spawn_blocking(move || build_all(&path, generation, &previous, false))
-                .await
-                .map_err(|e| {
-                    Problems(vec![whole(
-                        &self.config_path,
-                        format!("reload task failed: {e}"),
-                    )])
-                })?;
+        let built = tokio::task::spawn_blocking(move || {
+            let deps = BuildDeps {
+                env: &env,
+                jwks: &jwks,
+                clock: &clock,
+            };
+            build_all(&path, generation, &previous, false, deps)
+        })
+        .await
+        .map_err(|e| {
+            Problems(vec![whole(
+                &self.config_path,
+                format!("reload task failed: {e}"),
+            )])
+        })?;
         match built {
             Ok(built) => {
                 for slot in &self.tls {
@@ -183,9 +224,25 @@ fn build_all(
     generation: u64,
     previous: &[(String, Arc<rustls::ServerConfig>)],
     make_dev_certs: bool,
+    deps: BuildDeps<'_>,
 ) -> Result<Built, Problems> {
     let loaded = config::load(config_path)?;
     let mut problems = Vec::new();
+    // Like dev certificates, dev signing keys exist before anything reads
+    // them; unlike certificates they are also made by `check` and reloads
+    // (an issuer cannot be checked without its key).
+    {
+        for spec in &loaded.config.jwt_issuers {
+            match crate::auth::jwt::ensure_dev_keys(spec.get_ref(), &loaded.base_dir) {
+                Ok(true) => tracing::warn!(
+                    issuer = %spec.get_ref().name,
+                    "development signing keys created (dev_keys = true); not for production"
+                ),
+                Ok(false) => {}
+                Err(e) => problems.push(loaded.source.problem(spec.span(), e.to_string())),
+            }
+        }
+    }
     let mut tls_configs = Vec::new();
     let mut certs = Vec::new();
     for listener in &loaded.config.listeners {
@@ -217,6 +274,11 @@ fn build_all(
                     .problem(listener.span(), format!("listener `{}`: {e}", l.name)),
             ),
         }
+    }
+    if let Some(hash) = &loaded.config.admin.token_hash
+        && let Err(message) = crate::admin::check_token_hash(hash.get_ref())
+    {
+        problems.push(loaded.source.problem(hash.span(), message));
     }
     let mut names = std::collections::HashSet::new();
     for listener in &loaded.config.listeners {
@@ -251,7 +313,7 @@ fn build_all(
             ));
         }
     }
-    let snapshot = match Snapshot::build(&loaded, generation) {
+    let snapshot = match Snapshot::build(&loaded, generation, deps) {
         Ok(s) => Some(s),
         Err(ps) => {
             problems.extend(ps.0);
@@ -311,8 +373,20 @@ fn ensure_dev_certs(loaded: &Loaded, tls_cfg: &config::TlsConfig, problems: &mut
 
 /// Checks a configuration without starting anything: every problem with
 /// its place, or the number of routes and upstreams.
-pub fn check(config_path: &Path) -> Result<(usize, usize), Problems> {
-    let built = build_all(config_path, 1, &[], false)?;
+pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Problems> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let jwks = JwksRegistry::new().map_err(|e| {
+        Problems(vec![whole(
+            config_path,
+            format!("cannot set up JWKS fetching: {e}"),
+        )])
+    })?;
+    let deps = BuildDeps {
+        env,
+        jwks: &jwks,
+        clock: &clock,
+    };
+    let built = build_all(config_path, 1, &[], false, deps)?;
     Ok((built.snapshot.routes.len(), built.snapshot.upstreams.len()))
 }
 
@@ -371,6 +445,8 @@ impl Running {
             }
             None => true,
         };
+        // Requests that finished while draining used keys too.
+        self.shared.api_keys.flush_last_used().await;
         self.admin_task.abort();
         tracing::info!(drained, "stopped");
         drained
@@ -380,7 +456,20 @@ impl Running {
 /// Loads the configuration, binds every listener and starts serving.
 pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let path = opts.config_path.clone();
-    let built = tokio::task::spawn_blocking(move || build_all(&path, 1, &[], true)).await??;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let jwks = JwksRegistry::new()?;
+    let built = {
+        let (env, jwks, clock) = (opts.env.clone(), jwks.clone(), clock.clone());
+        tokio::task::spawn_blocking(move || {
+            let deps = BuildDeps {
+                env: &env,
+                jwks: &jwks,
+                clock: &clock,
+            };
+            build_all(&path, 1, &[], true, deps)
+        })
+        .await??
+    };
     let Built {
         loaded,
         snapshot,
@@ -389,6 +478,16 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     } = built;
     let server = loaded.config.server.clone();
     let server = &server;
+
+    // The key store: opened (created, migrated) before anything listens, so
+    // a bad store URL starts nothing. Keys are served from memory.
+    let store = store::open(&loaded.config.store.options(&loaded.base_dir)).await?;
+    let api_keys = Arc::new(ApiKeyAuth::new(
+        loaded.config.api_keys.settings(),
+        store.clone(),
+        clock.clone(),
+    ));
+    api_keys.refresh().await?;
 
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let tls_slots: Vec<Arc<TlsSlot>> = tls_configs
@@ -409,6 +508,11 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         ready: AtomicBool::new(false),
         reload_lock: tokio::sync::Mutex::new(()),
         graceful: Mutex::new(Some(GracefulShutdown::new())),
+        env: opts.env.clone(),
+        jwks: jwks.clone(),
+        clock: clock.clone(),
+        store: store.clone(),
+        api_keys: api_keys.clone(),
     });
 
     // Bind everything before serving anything: a bind error starts nothing.
@@ -440,7 +544,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gateway = Gateway::new(snapshot);
+    let gateway = Gateway::new(snapshot, api_keys.clone());
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
@@ -479,7 +583,11 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     }
 
     tracing::info!(%admin_addr, "admin listening");
-    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
+    let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config)
+        .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;
+    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
+    tasks.push(api_keys.spawn_sync(stop_rx.clone()));
+    tasks.push(jwks.spawn_refresh(stop_rx.clone()));
     if opts.watch {
         let watch_shared = shared.clone();
         tasks.push(crate::watch::spawn(watch_shared, loaded, stop_rx.clone()));

@@ -13,8 +13,14 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::auth::Clock;
+use crate::auth::jwks::JwksRegistry;
+use crate::auth::jwt::{Issuer, JwtVerifier};
+use crate::auth::policy::{IDENTITY_HEADERS, RouteAuth};
 use crate::body::BodyPace;
-use crate::config::{Defaults, Loaded, Problem, Problems, RouteSpec, SourceFile};
+use crate::config::{
+    AuthSpec, Defaults, Environment, Loaded, Problem, Problems, RouteSpec, SourceFile,
+};
 use crate::cors::Cors;
 use crate::proxy::Upstream;
 use crate::route::{
@@ -44,33 +50,41 @@ pub struct Snapshot {
     pub access: IpRules,
     /// The policy files it was built from.
     pub policy_files: Vec<PathBuf>,
+    /// JWT issuers and their verifier.
+    pub jwt: Arc<JwtVerifier>,
+    /// Headers only the gateway may send upstream (identity and claim
+    /// headers): removed from every client request.
+    pub identity_headers: Vec<HeaderName>,
+}
+
+/// What building a snapshot needs besides the files.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildDeps<'a> {
+    /// Environment values (HMAC secrets are named by variable).
+    pub env: &'a Environment,
+    /// JWKS sets, kept across reloads.
+    pub jwks: &'a JwksRegistry,
+    /// The clock token checks use.
+    pub clock: &'a Arc<dyn Clock>,
 }
 
 impl Snapshot {
-    /// An empty snapshot (no routes): every request gets 404.
-    pub fn empty() -> Snapshot {
-        Snapshot {
-            generation: 0,
-            loaded_at: SystemTime::now(),
-            routes: RouteTable::default(),
-            upstreams: HashMap::new(),
-            merge_slashes: true,
-            body_pace: BodyPace {
-                max_gap: std::time::Duration::from_secs(10),
-                min_rate: 1024,
-                grace: std::time::Duration::from_secs(10),
-            },
-            trusted_proxies: Vec::new(),
-            access: IpRules::default(),
-            policy_files: Vec::new(),
-        }
-    }
-
     /// Compiles `loaded` into a snapshot numbered `generation`. Reads CA
     /// files: call it from a blocking context.
-    pub fn build(loaded: &Loaded, generation: u64) -> Result<Snapshot, Problems> {
+    pub fn build(
+        loaded: &Loaded,
+        generation: u64,
+        deps: BuildDeps<'_>,
+    ) -> Result<Snapshot, Problems> {
         let mut problems = Vec::new();
         let defaults = &loaded.config.defaults;
+        let (jwt, identity_headers) = compile_issuers(loaded, deps, &mut problems);
+        let issuer_names: Vec<String> = loaded
+            .config
+            .jwt_issuers
+            .iter()
+            .map(|i| i.get_ref().name.clone())
+            .collect();
         let access_cfg = &loaded.config.access;
         let trusted_proxies = parse_nets(
             &access_cfg.trusted_proxies,
@@ -147,6 +161,7 @@ impl Snapshot {
                     upstreams: &upstreams,
                     upstream_places: &upstream_places,
                     merge_slashes: loaded.config.server.merge_slashes,
+                    issuers: &issuer_names,
                 };
                 match compile_route(r, spec.span(), &ctx) {
                     Ok((host, path, route)) => {
@@ -188,10 +203,155 @@ impl Snapshot {
                     .iter()
                     .map(|p| p.source.path.clone())
                     .collect(),
+                jwt,
+                identity_headers,
             }),
             _ => Err(Problems(problems)),
         }
     }
+}
+
+/// Builds every declared JWT issuer (reading key files) and the list of
+/// headers reserved for the gateway.
+fn compile_issuers(
+    loaded: &Loaded,
+    deps: BuildDeps<'_>,
+    problems: &mut Vec<Problem>,
+) -> (Arc<JwtVerifier>, Vec<HeaderName>) {
+    let mut identity_headers: Vec<HeaderName> = IDENTITY_HEADERS
+        .iter()
+        .map(|h| HeaderName::from_static(h))
+        .collect();
+    let mut issuers = Vec::new();
+    let mut places: HashMap<String, String> = HashMap::new();
+    let env = |name: &str| deps.env.get(name);
+    for spec in &loaded.config.jwt_issuers {
+        let s = spec.get_ref();
+        if let Some(first) = places.get(&s.name) {
+            problems.push(loaded.source.problem(
+                spec.span(),
+                format!("jwt issuer `{}` is already defined at {first}", s.name),
+            ));
+            continue;
+        }
+        places.insert(s.name.clone(), place_string(&loaded.source, spec.span()));
+        for header in s.claim_headers.values() {
+            match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) if !identity_headers.contains(&h) => identity_headers.push(h),
+                Ok(_) => {}
+                Err(_) => problems.push(loaded.source.problem(
+                    spec.span(),
+                    format!("jwt issuer `{}`: invalid header name `{header}`", s.name),
+                )),
+            }
+        }
+        match Issuer::build(s, &loaded.base_dir, &env, deps.jwks) {
+            Ok(issuer) => issuers.push(Arc::new(issuer)),
+            Err(e) => problems.push(loaded.source.problem(spec.span(), e.to_string())),
+        }
+    }
+    (
+        Arc::new(JwtVerifier::new(issuers, deps.clock.clone())),
+        identity_headers,
+    )
+}
+
+/// Compiles a route's `auth`, `api_key_header`, `jwt_issuers`, `scopes`,
+/// `roles` and `forward_authorization`.
+fn compile_auth(
+    r: &RouteSpec,
+    issuers: &[String],
+    source: &SourceFile,
+    span: std::ops::Range<usize>,
+    label: &str,
+    problems: &mut Vec<Problem>,
+) -> RouteAuth {
+    let mut auth = RouteAuth::default();
+    let at = r.auth.as_ref().map_or(span.clone(), |a| a.span());
+    let methods: Vec<&str> = match r.auth.as_ref().map(|a| a.get_ref()) {
+        None => Vec::new(),
+        Some(AuthSpec::One(m)) => vec![m.as_str()],
+        Some(AuthSpec::Any(list)) => {
+            if list.is_empty() {
+                problems.push(source.problem(
+                    at.clone(),
+                    format!("{label}: `auth` list is empty (use \"none\")"),
+                ));
+            }
+            list.iter().map(String::as_str).collect()
+        }
+    };
+    for m in &methods {
+        match *m {
+            "none" if methods.len() == 1 => {}
+            "none" => problems.push(source.problem(
+                at.clone(),
+                format!("{label}: `none` cannot be combined with other auth methods"),
+            )),
+            "api_key" => auth.api_key = true,
+            "jwt" => auth.jwt = true,
+            other => problems.push(source.problem(
+                at.clone(),
+                format!("{label}: unknown auth method `{other}` (expected none, api_key or jwt)"),
+            )),
+        }
+    }
+    if let Some(h) = &r.api_key_header {
+        match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(name)
+                if name != http::header::AUTHORIZATION
+                    && name != http::header::HOST
+                    && !IDENTITY_HEADERS.contains(&name.as_str()) =>
+            {
+                auth.key_header = name;
+            }
+            _ => problems.push(source.problem(
+                h.span(),
+                format!(
+                    "{label}: `api_key_header` must be a valid header name other than Authorization, Host or an identity header"
+                ),
+            )),
+        }
+        if !auth.api_key {
+            problems.push(source.problem(
+                h.span(),
+                format!("{label}: `api_key_header` needs `auth` to include \"api_key\""),
+            ));
+        }
+    }
+    if auth.jwt && issuers.is_empty() {
+        problems.push(source.problem(
+            at.clone(),
+            format!("{label}: `auth` includes \"jwt\" but no [[jwt_issuer]] is declared"),
+        ));
+    }
+    if !r.jwt_issuers.is_empty() {
+        if !auth.jwt {
+            problems.push(source.problem(
+                span.clone(),
+                format!("{label}: `jwt_issuers` needs `auth` to include \"jwt\""),
+            ));
+        }
+        let mut names = Vec::new();
+        for i in &r.jwt_issuers {
+            if issuers.contains(i.get_ref()) {
+                names.push(i.get_ref().clone());
+            } else {
+                problems.push(source.problem(
+                    i.span(),
+                    format!("{label}: unknown jwt issuer `{}`", i.get_ref()),
+                ));
+            }
+        }
+        auth.issuers = Some(names);
+    }
+    if !auth.required() && (!r.scopes.is_empty() || !r.roles.is_empty()) {
+        problems.push(source.problem(span, format!("{label}: `scopes` and `roles` need `auth`")));
+    }
+    auth.scopes.clone_from(&r.scopes);
+    auth.roles.clone_from(&r.roles);
+    auth.forward_authorization = r.forward_authorization;
+    auth
 }
 
 fn name_of(r: &RouteSpec) -> String {
@@ -244,6 +404,7 @@ struct RouteCtx<'a> {
     upstreams: &'a HashMap<String, Arc<Upstream>>,
     upstream_places: &'a HashMap<String, String>,
     merge_slashes: bool,
+    issuers: &'a [String],
 }
 
 fn compile_route(
@@ -446,6 +607,7 @@ fn compile_route(
     );
 
     let rules = compile_rules(r, source, span.clone(), &label, &mut problems);
+    let auth = compile_auth(r, ctx.issuers, source, span.clone(), &label, &mut problems);
     let route_methods: Vec<Method> = methods.clone();
     let cors = r.cors.as_ref().and_then(|c| {
         compile_cors(
@@ -500,6 +662,7 @@ fn compile_route(
                 max_body: r.max_body.unwrap_or(defaults.max_body).0,
                 rules,
                 cors,
+                auth,
             },
         )),
         _ => Err(problems),

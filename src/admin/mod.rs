@@ -1,9 +1,21 @@
 //! The admin API, on its own listener (loopback by default).
 //!
-//! For now: `/healthz` (the process is alive) and `/readyz` (configuration
-//! loaded, listeners bound, not draining). It never serves proxied traffic.
+//! Open: `/healthz` (the process is alive) and `/readyz` (configuration
+//! loaded, listeners bound, not draining). Behind the admin token
+//! (`Authorization: Bearer …`, checked against the argon2id hash in
+//! `[admin] token_hash`): consumers, API keys and the audit trail under
+//! `/v1/` (see [`api`]). Every `/v1/` call, refused ones included, is
+//! written to the audit trail (store table and the `gatehouse::audit` log
+//! target) with who, what, when and the outcome — never a secret. It never
+//! serves proxied traffic.
 
+pub mod api;
+pub mod ops;
+mod token;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -12,26 +24,59 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::auth::api_key::Argon2Settings;
+use crate::config::ConfigFile;
 use crate::server::Shared;
 
+pub use token::{AdminToken, check_token_hash};
+
+/// What the admin API needs.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    shared: Arc<Shared>,
+    token: Option<Arc<AdminToken>>,
+    argon2: Argon2Settings,
+    rotation_grace: Duration,
+}
+
+impl AdminState {
+    /// The admin API's state for `config` (the admin token hash, key hashing
+    /// parameters, rotation grace).
+    pub fn new(shared: Arc<Shared>, config: &ConfigFile) -> Result<AdminState, String> {
+        let token = match &config.admin.token_hash {
+            Some(hash) => Some(Arc::new(AdminToken::new(hash.get_ref())?)),
+            None => None,
+        };
+        Ok(AdminState {
+            shared,
+            token,
+            argon2: config.api_keys.argon2(),
+            rotation_grace: config.api_keys.rotation_grace.0,
+        })
+    }
+}
+
 /// The admin router.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(shared)
+        .merge(api::router(state.clone()))
+        .with_state(state)
 }
 
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let shared = &state.shared;
     let snapshot = shared.snapshot();
     let body = axum::Json(serde_json::json!({
         "ready": shared.is_ready(),
         "generation": shared.generation(),
         "routes": snapshot.routes.len(),
+        "api_keys": shared.api_keys().index_len(),
     }));
     if shared.is_ready() {
         (StatusCode::OK, body)
@@ -41,8 +86,9 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 /// Serves the admin API until the task is aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    if let Err(e) = axum::serve(listener, router(shared)).await {
+pub async fn serve(listener: TcpListener, state: AdminState) {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin listener failed");
     }
 }

@@ -185,6 +185,8 @@ pub fn load(config_path: &Path) -> Result<Loaded, Problems> {
     let source = read(config_path).map_err(|p| Problems(vec![p]))?;
     let config: ConfigFile = parse(&source).map_err(|p| Problems(vec![p]))?;
     source.validate("[server]", &config.server, 0..0, &mut problems);
+    source.validate("[store]", &config.store, 0..0, &mut problems);
+    source.validate("[api_keys]", &config.api_keys, 0..0, &mut problems);
     let base_dir = config_path
         .parent()
         .map(Path::to_path_buf)

@@ -7,6 +7,7 @@
 //! are errors everywhere (`deny_unknown_fields`). Paths in the main file are
 //! relative to the file's own directory.
 
+mod jwt;
 mod load;
 pub mod units;
 
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use validator::Validate;
 
+pub use jwt::*;
 pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load, parse_policy};
 pub use units::{ByteSize, Dur};
 
@@ -44,6 +46,145 @@ pub struct ConfigFile {
     /// Who may connect, and which proxies are trusted to say who did.
     #[serde(default)]
     pub access: AccessConfig,
+    /// Where consumers and API keys are stored (restart to change).
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// How API keys are hashed, cached and throttled (restart to change).
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
+    /// JWT issuers routes may accept (reloadable).
+    #[serde(default, rename = "jwt_issuer")]
+    pub jwt_issuers: Vec<Spanned<JwtIssuerSpec>>,
+}
+
+/// The consumer and key store.
+#[derive(Debug, Deserialize, Validate, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// A SQLite file (relative to the config file; created and migrated on
+    /// start), `sqlite://PATH`, or `postgres://user@host/db` for a store
+    /// shared by several gateways.
+    pub url: String,
+    /// Postgres only: the schema for gatehouse's tables (default `public`).
+    pub schema: Option<String>,
+    /// Most pooled database connections.
+    #[validate(range(min = 1, max = 1000))]
+    pub max_connections: u32,
+    /// Time allowed to get a database connection.
+    pub connect_timeout: Dur,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "gatehouse.db".to_owned(),
+            schema: None,
+            max_connections: 8,
+            connect_timeout: Dur(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Store options, with a relative SQLite path resolved against the
+    /// config file's directory `base_dir`.
+    pub fn options(&self, base_dir: &std::path::Path) -> crate::store::StoreOptions {
+        let resolve = |p: &str| base_dir.join(p).to_string_lossy().into_owned();
+        let url = match self.url.strip_prefix("sqlite://") {
+            Some(path) => resolve(path),
+            None if self.url.contains("://") => self.url.clone(),
+            None => resolve(&self.url),
+        };
+        crate::store::StoreOptions {
+            url,
+            schema: self.schema.clone(),
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout.0,
+        }
+    }
+}
+
+impl ApiKeysConfig {
+    /// The authenticator's settings.
+    pub fn settings(&self) -> crate::auth::api_key::ApiKeySettings {
+        let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        crate::auth::api_key::ApiKeySettings {
+            argon2: self.argon2(),
+            cache_ttl: self.cache_ttl.0,
+            cache_capacity: self.cache_capacity,
+            max_concurrent_verifications: if self.max_concurrent_verifications == 0 {
+                cpus
+            } else {
+                self.max_concurrent_verifications
+            },
+            verify_wait: self.verify_wait.0,
+            failures_per_minute: self.failures_per_minute,
+            failure_burst: self.failure_burst,
+            last_used_flush: self.last_used_flush.0,
+        }
+    }
+
+    /// The argon2id parameters new hashes are made with.
+    pub fn argon2(&self) -> crate::auth::api_key::Argon2Settings {
+        crate::auth::api_key::Argon2Settings {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+}
+
+/// API-key hashing, caching and throttling.
+#[derive(Debug, Deserialize, Validate, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeysConfig {
+    /// Argon2id memory cost in KiB (OWASP: 19456).
+    #[validate(range(min = 8, max = 4194304))]
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations (OWASP: 2).
+    #[validate(range(min = 1, max = 100))]
+    pub argon2_iterations: u32,
+    /// Argon2id parallelism (OWASP: 1).
+    #[validate(range(min = 1, max = 64))]
+    pub argon2_parallelism: u32,
+    /// How long a verified key stays in the in-memory cache.
+    pub cache_ttl: Dur,
+    /// Most verified keys cached.
+    #[validate(range(min = 1))]
+    pub cache_capacity: u64,
+    /// Argon2 verifications running at once (0: one per CPU).
+    pub max_concurrent_verifications: usize,
+    /// How long a request waits for a verification slot before 503.
+    pub verify_wait: Dur,
+    /// Failed key attempts allowed per client address per minute, after
+    /// the burst; beyond them 429 before any hashing.
+    #[validate(range(min = 1))]
+    pub failures_per_minute: u32,
+    /// Failed attempts allowed in a burst.
+    #[validate(range(min = 1))]
+    pub failure_burst: u32,
+    /// How often `last used` times are written, in one batch.
+    pub last_used_flush: Dur,
+    /// Default time an old key keeps working after `keys rotate`.
+    pub rotation_grace: Dur,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        ApiKeysConfig {
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            cache_ttl: Dur(Duration::from_secs(300)),
+            cache_capacity: 100_000,
+            max_concurrent_verifications: 0,
+            verify_wait: Dur(Duration::from_secs(2)),
+            failures_per_minute: 10,
+            failure_burst: 20,
+            last_used_flush: Dur(Duration::from_secs(5)),
+            rotation_grace: Dur(Duration::from_secs(24 * 3600)),
+        }
+    }
 }
 
 /// Client-address rules for every route (reloadable).
@@ -163,12 +304,17 @@ pub struct AdminConfig {
     /// Address to bind; loopback by default.
     #[serde(default = "default_admin_addr")]
     pub addr: SocketAddr,
+    /// Argon2id PHC hash of the admin bearer token (`gatehouse hash-secret`
+    /// prints one). Without it the consumer and key endpoints are refused.
+    #[serde(default)]
+    pub token_hash: Option<Spanned<String>>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             addr: default_admin_addr(),
+            token_hash: None,
         }
     }
 }
@@ -367,6 +513,34 @@ pub struct RouteSpec {
     pub deny_ips: Vec<Spanned<String>>,
     /// CORS policy, answered at the gateway.
     pub cors: Option<Spanned<CorsSpec>>,
+    /// Who may call: `"none"` (default), `"api_key"`, `"jwt"`, or a list
+    /// (any of them).
+    pub auth: Option<Spanned<AuthSpec>>,
+    /// Header an API key is read from (also accepted as `Authorization: Bearer`).
+    pub api_key_header: Option<Spanned<String>>,
+    /// JWT issuers (by name) this route accepts; empty: any declared issuer.
+    #[serde(default)]
+    pub jwt_issuers: Vec<Spanned<String>>,
+    /// Scopes the caller must hold, all of them (403 otherwise).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Roles of which the caller must hold at least one (403 otherwise).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Pass the client's `Authorization` (and API-key) header to the
+    /// upstream. Off by default: the upstream gets derived identity headers.
+    #[serde(default)]
+    pub forward_authorization: bool,
+}
+
+/// A route's `auth`: one method or a list of accepted methods.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum AuthSpec {
+    /// One method.
+    One(String),
+    /// Any of these.
+    Any(Vec<String>),
 }
 
 /// Query-string rules of a route.
@@ -435,4 +609,29 @@ pub struct RespondSpec {
     #[serde(default)]
     #[validate(length(max = 65536))]
     pub body: String,
+}
+
+/// Environment values handed in by `main` (library code never reads the
+/// process environment). Config files name variables (e.g. an issuer's
+/// `hmac_secret_env`); values are looked up here. Debug output lists the
+/// names only, never a value.
+#[derive(Clone, Default)]
+pub struct Environment(BTreeMap<String, String>);
+
+impl Environment {
+    /// Environment from `(name, value)` pairs.
+    pub fn new(vars: impl IntoIterator<Item = (String, String)>) -> Environment {
+        Environment(vars.into_iter().collect())
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }

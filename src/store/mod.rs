@@ -13,7 +13,10 @@
 //! Only argon2id hashes (PHC strings) are stored, never a secret.
 
 pub mod postgres;
+mod row;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +113,9 @@ pub enum StoreError {
     /// The store URL is not `sqlite:…`, a file path, or `postgres://…`.
     #[error("unsupported store URL (expected a file path, sqlite://PATH or postgres://…)")]
     InvalidUrl,
+    /// The Postgres schema name is not `[a-z_][a-z0-9_]{0,62}`.
+    #[error("invalid schema name (expected [a-z_][a-z0-9_]{{0,62}})")]
+    InvalidSchema,
     /// A stored value could not be read back (e.g. bad JSON).
     #[error("corrupt stored value: {0}")]
     Corrupt(&'static str),
@@ -119,6 +125,18 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::Database(err)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(err)
+    }
 }
 
 /// Where consumers and keys live. Implemented by SQLite and Postgres; the
@@ -198,7 +216,9 @@ pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn KeyStore>, StoreError> 
     if opts.url.starts_with("postgres://") || opts.url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresStore::open(opts).await?))
     } else if let Some(path) = opts.url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref(), opts).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(path.as_ref(), opts).await?,
+        ))
     } else if opts.url.contains("://") {
         Err(StoreError::InvalidUrl)
     } else {

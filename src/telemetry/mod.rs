@@ -48,6 +48,10 @@ pub struct AccessRecord {
     pub http_version: http::Version,
     /// Request body counters.
     pub body: Arc<BodyStats>,
+    /// The authenticated consumer id or token subject.
+    pub consumer: Option<Arc<str>>,
+    /// How the caller authenticated (`api_key`, `jwt`).
+    pub auth: Option<&'static str>,
 }
 
 impl AccessRecord {
@@ -66,6 +70,8 @@ impl AccessRecord {
             status = self.status,
             error = self.error.unwrap_or("-"),
             reason = self.reason.as_deref().unwrap_or("-"),
+            consumer = self.consumer.as_deref().unwrap_or("-"),
+            auth = self.auth.unwrap_or("-"),
             duration_us,
             bytes_in = self.body.bytes.load(Ordering::Relaxed),
             bytes_out,

@@ -149,7 +149,8 @@ async fn duplicates_across_files_name_both_places() {
             &format!("{}{}", upstream("http://127.0.0.1:1"), route("r", "/b")),
         );
     let config = b.write();
-    let err = gatehouse::server::check(&config).expect_err("duplicates must fail");
+    let err =
+        gatehouse::server::check(&config, &Default::default()).expect_err("duplicates must fail");
     let text = err.to_string();
     let a = b.path().join("policies/a.toml");
     let bb = b.path().join("policies/b.toml");

@@ -125,7 +125,8 @@ async fn a_broken_schema_is_a_config_error() {
         r#"{"type": "no-such-type"}"#,
     )
     .unwrap();
-    let err = gatehouse::server::check(&builder.write()).expect_err("broken schemas are refused");
+    let err = gatehouse::server::check(&builder.write(), &Default::default())
+        .expect_err("broken schemas are refused");
     let text = err.to_string();
     let bad = builder.path().join("policies/bad.json");
     assert!(

@@ -184,6 +184,7 @@ pub struct GatewayBuilder {
     pub dir: tempfile::TempDir,
     main: String,
     policies: Vec<(String, String)>,
+    env: Vec<(String, String)>,
 }
 
 impl GatewayBuilder {
@@ -195,7 +196,14 @@ impl GatewayBuilder {
                 "policies = \"policies\"\n[admin]\naddr = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"http\"\naddr = \"127.0.0.1:0\"\n",
             ),
             policies: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// An environment value the config may name (never the process's own).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// Appends raw TOML to the main file (more listeners, [server], [defaults]).
@@ -237,9 +245,13 @@ impl GatewayBuilder {
 
     async fn start_with(self, watch: bool) -> TestGateway {
         let config_path = self.write();
-        let running = gatehouse::server::start(StartOptions { config_path, watch })
-            .await
-            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        let running = gatehouse::server::start(StartOptions {
+            config_path,
+            watch,
+            env: gatehouse::config::Environment::new(self.env),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
         TestGateway {
             running: Some(running),
             dir: self.dir,

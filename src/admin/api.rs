@@ -1,0 +1,581 @@
+//! The admin API's consumer, key and audit endpoints (JSON, under `/v1/`).
+//!
+//! | call | does |
+//! | --- | --- |
+//! | `POST /v1/consumers` `{name, plan?, metadata?}` | create a consumer (201) |
+//! | `GET /v1/consumers` | list consumers |
+//! | `GET /v1/consumers/{id or name}` | one consumer and its keys |
+//! | `POST /v1/consumers/{id or name}/disable` | disable it (all its keys stop) |
+//! | `POST /v1/consumers/{id or name}/keys` `{name?, scopes?, expires_in?}` | new key (201; the key is in the answer, once) |
+//! | `GET /v1/consumers/{id or name}/keys` | its keys |
+//! | `GET /v1/keys` | every key |
+//! | `GET /v1/keys/{id}` | one key |
+//! | `POST /v1/keys/{id}/revoke` | revoke at once |
+//! | `POST /v1/keys/{id}/rotate` `{grace?}` | new key; the old one works for the grace period (201) |
+//! | `GET /v1/audit?limit=N` | newest audit entries |
+//!
+//! Errors are `{"error": code, "message": text, "fields": {...}}`; 400 with
+//! field-level messages for bad input. After a write the gateway's
+//! in-memory key index is refreshed, so a revocation applies on this node
+//! at once (other nodes on a shared Postgres store follow within a second).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::ops::{self, NewConsumer, NewKey, OpError, RotateKey};
+use super::token::TokenRefusal;
+use crate::store::AuditEntry;
+
+/// The `/v1/` routes, behind the admin token.
+pub(super) fn router(state: AdminState) -> Router<AdminState> {
+    Router::new()
+        .route("/v1/consumers", get(list_consumers).post(create_consumer))
+        .route("/v1/consumers/{id}", get(show_consumer))
+        .route("/v1/consumers/{id}/disable", post(disable_consumer))
+        .route(
+            "/v1/consumers/{id}/keys",
+            get(consumer_keys).post(create_key),
+        )
+        .route("/v1/keys", get(list_keys))
+        .route("/v1/keys/{id}", get(show_key))
+        .route("/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+/// An admin API answer: status and JSON body.
+type Answer = (StatusCode, Json<Value>);
+
+fn error(status: StatusCode, code: &str, message: &str) -> Answer {
+    (status, Json(json!({"error": code, "message": message})))
+}
+
+fn op_error(e: &OpError) -> Answer {
+    let status = match e {
+        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+        OpError::NotFound(_) => StatusCode::NOT_FOUND,
+        OpError::Conflict(_) | OpError::ConsumerDisabled | OpError::KeyRevoked => {
+            StatusCode::CONFLICT
+        }
+        OpError::Store(_) | OpError::Hash => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if let OpError::Store(source) = e {
+        tracing::error!(error = %source, "admin: store operation failed");
+    }
+    let mut body = json!({"error": e.code(), "message": e.to_string()});
+    if let (OpError::Invalid(fields), Some(obj)) = (e, body.as_object_mut()) {
+        obj.insert("fields".into(), json!(fields));
+    }
+    (status, Json(body))
+}
+
+/// The JSON body, or a 400 that says what is wrong with it.
+fn body<T>(input: Result<Json<T>, JsonRejection>) -> Result<T, Answer> {
+    input.map(|Json(v)| v).map_err(|rejection| {
+        let mut fields = BTreeMap::new();
+        fields.insert("body".to_owned(), vec![rejection.body_text()]);
+        op_error(&OpError::Invalid(fields))
+    })
+}
+
+/// Who made an admin call, for the audit trail.
+#[derive(Debug, Clone)]
+struct Caller {
+    client: SocketAddr,
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let action = action_name(req.method().as_str(), req.uri().path());
+    let refusal = match &state.token {
+        None => Some(error(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API needs `[admin] token_hash` in the config (see `gatehouse hash-secret`)",
+        )),
+        Some(token) => {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().to_owned());
+            match presented {
+                None => Some(error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "admin token required",
+                )),
+                Some(t) => match token.check(&t, client.ip()).await {
+                    Ok(()) => None,
+                    Err(TokenRefusal::Invalid) => Some(error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "invalid admin token",
+                    )),
+                    Err(TokenRefusal::Throttled) => Some(error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_auth_failures",
+                        "too many failed admin token attempts; try again later",
+                    )),
+                    Err(TokenRefusal::Internal) => Some(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error",
+                    )),
+                },
+            }
+        }
+    };
+    if let Some((status, body)) = refusal {
+        let code = body
+            .0
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("refused")
+            .to_owned();
+        record(&state, "anonymous", Some(client), &action, None, &code).await;
+        let mut resp = (status, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
+            );
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        return resp;
+    }
+    req.extensions_mut().insert(Caller { client });
+    next.run(req).await
+}
+
+/// `POST /v1/keys/{id}/revoke` → `key.revoke`, for the audit trail.
+fn action_name(method: &str, path: &str) -> String {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').skip(1).collect();
+    let verb = match (method, parts.as_slice()) {
+        ("POST", ["consumers"]) => "consumer.create",
+        ("GET", ["consumers"]) => "consumer.list",
+        ("GET", ["consumers", _]) => "consumer.show",
+        ("POST", ["consumers", _, "disable"]) => "consumer.disable",
+        ("POST", ["consumers", _, "keys"]) => "key.create",
+        ("GET", ["consumers", _, "keys"]) => "key.list",
+        ("GET", ["keys"]) => "key.list",
+        ("GET", ["keys", _]) => "key.show",
+        ("POST", ["keys", _, "revoke"]) => "key.revoke",
+        ("POST", ["keys", _, "rotate"]) => "key.rotate",
+        ("GET", ["audit"]) => "audit.list",
+        _ => "unknown",
+    };
+    verb.to_owned()
+}
+
+/// Writes one audit entry (store and log). A store failure is logged, and
+/// does not change the answer of a call that already happened.
+async fn record(
+    state: &AdminState,
+    actor: &str,
+    client: Option<SocketAddr>,
+    action: &str,
+    target: Option<&str>,
+    outcome: &str,
+) {
+    let entry = AuditEntry {
+        at: state.shared.clock().now(),
+        actor: actor.to_owned(),
+        client: client.map(|c| c.ip().to_string()),
+        action: action.to_owned(),
+        target: target.map(str::to_owned),
+        outcome: outcome.to_owned(),
+    };
+    tracing::info!(
+        target: "gatehouse::audit",
+        actor = %entry.actor,
+        client = entry.client.as_deref().unwrap_or("-"),
+        action = %entry.action,
+        object = entry.target.as_deref().unwrap_or("-"),
+        outcome = %entry.outcome,
+        "admin call"
+    );
+    if let Err(e) = state.shared.store().record_audit(&entry).await {
+        tracing::error!(error = %e, action, "cannot write the audit entry");
+    }
+}
+
+/// Audits the outcome of an operation and turns it into an answer.
+async fn finish<T: serde::Serialize>(
+    state: &AdminState,
+    caller: &Caller,
+    action: &str,
+    target: Option<&str>,
+    status: StatusCode,
+    result: Result<T, OpError>,
+    wrote: bool,
+) -> Answer {
+    let (outcome, answer) = match result {
+        Ok(v) => (
+            "ok",
+            (status, Json(serde_json::to_value(v).unwrap_or(Value::Null))),
+        ),
+        Err(e) => (e.code(), op_error(&e)),
+    };
+    if wrote
+        && outcome == "ok"
+        && let Err(e) = state.shared.api_keys().refresh().await
+    {
+        tracing::error!(error = %e, "cannot refresh the key index after an admin write");
+    }
+    record(
+        state,
+        "admin-token",
+        Some(caller.client),
+        action,
+        target,
+        outcome,
+    )
+    .await;
+    answer
+}
+
+async fn create_consumer(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    input: Result<Json<NewConsumer>, JsonRejection>,
+) -> Answer {
+    let result = match body(input) {
+        Ok(input) => {
+            ops::create_consumer(
+                state.shared.store().as_ref(),
+                state.shared.clock().now(),
+                input,
+            )
+            .await
+        }
+        Err(answer) => {
+            record(
+                &state,
+                "admin-token",
+                Some(caller.client),
+                "consumer.create",
+                None,
+                "invalid_input",
+            )
+            .await;
+            return answer;
+        }
+    };
+    let target = result.as_ref().ok().map(|c| c.id.clone());
+    let result = result.map(|c| json!({"consumer": c}));
+    finish(
+        &state,
+        &caller,
+        "consumer.create",
+        target.as_deref(),
+        StatusCode::CREATED,
+        result,
+        true,
+    )
+    .await
+}
+
+async fn list_consumers(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Answer {
+    let result = state
+        .shared
+        .store()
+        .list_consumers()
+        .await
+        .map(|c| json!({"consumers": c}))
+        .map_err(OpError::from);
+    finish(
+        &state,
+        &caller,
+        "consumer.list",
+        None,
+        StatusCode::OK,
+        result,
+        false,
+    )
+    .await
+}
+
+async fn show_consumer(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let store = state.shared.store().as_ref();
+    let result = async {
+        let c = ops::consumer(store, &id).await?;
+        let keys = store.list_keys(Some(&c.id)).await?;
+        Ok(json!({"consumer": c, "keys": keys}))
+    }
+    .await;
+    finish(
+        &state,
+        &caller,
+        "consumer.show",
+        Some(&id),
+        StatusCode::OK,
+        result,
+        false,
+    )
+    .await
+}
+
+async fn disable_consumer(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let result = ops::disable_consumer(
+        state.shared.store().as_ref(),
+        state.shared.clock().now(),
+        &id,
+    )
+    .await
+    .map(|c| json!({"consumer": c}));
+    finish(
+        &state,
+        &caller,
+        "consumer.disable",
+        Some(&id),
+        StatusCode::OK,
+        result,
+        true,
+    )
+    .await
+}
+
+async fn create_key(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    input: Result<Json<NewKey>, JsonRejection>,
+) -> Answer {
+    let input = match body(input) {
+        Ok(i) => i,
+        Err(answer) => {
+            record(
+                &state,
+                "admin-token",
+                Some(caller.client),
+                "key.create",
+                Some(&id),
+                "invalid_input",
+            )
+            .await;
+            return answer;
+        }
+    };
+    let result = ops::create_key(
+        state.shared.store().as_ref(),
+        state.shared.clock().now(),
+        &state.argon2,
+        &id,
+        input,
+    )
+    .await;
+    let target = result.as_ref().map_or(id.clone(), |k| k.key.id.clone());
+    finish(
+        &state,
+        &caller,
+        "key.create",
+        Some(&target),
+        StatusCode::CREATED,
+        result,
+        true,
+    )
+    .await
+}
+
+async fn consumer_keys(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let store = state.shared.store().as_ref();
+    let result = async {
+        let c = ops::consumer(store, &id).await?;
+        Ok(json!({"keys": store.list_keys(Some(&c.id)).await?}))
+    }
+    .await;
+    finish(
+        &state,
+        &caller,
+        "key.list",
+        Some(&id),
+        StatusCode::OK,
+        result,
+        false,
+    )
+    .await
+}
+
+async fn list_keys(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Answer {
+    let result = state
+        .shared
+        .store()
+        .list_keys(None)
+        .await
+        .map(|k| json!({"keys": k}))
+        .map_err(OpError::from);
+    finish(
+        &state,
+        &caller,
+        "key.list",
+        None,
+        StatusCode::OK,
+        result,
+        false,
+    )
+    .await
+}
+
+async fn show_key(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let result = match state.shared.store().key(&id).await {
+        Ok(Some(k)) => Ok(json!({"key": k})),
+        Ok(None) => Err(OpError::NotFound("key")),
+        Err(e) => Err(OpError::from(e)),
+    };
+    finish(
+        &state,
+        &caller,
+        "key.show",
+        Some(&id),
+        StatusCode::OK,
+        result,
+        false,
+    )
+    .await
+}
+
+async fn revoke_key(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let result = ops::revoke_key(
+        state.shared.store().as_ref(),
+        state.shared.clock().now(),
+        &id,
+    )
+    .await
+    .map(|k| json!({"key": k}));
+    finish(
+        &state,
+        &caller,
+        "key.revoke",
+        Some(&id),
+        StatusCode::OK,
+        result,
+        true,
+    )
+    .await
+}
+
+async fn rotate_key(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    input: Option<Json<RotateKey>>,
+) -> Answer {
+    let input = input.map(|Json(v)| v).unwrap_or_default();
+    let result = ops::rotate_key(
+        state.shared.store().as_ref(),
+        state.shared.clock().now(),
+        &state.argon2,
+        &id,
+        input,
+        state.rotation_grace,
+    )
+    .await;
+    finish(
+        &state,
+        &caller,
+        "key.rotate",
+        Some(&id),
+        StatusCode::CREATED,
+        result,
+        true,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<AuditQuery>,
+) -> Answer {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let result = state
+        .shared
+        .store()
+        .audit(limit)
+        .await
+        .map(|e| json!({"entries": e}))
+        .map_err(OpError::from);
+    finish(
+        &state,
+        &caller,
+        "audit.list",
+        None,
+        StatusCode::OK,
+        result,
+        false,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_named() {
+        let cases = [
+            ("POST", "/v1/consumers", "consumer.create"),
+            ("GET", "/v1/consumers/acme", "consumer.show"),
+            ("POST", "/v1/consumers/acme/keys", "key.create"),
+            ("POST", "/v1/keys/abc/revoke", "key.revoke"),
+            ("POST", "/v1/keys/abc/rotate", "key.rotate"),
+            ("DELETE", "/v1/keys/abc", "unknown"),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(action_name(method, path), want, "{method} {path}");
+        }
+    }
+}

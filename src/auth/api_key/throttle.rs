@@ -1,0 +1,166 @@
+//! The per-client failure budget: bad keys from one client are refused
+//! before they can cost anything (above all argon2) once its budget is spent.
+//!
+//! A governor keyed GCRA limiter is charged only on failures. governor has
+//! no way to ask "would the next cell pass?" without spending it, so when a
+//! failure spends the last cell (or is refused) the client is marked
+//! blocked until the next cell is due, and every attempt first checks the
+//! mark. Marks live at most one replenish interval (moka, bounded); losing
+//! one early costs one extra attempt, after which the limiter marks the
+//! client again. Clients are keyed by IPv4 address or IPv6 /64
+//! (IPv4-mapped IPv6 counts as IPv4).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::clock::Clock as _;
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// A client as the failure budget sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum ClientKey {
+    /// A whole IPv4 address.
+    V4([u8; 4]),
+    /// The /64 an IPv6 address is in.
+    V6([u8; 8]),
+}
+
+impl From<IpAddr> for ClientKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => {
+                let [a, b, c, d, e, f, g, h, ..] = v6.octets();
+                ClientKey::V6([a, b, c, d, e, f, g, h])
+            }
+        }
+    }
+}
+
+pub(super) struct FailureBudget {
+    limiter: DefaultKeyedRateLimiter<ClientKey, StateInformationMiddleware>,
+    blocked: moka::sync::Cache<ClientKey, Instant>,
+    interval: Duration,
+}
+
+impl FailureBudget {
+    /// `per_minute` failures sustained, `burst` at once; zeros count as 1.
+    /// At most `capacity` clients are marked blocked at a time.
+    pub(super) fn new(per_minute: u32, burst: u32, capacity: u64) -> Self {
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let interval = quota.replenish_interval();
+        Self {
+            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1))
+                .time_to_live(interval + Duration::from_secs(1))
+                .build(),
+            interval,
+        }
+    }
+
+    /// `Err(retry_after_secs)` if the client has no failures left.
+    pub(super) fn check(&self, client: IpAddr) -> Result<(), u64> {
+        match self.blocked.get(&ClientKey::from(client)) {
+            Some(until) => match until.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Err(ceil_secs(left)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Spends one failure of the client's budget.
+    pub(super) fn charge(&self, client: IpAddr) {
+        let key = ClientKey::from(client);
+        let wait = match self.limiter.check_key(&key) {
+            Ok(state) if state.remaining_burst_capacity() == 0 => self.interval,
+            Ok(_) => return,
+            Err(not_until) => not_until.wait_time_from(self.limiter.clock().now()),
+        };
+        self.blocked.insert(key, Instant::now() + wait);
+    }
+
+    /// Forgets clients whose budget is full again (and expired marks).
+    pub(super) fn prune(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        self.blocked.run_pending_tasks();
+    }
+
+    /// Clients the limiter currently tracks.
+    pub(super) fn tracked(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    let secs = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        secs.saturating_add(1)
+    } else {
+        secs.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_keys() {
+        let cases: [(&str, &str, &str, bool); 6] = [
+            ("same v4", "192.0.2.1", "192.0.2.1", true),
+            ("neighbour v4", "192.0.2.1", "192.0.2.2", false),
+            (
+                "same /64",
+                "2001:db8:1:2::1",
+                "2001:db8:1:2:ffff:ffff:ffff:ffff",
+                true,
+            ),
+            ("next /64", "2001:db8:1:2::1", "2001:db8:1:3::1", false),
+            ("v4-mapped is v4", "::ffff:192.0.2.1", "192.0.2.1", true),
+            (
+                "v4-mapped neighbour",
+                "::ffff:192.0.2.2",
+                "192.0.2.1",
+                false,
+            ),
+        ];
+        for (name, a, b, same) in cases {
+            let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(
+                ClientKey::from(a) == ClientKey::from(b),
+                same,
+                "case {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn blocks_after_burst_and_tells_when() {
+        let budget = FailureBudget::new(1, 3, 100);
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        for _ in 0..2 {
+            budget.charge(ip);
+            assert_eq!(budget.check(ip), Ok(()));
+        }
+        budget.charge(ip);
+        let retry = budget.check(ip).unwrap_err();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert_eq!(budget.check("198.51.100.8".parse().unwrap()), Ok(()));
+        budget.prune();
+        assert_eq!(budget.tracked(), 1);
+        assert!(budget.check(ip).is_err());
+    }
+
+    #[test]
+    fn ceil() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(6)), 6);
+        assert_eq!(ceil_secs(Duration::from_millis(6001)), 7);
+    }
+}
