@@ -272,6 +272,7 @@ async fn process(
     {
         ctx.record.consumer = Some(principal.subject.clone());
         ctx.record.auth = Some(principal.method.as_str());
+        authorize(&route.auth, &principal)?;
         ctx.principal = Some(principal);
     }
 
@@ -284,8 +285,7 @@ async fn process(
     }
 }
 
-/// Steps 5–7: who is calling, and may they use this route. `None` for a
-/// route without authentication.
+/// Steps 5–6: who is calling. `None` for a route without authentication.
 async fn authenticate(
     headers: &http::HeaderMap,
     auth: &RouteAuth,
@@ -322,16 +322,23 @@ async fn authenticate(
             .await
             .map_err(|e| jwt_refusal(&e, challenge.clone()))?,
     };
-    if let Some(scope) = policy::missing_scope(auth, &principal) {
+    Ok(Some(principal))
+}
+
+/// Step 7: may this caller use the route (scopes, roles).
+fn authorize(auth: &RouteAuth, principal: &Principal) -> Result<(), GatewayError> {
+    if let Some(scope) = policy::missing_scope(auth, principal) {
         return Err(GatewayError::InsufficientScope {
-            challenge,
+            challenge: Challenge {
+                api_key_header: auth.api_key.then(|| auth.key_header.clone()),
+            },
             scope: scope.to_owned(),
         });
     }
-    if !policy::has_role(auth, &principal) {
+    if !policy::has_role(auth, principal) {
         return Err(GatewayError::RoleRequired);
     }
-    Ok(Some(principal))
+    Ok(())
 }
 
 fn api_key_refusal(e: ApiKeyError, challenge: Challenge) -> GatewayError {
