@@ -27,9 +27,6 @@ pub const IDENTITY_HEADERS: [&str; 6] = [
 /// The default header an API key is read from.
 pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
 
-/// The prefix every gatehouse API key starts with.
-pub const API_KEY_PREFIX: &str = "gth_";
-
 /// What a route requires of its caller.
 #[derive(Debug, Clone)]
 pub struct RouteAuth {
@@ -117,7 +114,7 @@ pub fn presented<'a>(
         return Err(PresentedError::Scheme);
     }
     let token = token.trim();
-    if auth.api_key && (token.starts_with(API_KEY_PREFIX) || !auth.jwt) {
+    if auth.api_key && (token.starts_with(super::api_key::PREFIX) || !auth.jwt) {
         Ok(Some(Presented::ApiKey(token)))
     } else if auth.jwt {
         Ok(Some(Presented::Jwt(token)))

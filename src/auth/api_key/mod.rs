@@ -63,7 +63,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 pub use self::format::{
     CHECKSUM_LEN, ID_LEN, KEY_LEN, KeyFormatError, KeyGenError, NewKey, PREFIX, ParsedKey,
-    SECRET_LEN, generate, parse,
+    SECRET_LEN, assemble, generate, parse,
 };
 pub use self::hash::{
     Argon2Settings, HashError, VerifyError, hash_admin_token, hash_secret, verify_admin_token,
