@@ -1,6 +1,9 @@
 //! JWT verification cost per algorithm family (HS256, RS256, ES256, EdDSA),
 //! through the public API: `Issuer::build` from PEM files, `mint`, then
-//! `JwtVerifier::verify` on a static-key issuer (no network, never awaits).
+//! `JwtVerifier::verify` on a static-key issuer (no network, never awaits):
+//! `jwt_verify/<alg>` with a fresh verifier each time (the signature is
+//! checked: a token's first use), `jwt_verify_cached/<alg>` on a verifier
+//! that has seen the token (every later use within a minute).
 //!
 //! Test keys only: RSA from `src/auth/testdata`, the others generated here.
 
@@ -12,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use gatehouse::auth::jwks::JwksRegistry;
 use gatehouse::auth::jwt::{Issuer, JwtVerifier, mint};
@@ -53,7 +56,7 @@ fn verify(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let registry = JwksRegistry::new().unwrap();
     let env = |name: &str| (name == "BENCH_SECRET").then(|| SECRET.to_owned());
-    let mut group = c.benchmark_group("jwt_verify");
+    let mut cases = Vec::new();
     for (alg, keys) in [
         ("HS256", None),
         (
@@ -76,15 +79,40 @@ fn verify(c: &mut Criterion) {
             now,
         )
         .unwrap();
-        let verifier = JwtVerifier::new(vec![issuer], Arc::new(SystemClock));
+        cases.push((alg, issuer, token));
+    }
+    let mut cold = c.benchmark_group("jwt_verify");
+    for (alg, issuer, token) in &cases {
+        let fresh = || JwtVerifier::new(vec![issuer.clone()], Arc::new(SystemClock));
         // Static keys: verify completes without awaiting.
-        let check = verifier.verify(&token, None).now_or_never();
+        let check = fresh().verify(token, None).now_or_never();
         assert!(matches!(check, Some(Ok(_))), "{alg}: {check:?}");
-        group.bench_function(alg, |b| {
-            b.iter(|| verifier.verify(black_box(&token), None).now_or_never())
+        cold.bench_function(*alg, |b| {
+            b.iter_batched_ref(
+                fresh,
+                |verifier| {
+                    let out = verifier.verify(black_box(token), None).now_or_never();
+                    assert!(verifier.signature_checks() == 1);
+                    out
+                },
+                BatchSize::SmallInput,
+            )
         });
     }
-    group.finish();
+    cold.finish();
+    let mut cached = c.benchmark_group("jwt_verify_cached");
+    for (alg, issuer, token) in &cases {
+        let verifier = JwtVerifier::new(vec![issuer.clone()], Arc::new(SystemClock));
+        let _ = verifier.verify(token, None).now_or_never();
+        cached.bench_function(*alg, |b| {
+            b.iter(|| verifier.verify(black_box(token), None).now_or_never())
+        });
+        assert!(
+            verifier.signature_checks() == 1,
+            "{alg}: served from the cache"
+        );
+    }
+    cached.finish();
 }
 
 criterion_group!(benches, verify);
