@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cluster;
 mod hostile;
 mod lifecycle;
 mod proxy;
