@@ -120,6 +120,20 @@ pub enum GatewayError {
     /// not available).
     #[error("authentication is temporarily unavailable")]
     AuthUnavailable,
+    /// A rate-limit policy refused the request.
+    #[error("rate limit `{policy}` exceeded")]
+    RateLimited {
+        /// The policy that refused it (the one with the longest wait).
+        policy: std::sync::Arc<str>,
+        /// Seconds until a request will be allowed.
+        retry_after_secs: u64,
+    },
+    /// The shared rate limiter cannot decide and the config says to refuse.
+    #[error("rate limiting is temporarily unavailable")]
+    RateLimiterUnavailable,
+    /// Too many requests in flight: shed at once rather than queued.
+    #[error("the gateway is overloaded")]
+    Overloaded,
     /// The gateway failed internally (a bug); details are only logged.
     #[error("internal error")]
     Internal(&'static str),
@@ -191,7 +205,10 @@ impl GatewayError {
                 StatusCode::FORBIDDEN
             }
             GatewayError::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AuthUnavailable
+            | GatewayError::RateLimiterUnavailable
+            | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -225,6 +242,9 @@ impl GatewayError {
             GatewayError::RoleRequired => "role_required",
             GatewayError::AuthThrottled { .. } => "too_many_auth_failures",
             GatewayError::AuthUnavailable => "auth_unavailable",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
+            GatewayError::Overloaded => "overloaded",
             GatewayError::Internal(_) => "internal",
         }
     }
@@ -283,9 +303,19 @@ impl GatewayError {
             for v in challenges {
                 r.headers_mut().append(header::WWW_AUTHENTICATE, v);
             }
-            if let GatewayError::AuthThrottled { retry_after_secs } = self {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            match self {
+                GatewayError::AuthThrottled { retry_after_secs }
+                | GatewayError::RateLimited {
+                    retry_after_secs, ..
+                } => {
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                }
+                GatewayError::Overloaded | GatewayError::RateLimiterUnavailable => {
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                _ => {}
             }
             if self.closes_connection() {
                 r.headers_mut()

@@ -3,8 +3,9 @@
 //! [`Gateway::handle`] loads one config snapshot, then runs the steps in
 //! order as plain functions over a [`RequestCtx`]: normalise and strictly
 //! parse, route, check limits, authenticate (the per-client failure gate
-//! first, so bad keys cannot burn argon2), authorise, rewrite, forward,
-//! finish. A step that refuses
+//! first, so bad keys cannot burn argon2), authorise, rate-limit, rewrite,
+//! forward, finish. Before any of it, a request beyond the global in-flight
+//! limit is shed with a fast 503. A step that refuses
 //! the request returns a [`GatewayError`]; the request is then answered with
 //! the JSON error body and never forwarded. Every outcome is logged once,
 //! when its response has been sent.
@@ -28,6 +29,7 @@ use crate::body::{BodyStats, GwBody, RequestBody, ResponseBody, empty, full};
 use crate::cors;
 use crate::error::{Challenge, GatewayError};
 use crate::proxy::{self, ForwardError, ForwardedFor};
+use crate::ratelimit::{self, Decision, Limit, Limiter};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
 use crate::telemetry::AccessRecord;
@@ -65,6 +67,8 @@ impl ConnInfo {
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     api_keys: Arc<ApiKeyAuth>,
+    limiter: Arc<dyn Limiter>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Per-request state carried through the steps.
@@ -77,6 +81,8 @@ struct RequestCtx {
     route: Option<Arc<Route>>,
     /// The authenticated caller, once known.
     principal: Option<Principal>,
+    /// `RateLimit-Policy` / `RateLimit` headers for the answer.
+    rate_headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 /// Host as routed on (lower case, no port) and as received.
@@ -87,9 +93,21 @@ struct Host {
 }
 
 impl Gateway {
-    /// A gateway serving `snapshot`, checking API keys with `api_keys`.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, api_keys: Arc<ApiKeyAuth>) -> Gateway {
-        Gateway { snapshot, api_keys }
+    /// A gateway serving `snapshot`, checking API keys with `api_keys`,
+    /// rate limits with `limiter`, and handling at most `max_in_flight`
+    /// requests at once.
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        api_keys: Arc<ApiKeyAuth>,
+        limiter: Arc<dyn Limiter>,
+        max_in_flight: usize,
+    ) -> Gateway {
+        Gateway {
+            snapshot,
+            api_keys,
+            limiter,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+        }
     }
 
     /// Handles one request from start to finish. Never fails: every error
@@ -117,6 +135,7 @@ impl Gateway {
             body: Arc::new(BodyStats::default()),
             consumer: None,
             auth: None,
+            permit: None,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
@@ -125,6 +144,7 @@ impl Gateway {
             record,
             route: None,
             principal: None,
+            rate_headers: Vec::new(),
         };
         // Exactly the guard's rule: after any `Upgrade` header or CONNECT it
         // stops reading the connection as HTTP.
@@ -132,10 +152,15 @@ impl Gateway {
             && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
         let index = conn.requests.fetch_add(1, Ordering::Relaxed);
         let refused = conn.verdicts.as_ref().and_then(|v| v.refused(index));
-        let outcome = match refused {
-            Some(why) => Err(refusal_error(why)),
-            None => process(req, &conn, &mut ctx, &self.api_keys).await,
+        // Load shedding: beyond the in-flight limit, answer at once. The
+        // permit lives as long as the response body.
+        let permit = self.in_flight.clone().try_acquire_owned().ok();
+        let outcome = match (refused, &permit) {
+            (Some(why), _) => Err(refusal_error(why)),
+            (None, None) => Err(GatewayError::Overloaded),
+            (None, Some(_)) => process(req, &conn, &mut ctx, self).await,
         };
+        ctx.record.permit = permit;
         let (mut response, deadline) = match outcome {
             Ok(done) => done,
             Err(e) => {
@@ -150,6 +175,9 @@ impl Gateway {
         response
             .headers_mut()
             .insert(proxy::X_REQUEST_ID.clone(), ctx.request_id.clone());
+        for (name, value) in ctx.rate_headers.drain(..) {
+            response.headers_mut().insert(name, value);
+        }
         if let (Some(route), Some(origin)) = (&ctx.route, &origin)
             && let Some(cors) = &route.cors
         {
@@ -209,7 +237,7 @@ async fn process(
     req: Request<Incoming>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    api_keys: &ApiKeyAuth,
+    gw: &Gateway,
 ) -> Result<Done, GatewayError> {
     // 2. Normalise and strictly parse.
     validate::check_framing(req.headers())?;
@@ -268,13 +296,16 @@ async fn process(
     // 5–7. Authenticate and authorise. The per-client failure gate runs
     // inside the API-key check before any hashing.
     if let Some(principal) =
-        authenticate(req.headers(), &route.auth, &ctx.snapshot, api_keys, client).await?
+        authenticate(req.headers(), &route.auth, &ctx.snapshot, &gw.api_keys, client).await?
     {
         ctx.record.consumer = Some(principal.subject.clone());
         ctx.record.auth = Some(principal.method.as_str());
         authorize(&route.auth, &principal)?;
         ctx.principal = Some(principal);
     }
+
+    // 8. Rate limits: per consumer, else per client address.
+    rate_limit(req.headers(), route, ctx, gw.limiter.as_ref(), client).await?;
 
     match &route.action {
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
@@ -323,6 +354,65 @@ async fn authenticate(
             .map_err(|e| jwt_refusal(&e, challenge.clone()))?,
     };
     Ok(Some(principal))
+}
+
+/// Step 8: charges the request to every rate-limit policy of the route.
+/// The strictest refusal decides (the longest wait); shadow policies only
+/// log what they would refuse. Sets the `RateLimit` headers for the answer,
+/// refused or not.
+async fn rate_limit(
+    headers: &http::HeaderMap,
+    route: &Route,
+    ctx: &mut RequestCtx,
+    limiter: &dyn Limiter,
+    client: std::net::IpAddr,
+) -> Result<(), GatewayError> {
+    if route.rate_limits.is_empty() {
+        return Ok(());
+    }
+    let principal = ctx.principal.as_ref();
+    let mut decisions: Vec<(&str, &Limit, Decision)> = Vec::with_capacity(route.rate_limits.len());
+    let mut refused: Option<(&Arc<str>, u64)> = None;
+    for policy in &route.rate_limits {
+        let limit = policy.limit_for(principal);
+        let key = policy.key(&route.name, principal, client, headers);
+        let decision = match limiter.check(&key, limit).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "rate limiter unavailable; refusing");
+                return Err(GatewayError::RateLimiterUnavailable);
+            }
+        };
+        if !decision.allowed {
+            let secs = ratelimit::retry_after_secs(&decision);
+            if policy.shadow {
+                tracing::info!(
+                    target: "gatehouse::ratelimit",
+                    request_id = %ctx.record.request_id,
+                    policy = %policy.name,
+                    route = %route.name,
+                    consumer = principal.map_or("-", |p| &*p.subject),
+                    client = %client,
+                    retry_after_secs = secs,
+                    "shadow rate limit would refuse"
+                );
+            } else if refused.is_none_or(|(_, s)| secs > s) {
+                refused = Some((&policy.name, secs));
+            }
+        }
+        if !policy.shadow {
+            decisions.push((&policy.name, limit, decision));
+        }
+    }
+    let view: Vec<(&str, &Limit, &Decision)> = decisions.iter().map(|(n, l, d)| (*n, *l, d)).collect();
+    ctx.rate_headers = ratelimit::headers(&view);
+    match refused {
+        Some((policy, retry_after_secs)) => Err(GatewayError::RateLimited {
+            policy: policy.clone(),
+            retry_after_secs,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Step 7: may this caller use the route (scopes, roles).

@@ -12,6 +12,7 @@ pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod snapshot;

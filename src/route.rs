@@ -92,6 +92,8 @@ pub struct Route {
     pub cors: Option<crate::cors::Cors>,
     /// Who may call it.
     pub auth: crate::auth::policy::RouteAuth,
+    /// Rate-limit policies, checked in order; the strictest decides.
+    pub rate_limits: Vec<Arc<crate::ratelimit::policy::RatePolicy>>,
 }
 
 impl Route {
@@ -420,6 +422,7 @@ mod tests {
             rules: Default::default(),
             cors: None,
             auth: crate::auth::policy::RouteAuth::default(),
+            rate_limits: Vec::new(),
         }
     }
 

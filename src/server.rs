@@ -39,6 +39,9 @@ use crate::body::GwBody;
 use crate::config::{self, Environment, Loaded, Problem, Problems, ServerConfig};
 use crate::error;
 use crate::gateway::{ConnInfo, Gateway};
+use crate::ratelimit::Limiter;
+use crate::ratelimit::local::LocalLimiter;
+use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{self, KeyStore, StoreError};
 use crate::tls::{self, CertInfo};
@@ -67,6 +70,9 @@ pub enum StartError {
     /// The JWKS client could not be built.
     #[error("cannot set up JWKS fetching: {0}")]
     Jwks(#[from] crate::auth::jwks::JwksError),
+    /// The rate limiter could not be set up.
+    #[error("rate limiter: {0}")]
+    Limiter(String),
     /// The consumer and key store could not be opened or read.
     #[error("cannot open the key store: {0}")]
     Store(#[from] StoreError),
@@ -544,7 +550,13 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gateway = Gateway::new(snapshot, api_keys.clone());
+    let (limiter, local_limiter) = build_limiter(&loaded.config.rate_limits).await?;
+    let gateway = Gateway::new(
+        snapshot,
+        api_keys.clone(),
+        limiter,
+        server.max_concurrent_requests,
+    );
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
@@ -588,6 +600,10 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
     tasks.push(jwks.spawn_refresh(stop_rx.clone()));
+    tasks.push(local_limiter.spawn_pruner(
+        loaded.config.rate_limits.prune_interval.0,
+        stop_rx.clone(),
+    ));
     if opts.watch {
         let watch_shared = shared.clone();
         tasks.push(crate::watch::spawn(watch_shared, loaded, stop_rx.clone()));
@@ -602,6 +618,37 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         admin_task,
         grace: server.shutdown_grace.0,
     })
+}
+
+/// The rate limiter `[rate_limits]` asks for. Also returns the local
+/// limiter so its pruner can be started.
+async fn build_limiter(
+    cfg: &config::RateLimitsConfig,
+) -> Result<(Arc<dyn Limiter>, Arc<LocalLimiter>), StartError> {
+    let local = Arc::new(LocalLimiter::new());
+    let limiter: Arc<dyn Limiter> = match cfg.backend {
+        config::RateLimitBackend::Local => local.clone(),
+        config::RateLimitBackend::Redis => {
+            let url = cfg.redis_url.clone().ok_or_else(|| {
+                StartError::Limiter("`[rate_limits] backend = \"redis\"` needs `redis_url`".into())
+            })?;
+            let redis = RedisLimiter::connect(RedisOptions {
+                url,
+                timeout: cfg.redis_timeout.0,
+                breaker_failures: cfg.breaker_failures,
+                breaker_open_for: cfg.breaker_open_for.0,
+                ..RedisOptions::default()
+            })
+            .await
+            .map_err(|e| StartError::Limiter(e.to_string()))?;
+            Arc::new(Fallback {
+                primary: redis,
+                fallback: local.clone(),
+                deny_on_failure: cfg.on_redis_failure == config::RedisFailure::Deny,
+            })
+        }
+    };
+    Ok((limiter, local))
 }
 
 fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {

@@ -23,6 +23,8 @@ use crate::config::{
 };
 use crate::cors::Cors;
 use crate::proxy::Upstream;
+use crate::ratelimit::policy::{KeyKind, RatePolicy};
+use crate::ratelimit::{Limit, Rate};
 use crate::route::{
     Action, DirectResponse, HeaderEdits, PathMatch, Place, RewritePart, Route, RouteTable,
     RouteTableBuilder, parse_rewrite,
@@ -79,6 +81,7 @@ impl Snapshot {
         let mut problems = Vec::new();
         let defaults = &loaded.config.defaults;
         let (jwt, identity_headers) = compile_issuers(loaded, deps, &mut problems);
+        let rate_index = compile_rate_limits(loaded, &mut problems);
         let issuer_names: Vec<String> = loaded
             .config
             .jwt_issuers
@@ -162,6 +165,7 @@ impl Snapshot {
                     upstream_places: &upstream_places,
                     merge_slashes: loaded.config.server.merge_slashes,
                     issuers: &issuer_names,
+                    rate: &rate_index,
                 };
                 match compile_route(r, spec.span(), &ctx) {
                     Ok((host, path, route)) => {
@@ -405,7 +409,162 @@ struct RouteCtx<'a> {
     upstream_places: &'a HashMap<String, String>,
     merge_slashes: bool,
     issuers: &'a [String],
+    rate: &'a RateIndex,
 }
+/// Every rate-limit policy, and which routes each applies to.
+#[derive(Debug, Default)]
+struct RateIndex {
+    by_name: HashMap<String, Arc<RatePolicy>>,
+    global: Vec<Arc<RatePolicy>>,
+    by_route: HashMap<String, Vec<Arc<RatePolicy>>>,
+}
+
+/// A rate and burst from config, or a problem.
+fn compile_limit(rate: &str, burst: Option<u32>) -> Result<Limit, String> {
+    let rate = Rate::parse(rate)?;
+    if rate.interval().is_zero() {
+        return Err("the rate is too high (more than one request per nanosecond)".to_owned());
+    }
+    let burst = burst.unwrap_or(rate.count);
+    if burst == 0 {
+        return Err("`burst` must be at least 1".to_owned());
+    }
+    if rate.interval().saturating_mul(burst) > crate::ratelimit::local::MAX_WINDOW {
+        return Err("burst × interval must be at most 10 years".to_owned());
+    }
+    Ok(Limit { rate, burst })
+}
+
+/// Compiles every `[[rate_limit]]` of every policy file.
+fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateIndex {
+    let route_names: std::collections::HashSet<&str> = loaded
+        .policies
+        .iter()
+        .flat_map(|p| p.file.route.iter())
+        .map(|r| r.get_ref().name.get_ref().as_str())
+        .collect();
+    let mut index = RateIndex::default();
+    let mut places: HashMap<String, String> = HashMap::new();
+    for policy in &loaded.policies {
+        let source = &policy.source;
+        for spec in &policy.file.rate_limit {
+            let r = spec.get_ref();
+            let name = r.name.get_ref().clone();
+            let label = format!("rate_limit `{name}`");
+            if let Some(first) = places.get(&name) {
+                problems.push(source.problem(
+                    r.name.span(),
+                    format!("{label} is already defined at {first}"),
+                ));
+                continue;
+            }
+            places.insert(name.clone(), place_string(source, r.name.span()));
+            let before = problems.len();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                problems.push(source.problem(
+                    r.name.span(),
+                    format!("{label}: a name is 1 to 64 of A-Z, a-z, 0-9, `-`, `_`, `.`"),
+                ));
+            }
+            let limit = match compile_limit(r.rate.get_ref(), r.burst) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    problems.push(source.problem(r.rate.span(), format!("{label}: {e}")));
+                    None
+                }
+            };
+            let key = match KeyKind::parse(r.key.get_ref()) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    let span = if r.key.span().is_empty() {
+                        spec.span()
+                    } else {
+                        r.key.span()
+                    };
+                    problems.push(source.problem(span, format!("{label}: {e}")));
+                    None
+                }
+            };
+            let mut plans = HashMap::new();
+            for (plan, p) in &r.plans {
+                match compile_limit(&p.rate, p.burst) {
+                    Ok(l) => {
+                        plans.insert(plan.clone(), l);
+                    }
+                    Err(e) => problems.push(
+                        source.problem(spec.span(), format!("{label}: plan `{plan}`: {e}")),
+                    ),
+                }
+            }
+            for route in &r.routes {
+                if !route_names.contains(route.get_ref().as_str()) {
+                    problems.push(source.problem(
+                        route.span(),
+                        format!("{label}: unknown route `{}`", route.get_ref()),
+                    ));
+                }
+            }
+            let (Some(limit), Some(key)) = (limit, key) else {
+                continue;
+            };
+            if problems.len() > before {
+                continue;
+            }
+            let compiled = Arc::new(RatePolicy {
+                name: name.as_str().into(),
+                limit,
+                plans,
+                key,
+                shadow: r.shadow,
+            });
+            if r.global {
+                index.global.push(compiled.clone());
+            }
+            for route in &r.routes {
+                index
+                    .by_route
+                    .entry(route.get_ref().clone())
+                    .or_default()
+                    .push(compiled.clone());
+            }
+            index.by_name.insert(name, compiled);
+        }
+    }
+    index
+}
+
+/// The policies that apply to a route: global ones, those that list it,
+/// and those it lists; each once.
+fn route_rate_limits(
+    r: &RouteSpec,
+    index: &RateIndex,
+    source: &SourceFile,
+    label: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<Arc<RatePolicy>> {
+    let mut out: Vec<Arc<RatePolicy>> = index.global.clone();
+    if let Some(listed) = index.by_route.get(r.name.get_ref()) {
+        out.extend(listed.iter().cloned());
+    }
+    for name in &r.rate_limits {
+        match index.by_name.get(name.get_ref()) {
+            Some(p) => out.push(p.clone()),
+            None => problems.push(source.problem(
+                name.span(),
+                format!("{label}: unknown rate_limit `{}`", name.get_ref()),
+            )),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.name.clone()));
+    out
+}
+
 
 fn compile_route(
     r: &RouteSpec,
@@ -608,6 +767,7 @@ fn compile_route(
 
     let rules = compile_rules(r, source, span.clone(), &label, &mut problems);
     let auth = compile_auth(r, ctx.issuers, source, span.clone(), &label, &mut problems);
+    let rate_limits = route_rate_limits(r, ctx.rate, source, &label, &mut problems);
     let route_methods: Vec<Method> = methods.clone();
     let cors = r.cors.as_ref().and_then(|c| {
         compile_cors(
@@ -663,6 +823,7 @@ fn compile_route(
                 rules,
                 cors,
                 auth,
+                rate_limits,
             },
         )),
         _ => Err(problems),

@@ -55,6 +55,66 @@ pub struct ConfigFile {
     /// JWT issuers routes may accept (reloadable).
     #[serde(default, rename = "jwt_issuer")]
     pub jwt_issuers: Vec<Spanned<JwtIssuerSpec>>,
+    /// Where rate-limit counters live (restart to change).
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// Where rate-limit decisions are made.
+#[derive(Debug, Deserialize, Validate, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// `local` (each gateway counts for itself) or `redis` (one budget per
+    /// key shared by every gateway on the same Redis).
+    pub backend: RateLimitBackend,
+    /// The Redis URL for `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// Time allowed for one Redis decision.
+    pub redis_timeout: Dur,
+    /// When Redis is slow or down: `local` (decide with this gateway's own
+    /// counters) or `deny` (answer 503).
+    pub on_redis_failure: RedisFailure,
+    /// Consecutive Redis failures that open the circuit breaker.
+    #[validate(range(min = 1, max = 1000))]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe.
+    pub breaker_open_for: Dur,
+    /// How often idle local counters are dropped.
+    pub prune_interval: Dur,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            backend: RateLimitBackend::Local,
+            redis_url: None,
+            redis_timeout: Dur(Duration::from_millis(50)),
+            on_redis_failure: RedisFailure::Local,
+            breaker_failures: 5,
+            breaker_open_for: Dur(Duration::from_secs(5)),
+            prune_interval: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Where rate-limit counters live.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitBackend {
+    /// In this process.
+    Local,
+    /// In Redis, shared by every gateway.
+    Redis,
+}
+
+/// What happens when the Redis limiter cannot decide.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailure {
+    /// Fall back to the local limiter.
+    Local,
+    /// Answer 503.
+    Deny,
 }
 
 /// The consumer and key store.
@@ -351,6 +411,10 @@ pub struct ServerConfig {
     /// HTTP/2 streams per connection.
     #[validate(range(min = 1))]
     pub h2_max_concurrent_streams: u32,
+    /// Requests handled at once across all listeners; beyond it new
+    /// requests get a fast 503 instead of queueing.
+    #[validate(range(min = 1))]
+    pub max_concurrent_requests: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Dur,
 }
@@ -368,6 +432,7 @@ impl Default for ServerConfig {
             body_min_rate: ByteSize(1024),
             merge_slashes: true,
             h2_max_concurrent_streams: 100,
+            max_concurrent_requests: 10_000,
             shutdown_grace: Dur(Duration::from_secs(30)),
         }
     }
@@ -408,6 +473,52 @@ pub struct PolicyFile {
     /// Routes declared in this file.
     #[serde(default)]
     pub route: Vec<Spanned<RouteSpec>>,
+    /// Rate-limit policies declared in this file.
+    #[serde(default)]
+    pub rate_limit: Vec<Spanned<RateLimitSpec>>,
+}
+
+/// A named rate-limit policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Unique name: in logs and the `RateLimit-Policy` header.
+    pub name: Spanned<String>,
+    /// The steady rate: `"100/s"`, `"6000/min"`, `"50/h"`, `"1000/day"`.
+    pub rate: Spanned<String>,
+    /// Requests allowed at once (default: the rate's count).
+    pub burst: Option<u32>,
+    /// What is counted: `consumer` (the API key's consumer or the JWT
+    /// subject; the client address when unauthenticated), `client_ip`,
+    /// `route` (all callers of a route together) or `header:NAME`.
+    #[serde(default = "default_limit_key")]
+    pub key: Spanned<String>,
+    /// Routes (by name) it applies to, besides routes that list it.
+    #[serde(default)]
+    pub routes: Vec<Spanned<String>>,
+    /// Apply to every route.
+    #[serde(default)]
+    pub global: bool,
+    /// Log and count what would be refused, refuse nothing.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Per-plan overrides: `gold = { rate = "1000/s", burst = 2000 }`.
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanLimitSpec>,
+}
+
+fn default_limit_key() -> Spanned<String> {
+    Spanned::new(0..0, "consumer".to_owned())
+}
+
+/// A plan's own rate and burst.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimitSpec {
+    /// The plan's rate.
+    pub rate: String,
+    /// The plan's burst (default: the rate's count).
+    pub burst: Option<u32>,
 }
 
 /// How the gateway speaks to an upstream.
@@ -531,6 +642,10 @@ pub struct RouteSpec {
     /// upstream. Off by default: the upstream gets derived identity headers.
     #[serde(default)]
     pub forward_authorization: bool,
+    /// Rate-limit policies (by name) for this route, besides global ones
+    /// and those that list it.
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<String>>,
 }
 
 /// A route's `auth`: one method or a list of accepted methods.
