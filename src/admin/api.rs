@@ -83,11 +83,16 @@ fn op_error(e: &OpError) -> Answer {
 
 /// The JSON body, or a 400 that says what is wrong with it.
 fn body<T>(input: Result<Json<T>, JsonRejection>) -> Result<T, Answer> {
-    input.map(|Json(v)| v).map_err(|rejection| {
-        let mut fields = BTreeMap::new();
-        fields.insert("body".to_owned(), vec![rejection.body_text()]);
-        op_error(&OpError::Invalid(fields))
-    })
+    input
+        .map(|Json(v)| v)
+        .map_err(|rejection| rejected(&rejection))
+}
+
+/// The 400 for a body that is not the JSON the call takes.
+fn rejected(rejection: &JsonRejection) -> Answer {
+    let mut fields = BTreeMap::new();
+    fields.insert("body".to_owned(), vec![rejection.body_text()]);
+    op_error(&OpError::Invalid(fields))
 }
 
 /// Who made an admin call, for the audit trail.
@@ -506,9 +511,25 @@ async fn rotate_key(
     State(state): State<AdminState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
-    input: Option<Json<RotateKey>>,
+    input: Result<Option<Json<RotateKey>>, JsonRejection>,
 ) -> Answer {
-    let input = input.map(|Json(v)| v).unwrap_or_default();
+    // The body is optional, but one that is sent must be valid: answered
+    // and audited like every other bad input.
+    let input = match input {
+        Ok(input) => input.map(|Json(v)| v).unwrap_or_default(),
+        Err(rejection) => {
+            record(
+                &state,
+                "admin-token",
+                Some(caller.client),
+                "key.rotate",
+                Some(&id),
+                "invalid_input",
+            )
+            .await;
+            return rejected(&rejection);
+        }
+    };
     let result = ops::rotate_key(
         state.shared.store().as_ref(),
         state.shared.clock().now(),

@@ -4,6 +4,8 @@
 
 mod support;
 
+mod admin;
+mod auth;
 mod cluster;
 mod hostile;
 mod lifecycle;

@@ -465,3 +465,160 @@ impl Proc {
         (proc, addr)
     }
 }
+
+// ---- Credentials and the admin API (auth and admin tests) ----
+
+/// Argon2 parameters cheap enough for tests (never for production).
+pub const FAST_ARGON2: gatehouse::auth::api_key::Argon2Settings =
+    gatehouse::auth::api_key::Argon2Settings {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+/// An `[api_keys]` table with cheap argon2 parameters, plus `extra` lines.
+pub fn fast_api_keys(extra: &str) -> String {
+    format!("[api_keys]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n{extra}\n")
+}
+
+/// A fresh random admin token and its argon2id hash (cheap parameters).
+pub fn admin_token() -> (String, String) {
+    let token = format!(
+        "adm{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    let hash =
+        gatehouse::auth::api_key::hash_admin_token(&token, &FAST_ARGON2).expect("hash token");
+    (token, hash)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl GatewayBuilder {
+    /// Adds lines to the `[admin]` table of the main file.
+    pub fn admin(mut self, toml: &str) -> Self {
+        self.main = self
+            .main
+            .replacen("[admin]\n", &format!("[admin]\n{toml}\n"), 1);
+        self
+    }
+
+    /// Sets `[admin] token_hash`.
+    pub fn admin_token_hash(self, hash: &str) -> Self {
+        self.admin(&format!("token_hash = \"{hash}\""))
+    }
+}
+
+/// The SQLite store a gateway in `dir` uses by default (`gatehouse.db`).
+pub async fn open_store(dir: &Path) -> Arc<dyn gatehouse::store::KeyStore> {
+    gatehouse::store::open(&gatehouse::store::StoreOptions {
+        url: dir.join("gatehouse.db").to_string_lossy().into_owned(),
+        schema: None,
+        max_connections: 2,
+        connect_timeout: Duration::from_secs(5),
+    })
+    .await
+    .expect("open the gateway's store")
+}
+
+/// A client for the admin API with a bearer token. Answers are returned as
+/// `(status, body)`; failure messages never print a body that holds a key.
+pub struct AdminApi {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminApi {
+    /// The admin API of an in-process gateway.
+    pub fn new(gw: &TestGateway, token: &str) -> AdminApi {
+        AdminApi::at(&format!("http://{}", gw.running().admin_addr), token)
+    }
+
+    /// The admin API at `base` (`http://host:port`).
+    pub fn at(base: &str, token: &str) -> AdminApi {
+        AdminApi {
+            base: base.to_owned(),
+            token: token.to_owned(),
+            http: client(),
+        }
+    }
+
+    /// One call; the body as text.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, String) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("admin call");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("admin body"))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (s, text) = self.call(reqwest::Method::GET, path, None).await;
+        (s, serde_json::from_str(&text).expect("admin JSON"))
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let (s, text) = self.call(reqwest::Method::POST, path, Some(&body)).await;
+        (s, serde_json::from_str(&text).expect("admin JSON"))
+    }
+
+    /// Creates a consumer and returns its id.
+    pub async fn create_consumer(&self, name: &str) -> String {
+        let (s, v) = self
+            .post("/v1/consumers", serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(s, 201, "create consumer {name}: {v}");
+        v["consumer"]["id"]
+            .as_str()
+            .expect("consumer id")
+            .to_owned()
+    }
+
+    /// Creates a key for `consumer` and returns (key id, full key).
+    pub async fn create_key(&self, consumer: &str, body: serde_json::Value) -> (String, String) {
+        let (s, v) = self
+            .post(&format!("/v1/consumers/{consumer}/keys"), body)
+            .await;
+        assert!(
+            s == 201,
+            "create key for {consumer}: status {s}, {}",
+            v["error"]
+        );
+        let id = v["key"]["id"].as_str().expect("key id").to_owned();
+        let full = v["api_key"].as_str().expect("api_key").to_owned();
+        (id, full)
+    }
+}
+
+/// [`Proc::serve`], also returning the admin listener's address.
+pub async fn serve_with_admin(config: &Path) -> (Proc, String, String) {
+    let mut proc = Proc::spawn(&[
+        "serve",
+        "--no-watch",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    let listening = proc.wait_for("listening").await;
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+    let admin = proc.wait_for("admin listening").await;
+    let admin_addr = admin["admin_addr"].as_str().expect("admin_addr").to_owned();
+    (proc, addr, admin_addr)
+}
