@@ -128,6 +128,14 @@ pub enum GatewayError {
         /// Seconds until a request will be allowed.
         retry_after_secs: u64,
     },
+    /// A policy's daily or monthly quota is spent.
+    #[error("quota of `{policy}` exhausted")]
+    QuotaExceeded {
+        /// The policy.
+        policy: std::sync::Arc<str>,
+        /// Seconds until the next period starts.
+        retry_after_secs: u64,
+    },
     /// The shared rate limiter cannot decide and the config says to refuse.
     #[error("rate limiting is temporarily unavailable")]
     RateLimiterUnavailable,
@@ -208,7 +216,9 @@ impl GatewayError {
             GatewayError::AuthUnavailable
             | GatewayError::RateLimiterUnavailable
             | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -243,6 +253,7 @@ impl GatewayError {
             GatewayError::AuthThrottled { .. } => "too_many_auth_failures",
             GatewayError::AuthUnavailable => "auth_unavailable",
             GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::QuotaExceeded { .. } => "quota_exceeded",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::Overloaded => "overloaded",
             GatewayError::Internal(_) => "internal",
@@ -306,6 +317,9 @@ impl GatewayError {
             match self {
                 GatewayError::AuthThrottled { retry_after_secs }
                 | GatewayError::RateLimited {
+                    retry_after_secs, ..
+                }
+                | GatewayError::QuotaExceeded {
                     retry_after_secs, ..
                 } => {
                     r.headers_mut()

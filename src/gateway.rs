@@ -21,6 +21,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::auth::Clock;
 use crate::auth::Principal;
 use crate::auth::api_key::{ApiKeyAuth, ApiKeyError};
 use crate::auth::jwt::JwtError;
@@ -29,6 +30,7 @@ use crate::body::{BodyStats, GwBody, RequestBody, ResponseBody, empty, full};
 use crate::cors;
 use crate::error::{Challenge, GatewayError};
 use crate::proxy::{self, ForwardError, ForwardedFor};
+use crate::ratelimit::quota::QuotaCounter;
 use crate::ratelimit::{self, Decision, Limit, Limiter};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
@@ -68,7 +70,30 @@ pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     api_keys: Arc<ApiKeyAuth>,
     limiter: Arc<dyn Limiter>,
+    quotas: Arc<dyn QuotaCounter>,
+    quota_fail_open: bool,
+    clock: Arc<dyn Clock>,
     in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// What a [`Gateway`] is built from.
+#[derive(Debug)]
+pub struct GatewayDeps {
+    /// The current config snapshot (swapped on reload).
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// API-key checks.
+    pub api_keys: Arc<ApiKeyAuth>,
+    /// Rate-limit decisions.
+    pub limiter: Arc<dyn Limiter>,
+    /// Daily and monthly quotas.
+    pub quotas: Arc<dyn QuotaCounter>,
+    /// When the quota counter cannot answer: let the request pass (true)
+    /// or answer 503 (false).
+    pub quota_fail_open: bool,
+    /// Quota periods follow this clock.
+    pub clock: Arc<dyn Clock>,
+    /// Requests handled at once; beyond it, 503 at once.
+    pub max_in_flight: usize,
 }
 
 /// Per-request state carried through the steps.
@@ -93,20 +118,16 @@ struct Host {
 }
 
 impl Gateway {
-    /// A gateway serving `snapshot`, checking API keys with `api_keys`,
-    /// rate limits with `limiter`, and handling at most `max_in_flight`
-    /// requests at once.
-    pub fn new(
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        api_keys: Arc<ApiKeyAuth>,
-        limiter: Arc<dyn Limiter>,
-        max_in_flight: usize,
-    ) -> Gateway {
+    /// A gateway from its parts.
+    pub fn new(deps: GatewayDeps) -> Gateway {
         Gateway {
-            snapshot,
-            api_keys,
-            limiter,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            snapshot: deps.snapshot,
+            api_keys: deps.api_keys,
+            limiter: deps.limiter,
+            quotas: deps.quotas,
+            quota_fail_open: deps.quota_fail_open,
+            clock: deps.clock,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(deps.max_in_flight)),
         }
     }
 
@@ -295,8 +316,14 @@ async fn process(
 
     // 5–7. Authenticate and authorise. The per-client failure gate runs
     // inside the API-key check before any hashing.
-    if let Some(principal) =
-        authenticate(req.headers(), &route.auth, &ctx.snapshot, &gw.api_keys, client).await?
+    if let Some(principal) = authenticate(
+        req.headers(),
+        &route.auth,
+        &ctx.snapshot,
+        &gw.api_keys,
+        client,
+    )
+    .await?
     {
         ctx.record.consumer = Some(principal.subject.clone());
         ctx.record.auth = Some(principal.method.as_str());
@@ -306,6 +333,7 @@ async fn process(
 
     // 8. Rate limits: per consumer, else per client address.
     rate_limit(req.headers(), route, ctx, gw.limiter.as_ref(), client).await?;
+    charge_quotas(req.headers(), route, ctx, gw, client).await?;
 
     match &route.action {
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
@@ -404,7 +432,8 @@ async fn rate_limit(
             decisions.push((&policy.name, limit, decision));
         }
     }
-    let view: Vec<(&str, &Limit, &Decision)> = decisions.iter().map(|(n, l, d)| (*n, *l, d)).collect();
+    let view: Vec<(&str, &Limit, &Decision)> =
+        decisions.iter().map(|(n, l, d)| (*n, *l, d)).collect();
     ctx.rate_headers = ratelimit::headers(&view);
     match refused {
         Some((policy, retry_after_secs)) => Err(GatewayError::RateLimited {
@@ -413,6 +442,56 @@ async fn rate_limit(
         }),
         None => Ok(()),
     }
+}
+
+/// Step 8 (quotas): charges the request to every daily or monthly quota of
+/// the route's policies, once it passed the rate limits.
+async fn charge_quotas(
+    headers: &http::HeaderMap,
+    route: &Route,
+    ctx: &RequestCtx,
+    gw: &Gateway,
+    client: std::net::IpAddr,
+) -> Result<(), GatewayError> {
+    let principal = ctx.principal.as_ref();
+    for policy in &route.rate_limits {
+        let Some(quota) = &policy.quota else {
+            continue;
+        };
+        let key = policy.key(&route.name, principal, client, headers);
+        let now = gw.clock.now();
+        match gw.quotas.charge(&key, quota, now).await {
+            Ok(d) if d.allowed => {}
+            Ok(d) => {
+                let retry_after_secs = u64::try_from(d.resets_at.saturating_sub(now))
+                    .unwrap_or(1)
+                    .max(1);
+                if policy.shadow {
+                    tracing::info!(
+                        target: "gatehouse::ratelimit",
+                        request_id = %ctx.record.request_id,
+                        policy = %policy.name,
+                        route = %route.name,
+                        consumer = principal.map_or("-", |p| &*p.subject),
+                        "shadow quota would refuse"
+                    );
+                    continue;
+                }
+                return Err(GatewayError::QuotaExceeded {
+                    policy: policy.name.clone(),
+                    retry_after_secs,
+                });
+            }
+            Err(e) if gw.quota_fail_open => {
+                tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "quota counter unavailable; letting the request pass");
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "quota counter unavailable; refusing");
+                return Err(GatewayError::RateLimiterUnavailable);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Step 7: may this caller use the route (scopes, roles).

@@ -38,9 +38,10 @@ use crate::auth::{Clock, SystemClock};
 use crate::body::GwBody;
 use crate::config::{self, Environment, Loaded, Problem, Problems, ServerConfig};
 use crate::error;
-use crate::gateway::{ConnInfo, Gateway};
+use crate::gateway::{ConnInfo, Gateway, GatewayDeps};
 use crate::ratelimit::Limiter;
 use crate::ratelimit::local::LocalLimiter;
+use crate::ratelimit::quota::{QuotaCounter, RedisQuotas, StoreQuotas};
 use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{self, KeyStore, StoreError};
@@ -551,12 +552,30 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (limiter, local_limiter) = build_limiter(&loaded.config.rate_limits).await?;
-    let gateway = Gateway::new(
+    let rl = &loaded.config.rate_limits;
+    let (quotas, store_quotas): (Arc<dyn QuotaCounter>, Option<Arc<StoreQuotas>>) =
+        match (rl.backend, &rl.redis_url) {
+            (config::RateLimitBackend::Redis, Some(url)) => (
+                Arc::new(
+                    RedisQuotas::connect(url, rl.redis_timeout.0)
+                        .map_err(|e| StartError::Limiter(e.to_string()))?,
+                ),
+                None,
+            ),
+            _ => {
+                let q = Arc::new(StoreQuotas::new(store.clone(), Duration::from_secs(2)));
+                (q.clone(), Some(q))
+            }
+        };
+    let gateway = Gateway::new(GatewayDeps {
         snapshot,
-        api_keys.clone(),
+        api_keys: api_keys.clone(),
         limiter,
-        server.max_concurrent_requests,
-    );
+        quotas,
+        quota_fail_open: rl.on_redis_failure == config::RedisFailure::Local,
+        clock: clock.clone(),
+        max_in_flight: server.max_concurrent_requests,
+    });
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
@@ -600,10 +619,12 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
     tasks.push(jwks.spawn_refresh(stop_rx.clone()));
-    tasks.push(local_limiter.spawn_pruner(
-        loaded.config.rate_limits.prune_interval.0,
-        stop_rx.clone(),
-    ));
+    if let Some(q) = &store_quotas {
+        tasks.push(q.spawn_flush(Duration::from_secs(5), stop_rx.clone()));
+    }
+    tasks.push(
+        local_limiter.spawn_pruner(loaded.config.rate_limits.prune_interval.0, stop_rx.clone()),
+    );
     if opts.watch {
         let watch_shared = shared.clone();
         tasks.push(crate::watch::spawn(watch_shared, loaded, stop_rx.clone()));

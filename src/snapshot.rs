@@ -496,9 +496,8 @@ fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateInde
                     Ok(l) => {
                         plans.insert(plan.clone(), l);
                     }
-                    Err(e) => problems.push(
-                        source.problem(spec.span(), format!("{label}: plan `{plan}`: {e}")),
-                    ),
+                    Err(e) => problems
+                        .push(source.problem(spec.span(), format!("{label}: plan `{plan}`: {e}"))),
                 }
             }
             for route in &r.routes {
@@ -509,6 +508,16 @@ fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateInde
                     ));
                 }
             }
+            let quota = match &r.quota {
+                Some(q) => match crate::ratelimit::quota::Quota::parse(q.get_ref()) {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        problems.push(source.problem(q.span(), format!("{label}: {e}")));
+                        None
+                    }
+                },
+                None => None,
+            };
             let (Some(limit), Some(key)) = (limit, key) else {
                 continue;
             };
@@ -521,6 +530,7 @@ fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateInde
                 plans,
                 key,
                 shadow: r.shadow,
+                quota,
             });
             if r.global {
                 index.global.push(compiled.clone());
@@ -564,7 +574,6 @@ fn route_rate_limits(
     out.retain(|p| seen.insert(p.name.clone()));
     out
 }
-
 
 fn compile_route(
     r: &RouteSpec,

@@ -505,6 +505,9 @@ pub struct RateLimitSpec {
     /// Per-plan overrides: `gold = { rate = "1000/s", burst = 2000 }`.
     #[serde(default)]
     pub plans: BTreeMap<String, PlanLimitSpec>,
+    /// A count per calendar day or month (UTC) on the same key, e.g.
+    /// `"100000/month"`; kept across restarts (the store, or Redis).
+    pub quota: Option<Spanned<String>>,
 }
 
 fn default_limit_key() -> Spanned<String> {

@@ -15,6 +15,7 @@
 
 pub mod local;
 pub mod policy;
+pub mod quota;
 pub mod redis;
 
 use std::fmt;

@@ -65,6 +65,8 @@ pub struct RatePolicy {
     pub key: KeyKind,
     /// Observe only: log what would be refused, refuse nothing.
     pub shadow: bool,
+    /// A count per day or month on the same key.
+    pub quota: Option<super::quota::Quota>,
 }
 
 impl RatePolicy {
@@ -138,6 +140,7 @@ mod tests {
             plans: HashMap::from([("gold".to_owned(), limit(50))]),
             key,
             shadow: false,
+            quota: None,
         }
     }
 
@@ -149,9 +152,30 @@ mod tests {
         let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         let gold = principal(Some("gold"));
         let cases: Vec<(&str, KeyKind, Option<&Principal>, IpAddr, &HeaderMap, &str)> = vec![
-            ("consumer", KeyKind::Consumer, Some(&gold), v4, &h, "p|c|c_1"),
-            ("consumer without auth", KeyKind::Consumer, None, v4, &h, "p|ip|192.0.2.7"),
-            ("ipv6 by /64", KeyKind::ClientIp, Some(&gold), v6, &h, "p|ip|2001:db8:1:2::/64"),
+            (
+                "consumer",
+                KeyKind::Consumer,
+                Some(&gold),
+                v4,
+                &h,
+                "p|c|c_1",
+            ),
+            (
+                "consumer without auth",
+                KeyKind::Consumer,
+                None,
+                v4,
+                &h,
+                "p|ip|192.0.2.7",
+            ),
+            (
+                "ipv6 by /64",
+                KeyKind::ClientIp,
+                Some(&gold),
+                v6,
+                &h,
+                "p|ip|2001:db8:1:2::/64",
+            ),
             ("route", KeyKind::Route, None, v4, &h, "p|r|api"),
             (
                 "header",
@@ -190,7 +214,10 @@ mod tests {
             ("consumer", Ok(KeyKind::Consumer)),
             ("client_ip", Ok(KeyKind::ClientIp)),
             ("route", Ok(KeyKind::Route)),
-            ("header:X-Tenant", Ok(KeyKind::Header(HeaderName::from_static("x-tenant")))),
+            (
+                "header:X-Tenant",
+                Ok(KeyKind::Header(HeaderName::from_static("x-tenant"))),
+            ),
         ];
         for (s, want) in cases {
             assert_eq!(KeyKind::parse(s), want, "{s}");

@@ -11,6 +11,11 @@
 //! and it is never called per request: the gateway serves credentials from
 //! memory and comes here for writes, for the initial load and after a change.
 //! Only argon2id hashes (PHC strings) are stored, never a secret.
+//!
+//! It also keeps request-quota usage per key and calendar period
+//! (`quota_usage`): written in batches by the quota counter
+//! (`ratelimit::quota`) and read once per key and period, not per request.
+//! Usage is not a consumer or key change, so it does not bump the revision.
 
 pub mod postgres;
 mod row;
@@ -125,6 +130,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// This store does not keep that kind of data (a test double).
+    #[error("{0} is not supported by this store")]
+    Unsupported(&'static str),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -196,6 +204,27 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// The newest `limit` audit entries, newest first.
     async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// How many requests quota `key` used in `period` (0 if none were
+    /// recorded). Read once per key and period by the quota counter, on a
+    /// cache miss, never per request.
+    ///
+    /// The default says [`StoreError::Unsupported`], for test doubles that
+    /// keep no quotas; both real stores implement it.
+    async fn quota_usage(&self, key: &str, period: &str) -> Result<u64, StoreError> {
+        let _ = (key, period);
+        Err(StoreError::Unsupported("quota usage"))
+    }
+    /// Adds usage deltas `(key, period, delta)` in one transaction
+    /// (`used = used + delta`, creating rows as needed; a key and period may
+    /// appear more than once). Does not bump the revision.
+    ///
+    /// The default says [`StoreError::Unsupported`], like
+    /// [`KeyStore::quota_usage`].
+    async fn add_quota_usage(&self, batch: &[(String, String, u64)]) -> Result<(), StoreError> {
+        let _ = batch;
+        Err(StoreError::Unsupported("quota usage"))
+    }
 }
 
 /// How to reach the store.

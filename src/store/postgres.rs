@@ -7,7 +7,7 @@
 //!
 //! Every consumer or key change bumps the revision in `store_meta` and sends
 //! `NOTIFY` on the store's channel in the same transaction (Postgres delivers
-//! it on commit). [`KeyStore::wait_for_change`] listens on that channel on a
+//! it on commit); quota usage is no such change and does neither. [`KeyStore::wait_for_change`] listens on that channel on a
 //! connection of its own, always re-reads the revision rather than trusting
 //! the notification, and polls every second as well, so a lost notification
 //! (a dropped connection) delays a node by at most about a second.
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::row::{
     AuditRow, ConsumerRow, CredentialRow, KeyRow, consumer_columns, convert, insert_error,
-    key_columns, metadata_text, scopes_text,
+    key_columns, metadata_text, quota_delta, quota_used, scopes_text,
 };
 use super::{ApiKey, AuditEntry, Consumer, KeySet, KeyStore, StoreError, StoreOptions, Timestamp};
 
@@ -501,5 +501,40 @@ impl KeyStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(AuditEntry::from).collect())
+    }
+
+    async fn quota_usage(&self, key: &str, period: &str) -> Result<u64, StoreError> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT used FROM quota_usage WHERE key = $1 AND period = $2")
+                .bind(key)
+                .bind(period)
+                .fetch_optional(&self.pool)
+                .await?;
+        used.map_or(Ok(0), quota_used)
+    }
+
+    async fn add_quota_usage(&self, batch: &[(String, String, u64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = batch.iter().map(|(key, _, _)| key.as_str()).collect();
+        let periods: Vec<&str> = batch.iter().map(|(_, period, _)| period.as_str()).collect();
+        let deltas: Vec<i64> = batch.iter().map(|(_, _, d)| quota_delta(*d)).collect();
+        // One statement (so one transaction and one round trip); duplicates
+        // in the batch are summed first, as ON CONFLICT may touch a row only
+        // once per statement.
+        sqlx::query(
+            "INSERT INTO quota_usage AS q (key, period, used) \
+             SELECT key, period, SUM(delta)::bigint \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t (key, period, delta) \
+             GROUP BY key, period \
+             ON CONFLICT (key, period) DO UPDATE SET used = q.used + excluded.used",
+        )
+        .bind(keys)
+        .bind(periods)
+        .bind(deltas)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

@@ -159,3 +159,15 @@ macro_rules! consumer_columns {
     };
 }
 pub(super) use consumer_columns;
+
+/// A stored quota usage as a count; a negative value (which the table's
+/// CHECK forbids) is `Corrupt`.
+pub(super) fn quota_used(used: i64) -> Result<u64, StoreError> {
+    u64::try_from(used).map_err(|_| StoreError::Corrupt("quota usage"))
+}
+
+/// A usage delta as the databases' BIGINT (capped at its largest value: a
+/// count that large means the quota is spent either way).
+pub(super) fn quota_delta(delta: u64) -> i64 {
+    i64::try_from(delta).unwrap_or(i64::MAX)
+}

@@ -10,7 +10,7 @@
 //! write lock up front and waits (up to the busy timeout) for another writer
 //! (the CLI in another process) instead of failing half-way. Changes to
 //! consumers and keys bump the revision in `store_meta` in the same
-//! transaction; [`KeyStore::wait_for_change`] polls it, since SQLite has no
+//! transaction (quota usage does not: it is no consumer or key change); [`KeyStore::wait_for_change`] polls it, since SQLite has no
 //! notifications across processes.
 
 use std::path::Path;
@@ -23,7 +23,7 @@ use sqlx::{SqliteConnection, Transaction};
 
 use super::row::{
     AuditRow, ConsumerRow, CredentialRow, KeyRow, consumer_columns, convert, insert_error,
-    key_columns, metadata_text, scopes_text,
+    key_columns, metadata_text, quota_delta, quota_used, scopes_text,
 };
 use super::{ApiKey, AuditEntry, Consumer, KeySet, KeyStore, StoreError, StoreOptions, Timestamp};
 
@@ -397,5 +397,37 @@ impl KeyStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(AuditEntry::from).collect())
+    }
+
+    async fn quota_usage(&self, key: &str, period: &str) -> Result<u64, StoreError> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT used FROM quota_usage WHERE key = ?1 AND period = ?2")
+                .bind(key)
+                .bind(period)
+                .fetch_optional(&self.pool)
+                .await?;
+        used.map_or(Ok(0), quota_used)
+    }
+
+    async fn add_quota_usage(&self, batch: &[(String, String, u64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // One transaction, one statement per row (SQLite runs them in
+        // process, so this is no round trip per row).
+        let mut tx = self.begin_write().await?;
+        for (key, period, delta) in batch {
+            sqlx::query(
+                "INSERT INTO quota_usage (key, period, used) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key, period) DO UPDATE SET used = used + excluded.used",
+            )
+            .bind(key)
+            .bind(period)
+            .bind(quota_delta(*delta))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -209,6 +209,8 @@ on_both_backends! {
         revision_bumps_on_changes_only,
         audit_is_newest_first,
         wait_for_change_returns_at_once_or_after_max_wait,
+        quota_usage_adds_up_without_bumping_the_revision,
+        a_failing_quota_batch_writes_nothing,
     ],
     harness: [
         wait_for_change_wakes_on_a_write_from_another_handle,
@@ -872,7 +874,7 @@ async fn sqlite_reopen_keeps_data_and_does_not_rerun_migrations() {
     let revision = store.revision().await.unwrap();
     drop(store);
     let applied = migrations().await;
-    assert_eq!(applied.len(), 1);
+    assert_eq!(applied.len(), 2, "0001_init and 0002_quota");
 
     let store = open(&opts).await.unwrap();
     assert_eq!(
@@ -1012,6 +1014,7 @@ async fn postgres_tables_and_migrations_live_in_the_schema() {
                     "api_keys",
                     "audit",
                     "consumers",
+                    "quota_usage",
                     "store_meta"
                 ]
             );
@@ -1023,4 +1026,76 @@ async fn postgres_tables_and_migrations_live_in_the_schema() {
         })
     })
     .await;
+}
+
+// ------------------------------------------------------------ quota usage
+
+fn quota_batch(rows: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+    rows.iter()
+        .map(|(key, period, delta)| ((*key).to_owned(), (*period).to_owned(), *delta))
+        .collect()
+}
+
+async fn quota_usage_adds_up_without_bumping_the_revision(store: &dyn KeyStore) {
+    let revision = store.revision().await.unwrap();
+    store.add_quota_usage(&[]).await.unwrap();
+    store
+        .add_quota_usage(&quota_batch(&[
+            ("q:c_a", "2026-12", 3),
+            ("q:c_a", "2026-11", 5),
+            ("q:c_b", "2026-12", 1),
+            ("q:c_a", "2026-12-02", 7),
+        ]))
+        .await
+        .unwrap();
+    // Existing rows grow; the same key and period twice in one batch adds both.
+    store
+        .add_quota_usage(&quota_batch(&[
+            ("q:c_a", "2026-12", 2),
+            ("q:c_a", "2026-12", 4),
+            ("q:c_b", "2026-12", 0),
+        ]))
+        .await
+        .unwrap();
+
+    let cases = [
+        ("added over two batches", "q:c_a", "2026-12", 9),
+        ("another period", "q:c_a", "2026-11", 5),
+        ("a day period", "q:c_a", "2026-12-02", 7),
+        ("another key, zero delta", "q:c_b", "2026-12", 1),
+        ("never recorded period", "q:c_b", "2026-11", 0),
+        ("never recorded key", "q:nobody", "2026-12", 0),
+    ];
+    for (name, key, period, want) in cases {
+        assert_eq!(
+            store.quota_usage(key, period).await.unwrap(),
+            want,
+            "case {name}"
+        );
+    }
+    assert_eq!(
+        store.revision().await.unwrap(),
+        revision,
+        "usage is not a change"
+    );
+}
+
+async fn a_failing_quota_batch_writes_nothing(store: &dyn KeyStore) {
+    let full = u64::try_from(i64::MAX).unwrap();
+    store
+        .add_quota_usage(&quota_batch(&[("q:full", "2026-12", full)]))
+        .await
+        .unwrap();
+    // The second row overflows BIGINT: the whole batch fails, the first row
+    // included.
+    let err = store
+        .add_quota_usage(&quota_batch(&[
+            ("q:c_a", "2026-12", 1),
+            ("q:full", "2026-12", 1),
+        ]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert_eq!(store.quota_usage("q:c_a", "2026-12").await.unwrap(), 0);
+    assert_eq!(store.quota_usage("q:full", "2026-12").await.unwrap(), full);
 }
