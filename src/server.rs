@@ -409,6 +409,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     grace: Duration,
+    /// The store-backed quota counter, flushed once more after draining.
+    store_quotas: Option<Arc<StoreQuotas>>,
 }
 
 impl Running {
@@ -454,6 +456,10 @@ impl Running {
         };
         // Requests that finished while draining used keys too.
         self.shared.api_keys.flush_last_used().await;
+        // …and may have charged quotas after the flush task's last flush.
+        if let Some(q) = &self.store_quotas {
+            q.flush().await;
+        }
         self.admin_task.abort();
         tracing::info!(drained, "stopped");
         drained
@@ -638,6 +644,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         tasks,
         admin_task,
         grace: server.shutdown_grace.0,
+        store_quotas,
     })
 }
 

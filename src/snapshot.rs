@@ -471,13 +471,19 @@ fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateInde
                     format!("{label}: a name is 1 to 64 of A-Z, a-z, 0-9, `-`, `_`, `.`"),
                 ));
             }
-            let limit = match compile_limit(r.rate.get_ref(), r.burst) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    problems.push(source.problem(r.rate.span(), format!("{label}: {e}")));
-                    None
-                }
-            };
+            let limit =
+                match compile_limit(r.rate.get_ref(), r.burst.as_ref().map(|b| *b.get_ref())) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        // A zero burst is the `burst` line's fault, not the rate's.
+                        let span = match &r.burst {
+                            Some(b) if *b.get_ref() == 0 => b.span(),
+                            _ => r.rate.span(),
+                        };
+                        problems.push(source.problem(span, format!("{label}: {e}")));
+                        None
+                    }
+                };
             let key = match KeyKind::parse(r.key.get_ref()) {
                 Ok(k) => Some(k),
                 Err(e) => {

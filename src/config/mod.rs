@@ -487,7 +487,7 @@ pub struct RateLimitSpec {
     /// The steady rate: `"100/s"`, `"6000/min"`, `"50/h"`, `"1000/day"`.
     pub rate: Spanned<String>,
     /// Requests allowed at once (default: the rate's count).
-    pub burst: Option<u32>,
+    pub burst: Option<Spanned<u32>>,
     /// What is counted: `consumer` (the API key's consumer or the JWT
     /// subject; the client address when unauthenticated), `client_ip`,
     /// `route` (all callers of a route together) or `header:NAME`.

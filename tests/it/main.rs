@@ -10,5 +10,6 @@ mod cluster;
 mod hostile;
 mod lifecycle;
 mod proxy;
+mod ratelimit;
 mod rules;
 mod tls;

@@ -622,3 +622,35 @@ pub async fn serve_with_admin(config: &Path) -> (Proc, String, String) {
     let admin_addr = admin["admin_addr"].as_str().expect("admin_addr").to_owned();
     (proc, addr, admin_addr)
 }
+
+// ---- Restarts on the same files (rate-limit and quota tests) ----
+
+impl TestGateway {
+    /// Shuts the gateway down and hands back its temp dir (config, policy
+    /// files, SQLite store) so that a new gateway can start on it with
+    /// [`start_in`]. Returns whether every connection drained in time.
+    pub async fn stop_keeping_dir(self) -> (bool, tempfile::TempDir) {
+        let TestGateway { running, dir } = self;
+        let drained = match running {
+            Some(r) => r.shutdown().await,
+            None => true,
+        };
+        (drained, dir)
+    }
+}
+
+/// Starts a gateway on the config already written in `dir` (by a
+/// [`GatewayBuilder`] whose gateway was stopped): same files, same store.
+pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
+    let running = gatehouse::server::start(StartOptions {
+        config_path: dir.path().join("gatehouse.toml"),
+        watch: false,
+        env: gatehouse::config::Environment::default(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("gateway failed to restart: {e}"));
+    TestGateway {
+        running: Some(running),
+        dir,
+    }
+}
