@@ -1,7 +1,9 @@
 //! The admin bearer token: checked against an argon2id hash from the
 //! config, once; afterwards against the SHA-256 of the token that passed,
 //! in constant time, so argon2 does not run on every admin call. Failed
-//! attempts are throttled per client address before any hashing.
+//! attempts are throttled per client address (IPv6 by /64) before any
+//! hashing, and at most two argon2 runs are in flight at once: a flood of
+//! wrong tokens gets 429s, not gigabytes of argon2 memory.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,9 +19,14 @@ use crate::auth::api_key;
 pub struct AdminToken {
     phc: String,
     verified: Mutex<Option<[u8; 32]>>,
-    /// Failures per client address in the current window.
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Failures per client address (IPv6: /64) in the current window.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// argon2 runs in flight.
+    verifying: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// argon2 runs of admin tokens in flight at once.
+const MAX_VERIFYING: usize = 2;
 
 /// Failed admin-token attempts allowed per client address per window.
 const MAX_FAILURES: u32 = 10;
@@ -65,28 +72,34 @@ impl AdminToken {
             phc: hash.to_owned(),
             verified: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
+            verifying: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
         })
     }
 
-    fn throttled(&self, client: IpAddr) -> bool {
+    /// Whether `client` has no failures left. When the map is full of
+    /// recent failures, unknown clients count as throttled too (refusing
+    /// beats forgetting).
+    fn throttled(&self, client: &str) -> bool {
         let Ok(map) = self.failures.lock() else {
             return true;
         };
-        map.get(&client)
-            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+        match map.get(client) {
+            Some((n, since)) => *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW,
+            None => map.len() >= MAX_TRACKED,
+        }
     }
 
-    fn charge(&self, client: IpAddr) {
+    fn charge(&self, client: &str) {
         let Ok(mut map) = self.failures.lock() else {
             return;
         };
         if map.len() >= MAX_TRACKED {
             map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
         }
-        if map.len() >= MAX_TRACKED {
+        if map.len() >= MAX_TRACKED && !map.contains_key(client) {
             return;
         }
-        let entry = map.entry(client).or_insert((0, Instant::now()));
+        let entry = map.entry(client.to_owned()).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
@@ -95,8 +108,8 @@ impl AdminToken {
 
     /// Checks `presented` for a call from `client`.
     pub async fn check(&self, presented: &str, client: IpAddr) -> Result<(), TokenRefusal> {
-        let client = crate::validate::canonical(client);
-        if self.throttled(client) {
+        let client = crate::ratelimit::client_key(client);
+        if self.throttled(&client) {
             return Err(TokenRefusal::Throttled);
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -106,9 +119,13 @@ impl AdminToken {
         {
             return Ok(());
         }
+        let Ok(permit) = self.verifying.clone().try_acquire_owned() else {
+            return Err(TokenRefusal::Throttled);
+        };
         let phc = self.phc.clone();
         let secret = presented.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             api_key::verify_admin_token(&secret, &phc, &api_key::Argon2Settings::default())
         })
         .await
@@ -124,8 +141,65 @@ impl AdminToken {
             }
             Ok(())
         } else {
-            self.charge(client);
+            self.charge(&client);
             Err(TokenRefusal::Invalid)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> AdminToken {
+        let weak = api_key::Argon2Settings {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let hash = api_key::hash_admin_token("right-admin-token-0123456789", &weak).unwrap();
+        AdminToken::new(&hash).unwrap()
+    }
+
+    #[tokio::test]
+    async fn floods_get_429_and_failures_lock_out_one_client() {
+        let t = token();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        // Twenty wrong tokens at once: at most two argon2 runs, the rest 429.
+        let attempts = (0..20).map(|i| t.check(if i % 2 == 0 { "wrong" } else { "also-wrong" }, a));
+        let results = futures_util::future::join_all(attempts).await;
+        let throttled = results
+            .iter()
+            .filter(|r| **r == Err(TokenRefusal::Throttled))
+            .count();
+        let invalid = results
+            .iter()
+            .filter(|r| **r == Err(TokenRefusal::Invalid))
+            .count();
+        assert!(invalid <= MAX_VERIFYING, "{results:?}");
+        assert_eq!(throttled + invalid, 20, "{results:?}");
+        // Ten failures in a row lock this client (its /64 for IPv6) out.
+        for _ in 0..MAX_FAILURES {
+            let _ = t.check("wrong", a).await;
+        }
+        assert_eq!(
+            t.check("right-admin-token-0123456789", a).await,
+            Err(TokenRefusal::Throttled)
+        );
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(t.check("right-admin-token-0123456789", b).await, Ok(()));
+        // The verified token is then checked without argon2 (and still right).
+        assert_eq!(t.check("right-admin-token-0123456789", b).await, Ok(()));
+        assert_eq!(t.check("wrong", b).await, Err(TokenRefusal::Invalid));
+    }
+
+    #[test]
+    fn hashes_are_checked() {
+        assert!(
+            check_token_hash("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA")
+                .is_ok()
+        );
+        assert!(check_token_hash("plain-text-token").is_err());
+        assert!(check_token_hash("$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g").is_err());
     }
 }

@@ -203,9 +203,13 @@ struct CachedKey {
 /// What one argon2 verification found, shared by everyone waiting on it.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Valid { needs_rehash: bool },
+    Valid {
+        needs_rehash: bool,
+    },
     Invalid,
     Busy,
+    /// The client already has its share of argon2 runs in flight.
+    ClientBusy,
     Internal(Arc<InternalError>),
 }
 
@@ -409,7 +413,7 @@ impl ApiKeyAuth {
             .get(&digest)
             .is_some_and(|c| c.key_id.as_ref() == key_id && c.hash == hash);
         if !hit {
-            match self.verify_once(digest, parsed, hash).await {
+            match self.verify_once(digest, parsed, hash, client).await {
                 Outcome::Valid { needs_rehash } => {
                     if needs_rehash {
                         self.spawn_rehash(key_id, parsed.secret());
@@ -421,6 +425,11 @@ impl ApiKeyAuth {
                     return Err(ApiKeyError::Invalid);
                 }
                 Outcome::Busy => return Err(ApiKeyError::Busy),
+                Outcome::ClientBusy => {
+                    return Err(ApiKeyError::Throttled {
+                        retry_after_secs: 1,
+                    });
+                }
                 Outcome::Internal(e) => return Err(ApiKeyError::Internal(e)),
             }
         }
@@ -458,18 +467,31 @@ impl ApiKeyAuth {
     }
 
     /// Verifies a presented key whose digest missed the cache, sharing the
-    /// work with concurrent requests presenting the same key.
+    /// work with concurrent requests presenting the same key. Starting a
+    /// new argon2 run takes one of the client's few in-flight places (the
+    /// failure budget is only charged after a run fails, so without them
+    /// one client could start many runs at once); joining a run does not.
     async fn verify_once(
         &self,
         digest: Digest32,
         parsed: ParsedKey<'_>,
         hash: Arc<str>,
+        client: IpAddr,
     ) -> Outcome {
-        let cell = Arc::clone(
-            lock(&self.in_flight)
-                .entry(digest)
-                .or_insert_with(|| Arc::new(OnceCell::new())),
-        );
+        let (cell, _slot) = {
+            let mut map = lock(&self.in_flight);
+            match map.get(&digest) {
+                Some(cell) => (Arc::clone(cell), None),
+                None => {
+                    let Some(slot) = self.failures.verify_slot(client) else {
+                        return Outcome::ClientBusy;
+                    };
+                    let cell = Arc::new(OnceCell::new());
+                    map.insert(digest, Arc::clone(&cell));
+                    (cell, Some(slot))
+                }
+            }
+        };
         let _guard = InFlightGuard {
             map: &self.in_flight,
             digest,

@@ -763,3 +763,36 @@ fn default_settings() {
     assert_eq!((s.failures_per_minute, s.failure_burst), (10, 20));
     assert_eq!(s.last_used_flush, Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn one_client_cannot_start_many_argon2_runs_at_once() {
+    let f = fixture(settings());
+    let attacker = ip("203.0.113.9");
+    // Twenty different made-up secrets for a real key id, all at once.
+    let forged: Vec<String> = (0..20)
+        .map(|i| assemble(&f.key.id, &format!("{i:0>22}")).unwrap())
+        .collect();
+    let attempts = forged.iter().map(|k| f.auth.authenticate(k, attacker));
+    let results = futures_util::future::join_all(attempts).await;
+    let throttled = results
+        .iter()
+        .filter(|r| matches!(r, Err(ApiKeyError::Throttled { .. })))
+        .count();
+    let invalid = results
+        .iter()
+        .filter(|r| matches!(r, Err(ApiKeyError::Invalid)))
+        .count();
+    assert_eq!(throttled + invalid, 20, "{results:?}");
+    assert!(
+        f.auth.verifications() <= u64::from(throttle::MAX_VERIFYING_PER_CLIENT),
+        "argon2 ran {} times",
+        f.auth.verifications()
+    );
+    // Another client's key check is not held up by it.
+    assert!(
+        f.auth
+            .authenticate(&f.key.full, ip("203.0.113.10"))
+            .await
+            .is_ok()
+    );
+}

@@ -43,6 +43,35 @@ pub(super) struct FailureBudget {
     limiter: DefaultKeyedRateLimiter<ClientKey, StateInformationMiddleware>,
     blocked: moka::sync::Cache<ClientKey, Instant>,
     interval: Duration,
+    /// argon2 runs in flight per client: the budget is only charged once a
+    /// run has failed, so without this cap one client could start many runs
+    /// at once (an h2 connection of 100 streams) before its first failure.
+    verifying: std::sync::Mutex<std::collections::HashMap<ClientKey, u32>>,
+}
+
+/// argon2 runs one client may have in flight at once.
+pub(super) const MAX_VERIFYING_PER_CLIENT: u32 = 2;
+
+/// One of a client's in-flight verification places; given back on drop.
+pub(super) struct VerifySlot<'a> {
+    budget: &'a FailureBudget,
+    key: ClientKey,
+}
+
+impl Drop for VerifySlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .budget
+            .verifying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl FailureBudget {
@@ -59,7 +88,25 @@ impl FailureBudget {
                 .time_to_live(interval + Duration::from_secs(1))
                 .build(),
             interval,
+            verifying: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// A place for one more argon2 run of this client, or `None` when it
+    /// already has [`MAX_VERIFYING_PER_CLIENT`] in flight. The map only
+    /// holds clients with a run in flight.
+    pub(super) fn verify_slot(&self, client: IpAddr) -> Option<VerifySlot<'_>> {
+        let key = ClientKey::from(client);
+        let mut map = self
+            .verifying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(key).or_insert(0);
+        if *n >= MAX_VERIFYING_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(VerifySlot { budget: self, key })
     }
 
     /// `Err(retry_after_secs)` if the client has no failures left.
