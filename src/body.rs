@@ -167,6 +167,13 @@ where
             return Poll::Pending;
         }
         match ready!(polled) {
+            // Request trailers are not forwarded: they could carry headers
+            // only the gateway may set (identity headers), and no route
+            // needs them. The body ends where they begin.
+            Some(Ok(frame)) if frame.is_trailers() => {
+                this.stats.mark_sent();
+                Poll::Ready(None)
+            }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -369,6 +376,21 @@ mod tests {
             assert_eq!(result.is_ok(), ok, "{name}");
             assert_eq!(stats.timed_out.load(Ordering::Relaxed), !ok, "{name}");
         }
+    }
+
+    #[tokio::test]
+    async fn request_trailers_are_not_forwarded() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-consumer-id", http::HeaderValue::from_static("admin"));
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let stats = Arc::new(BodyStats::default());
+        let body = RequestBody::new(StreamBody::new(stream::iter(frames)), 100, PACE, stats);
+        let collected = body.collect().await.unwrap();
+        assert!(collected.trailers().is_none(), "trailers dropped");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello"));
     }
 
     #[tokio::test]

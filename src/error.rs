@@ -325,7 +325,9 @@ impl GatewayError {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
                 }
-                GatewayError::Overloaded | GatewayError::RateLimiterUnavailable => {
+                GatewayError::Overloaded
+                | GatewayError::RateLimiterUnavailable
+                | GatewayError::AuthUnavailable => {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 }

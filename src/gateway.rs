@@ -361,11 +361,15 @@ async fn authenticate(
     let presented = match policy::presented(auth, headers) {
         Ok(Some(p)) => p,
         Ok(None) => return Err(GatewayError::MissingCredentials { challenge }),
+        // RFC 6750 §3.1: another scheme is no Bearer credential at all,
+        // so the challenge carries no error code.
+        Err(PresentedError::Scheme) => return Err(GatewayError::MissingCredentials { challenge }),
         Err(e) => {
             let why = match e {
                 PresentedError::Duplicate => "credential header sent more than once",
-                PresentedError::NotText => "credential header is not valid text",
-                PresentedError::Scheme => "unsupported authorization scheme (use Bearer)",
+                PresentedError::NotText | PresentedError::Scheme => {
+                    "credential header is not valid text"
+                }
             };
             return Err(GatewayError::InvalidCredentials { challenge, why });
         }
@@ -458,6 +462,10 @@ async fn charge_quotas(
         let Some(quota) = &policy.quota else {
             continue;
         };
+        // A consumer's quota: unauthenticated callers have none.
+        if principal.is_none() && policy.key == crate::ratelimit::policy::KeyKind::Consumer {
+            continue;
+        }
         let key = policy.key(&route.name, principal, client, headers);
         let now = gw.clock.now();
         match gw.quotas.charge(&key, quota, now).await {

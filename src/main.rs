@@ -319,7 +319,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The process environment, handed to the library (which never reads it).
 fn environment() -> Environment {
-    Environment::new(std::env::vars())
+    // vars_os: a variable that is not UTF-8 is skipped, not a panic.
+    Environment::new(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )
 }
 
 fn check(config: &std::path::Path) -> ExitCode {

@@ -515,6 +515,15 @@ fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateInde
                 }
             }
             let quota = match &r.quota {
+                Some(q) if !matches!(key, Some(KeyKind::Consumer | KeyKind::Route) | None) => {
+                    problems.push(source.problem(
+                        q.span(),
+                        format!(
+                            "{label}: `quota` needs `key = \"consumer\"` or `\"route\"` (a quota per client address or header value would keep a counter per value for a month)"
+                        ),
+                    ));
+                    None
+                }
                 Some(q) => match crate::ratelimit::quota::Quota::parse(q.get_ref()) {
                     Ok(q) => Some(q),
                     Err(e) => {

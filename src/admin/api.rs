@@ -221,6 +221,11 @@ async fn record(
         outcome = %entry.outcome,
         "admin call"
     );
+    // A throttled caller is only logged: writing a row for each of its
+    // attempts would let anyone who reaches the port grow the table.
+    if entry.outcome == "too_many_auth_failures" {
+        return;
+    }
     if let Err(e) = state.shared.store().record_audit(&entry).await {
         tracing::error!(error = %e, action, "cannot write the audit entry");
     }

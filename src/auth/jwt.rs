@@ -56,7 +56,7 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// Header names refused as `claim_headers` targets: hop-by-hop headers
 /// (they would be stripped or misread by proxies) and the ones that frame
 /// or route the request or carry credentials.
-const FORBIDDEN_TARGET_HEADERS: [&str; 15] = [
+const FORBIDDEN_TARGET_HEADERS: [&str; 21] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -72,6 +72,13 @@ const FORBIDDEN_TARGET_HEADERS: [&str; 15] = [
     "authorization",
     "cookie",
     "forwarded",
+    // The gateway's own forwarding headers: a claim must not replace them.
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-request-id",
+    "via",
 ];
 
 /// Token headers that would make us fetch or trust something the token
@@ -699,18 +706,40 @@ fn names(algs: &[Algorithm]) -> String {
 }
 
 fn parse_jwks_url(url: &str) -> Result<http::Uri, String> {
+    // Checked before the URL is ever repeated in a message.
+    if url.split_once("://").is_some_and(|(_, rest)| {
+        rest.split(['/', '?', '#'])
+            .next()
+            .is_some_and(|a| a.contains('@'))
+    }) {
+        return Err("credentials in URLs are not allowed".to_owned());
+    }
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    match uri.scheme_str() {
-        Some("https") | Some("http") => {}
-        _ => return Err(format!("{url:?}: only http:// and https:// are supported")),
-    }
-    let Some(authority) = uri.authority() else {
+    let Some(host) = uri.host() else {
         return Err(format!("{url:?} needs a host"));
     };
-    if authority.as_str().contains('@') {
-        return Err(format!("{url:?}: credentials in URLs are not allowed"));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => {}
+        // Keys fetched in the clear could be replaced on the way: plain
+        // http only for an identity provider on this machine.
+        Some("http") if loopback => {}
+        Some("http") => {
+            return Err(format!(
+                "{url:?}: use https:// (plain http is only allowed for a loopback host)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "{url:?}: only https:// (or http:// on loopback) is supported"
+            ));
+        }
     }
     Ok(uri)
 }
@@ -1108,12 +1137,23 @@ async fn verify_signature(
     }
 }
 
+/// Keys one token is tried against at most. A token without a `kid` fits
+/// every key of its algorithm; unbounded, a garbage token would cost one
+/// RSA verification per key in the set.
+const MAX_KEY_ATTEMPTS: usize = 4;
+
 fn try_keys(
     keys: &[&VerificationKey],
     parts: &Unverified<'_>,
     validation: &Validation,
 ) -> Result<Map<String, Value>, JwtError> {
-    for key in keys {
+    // Keys without a kid first when the token has none: they are the ones
+    // meant for kid-less tokens.
+    let mut ordered: Vec<&&VerificationKey> = keys.iter().collect();
+    if parts.kid.is_none() {
+        ordered.sort_by_key(|k| k.kid().is_some());
+    }
+    for key in ordered.into_iter().take(MAX_KEY_ATTEMPTS) {
         match jsonwebtoken::decode::<Map<String, Value>>(parts.token, &key.key, validation) {
             Ok(data) => return Ok(data.claims),
             Err(e) => match e.kind() {
@@ -2714,6 +2754,13 @@ mod tests {
                 "credentials",
             ),
             (
+                "jwks_url plain http to another host",
+                rs(&|s| s.jwks_url = Some("http://idp.test/jwks".into())),
+                &env,
+                "jwks_url",
+                "use https",
+            ),
+            (
                 "empty name",
                 rs(&|s| s.name = " ".into()),
                 &env,
@@ -2724,6 +2771,9 @@ mod tests {
         for (name, s, env, field, contains) in cases {
             let err = match Issuer::build(&s, dir.path(), env, &reg) {
                 Ok(i) => panic!("{name}: built {i:?}"),
+                Err(e) if e.to_string().contains("u:p") => {
+                    panic!("{name}: the URL's password is echoed")
+                }
                 Err(e) => e,
             };
             let msg = err.to_string();

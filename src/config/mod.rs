@@ -61,7 +61,7 @@ pub struct ConfigFile {
 }
 
 /// Where rate-limit decisions are made.
-#[derive(Debug, Deserialize, Validate, Clone)]
+#[derive(Deserialize, Validate, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitsConfig {
     /// `local` (each gateway counts for itself) or `redis` (one budget per
@@ -81,6 +81,20 @@ pub struct RateLimitsConfig {
     pub breaker_open_for: Dur,
     /// How often idle local counters are dropped.
     pub prune_interval: Dur,
+}
+
+impl std::fmt::Debug for RateLimitsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitsConfig")
+            .field("backend", &self.backend)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_timeout", &self.redis_timeout)
+            .field("on_redis_failure", &self.on_redis_failure)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_open_for", &self.breaker_open_for)
+            .field("prune_interval", &self.prune_interval)
+            .finish()
+    }
 }
 
 impl Default for RateLimitsConfig {
@@ -118,7 +132,7 @@ pub enum RedisFailure {
 }
 
 /// The consumer and key store.
-#[derive(Debug, Deserialize, Validate, Clone)]
+#[derive(Deserialize, Validate, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// A SQLite file (relative to the config file; created and migrated on
@@ -142,6 +156,17 @@ impl Default for StoreConfig {
             max_connections: 8,
             connect_timeout: Dur(Duration::from_secs(5)),
         }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
     }
 }
 
@@ -751,5 +776,16 @@ impl Environment {
 impl std::fmt::Debug for Environment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// `url` with any `user:password@` part replaced by `***@`, for Debug
+/// output and messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }

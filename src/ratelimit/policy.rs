@@ -19,6 +19,15 @@ use http::{HeaderMap, HeaderName};
 use super::Limit;
 use crate::auth::Principal;
 
+/// Headers a policy may not be keyed on: their values are secrets, and
+/// keys end up in Redis and in the store.
+const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
 /// What a policy's counter is keyed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyKind {
@@ -41,9 +50,16 @@ impl KeyKind {
             "client_ip" => Ok(KeyKind::ClientIp),
             "route" => Ok(KeyKind::Route),
             other => match other.strip_prefix("header:") {
-                Some(h) => HeaderName::from_bytes(h.trim().as_bytes())
-                    .map(KeyKind::Header)
-                    .map_err(|_| format!("invalid header name `{h}` in `key`")),
+                Some(h) => {
+                    let name = HeaderName::from_bytes(h.trim().as_bytes())
+                        .map_err(|_| format!("invalid header name `{h}` in `key`"))?;
+                    if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+                        return Err(format!(
+                            "`{name}` carries credentials; key on `consumer` instead"
+                        ));
+                    }
+                    Ok(KeyKind::Header(name))
+                }
                 None => Err(format!(
                     "unknown key `{other}` (expected consumer, client_ip, route or header:NAME)"
                 )),
@@ -78,7 +94,11 @@ impl RatePolicy {
             .unwrap_or(&self.limit)
     }
 
-    /// The counter key for a request: `policy|kind|value`.
+    /// The counter key for a request: `policy|kind|value`. Consumers are
+    /// keyed by how they authenticated (`c|k|consumer id` for API keys,
+    /// `c|j|issuer|sub` for tokens), so a token cannot name an API-key
+    /// consumer's budget as its subject. Header values are hashed (bounded
+    /// length, and a stray secret in one never reaches Redis or the store).
     pub fn key(
         &self,
         route: &str,
@@ -89,13 +109,21 @@ impl RatePolicy {
         let ip = || format!("ip|{}", super::client_key(client));
         let part = match &self.key {
             KeyKind::Consumer => match principal {
-                Some(p) => format!("c|{}", p.subject),
+                Some(p) if p.method == crate::auth::AuthMethod::ApiKey => {
+                    format!("c|k|{}", p.subject)
+                }
+                Some(p) => format!("c|j|{}|{}", p.credential_id, p.subject),
                 None => ip(),
             },
             KeyKind::ClientIp => ip(),
             KeyKind::Route => format!("r|{route}"),
             KeyKind::Header(h) => match headers.get(h).map(|v| v.as_bytes()) {
-                Some(v) if !v.is_empty() => format!("h|{}", String::from_utf8_lossy(v)),
+                Some(v) if !v.is_empty() => {
+                    use sha2::Digest as _;
+                    let digest = sha2::Sha256::digest(v);
+                    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+                    format!("h|{hex}")
+                }
                 _ => ip(),
             },
         };
@@ -151,6 +179,11 @@ mod tests {
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
         let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         let gold = principal(Some("gold"));
+        let jwt = Principal {
+            method: AuthMethod::Jwt,
+            credential_id: "dev".into(),
+            ..principal(None)
+        };
         let cases: Vec<(&str, KeyKind, Option<&Principal>, IpAddr, &HeaderMap, &str)> = vec![
             (
                 "consumer",
@@ -158,7 +191,15 @@ mod tests {
                 Some(&gold),
                 v4,
                 &h,
-                "p|c|c_1",
+                "p|c|k|c_1",
+            ),
+            (
+                "token subject",
+                KeyKind::Consumer,
+                Some(&jwt),
+                v4,
+                &h,
+                "p|c|j|dev|c_1",
             ),
             (
                 "consumer without auth",
@@ -183,7 +224,7 @@ mod tests {
                 None,
                 v4,
                 &h,
-                "p|h|t1",
+                "p|h|628b49d96dcde97a430dd4f597705899",
             ),
             (
                 "missing header",
@@ -223,6 +264,8 @@ mod tests {
             assert_eq!(KeyKind::parse(s), want, "{s}");
         }
         assert!(KeyKind::parse("ip").is_err());
+        assert!(KeyKind::parse("header:Authorization").is_err());
+        assert!(KeyKind::parse("header:x-api-key").is_err());
         assert!(KeyKind::parse("header:bad name").is_err());
     }
 }

@@ -131,14 +131,7 @@ impl fmt::Debug for RedisOptions {
 }
 
 /// `redis://user:secret@host` → `redis://***@host`.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
+use crate::config::redact_url;
 
 /// The state of the Redis circuit breaker, for metrics and status pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -227,8 +227,8 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// How to reach the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach the store. Debug output hides a password in the URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// A file path (`gatehouse.db`), `sqlite://PATH`, or `postgres://…`.
     pub url: String,
@@ -238,6 +238,17 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// Time allowed to get a connection.
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &crate::config::redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 /// Opens (creating and migrating as needed) the store `opts` names.

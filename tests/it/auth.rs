@@ -243,10 +243,11 @@ async fn api_key_route_refuses_bad_keys_and_forwards_the_caller() {
             &invalid,
         ),
         (
+            // RFC 6750 §3.1: no Bearer credential at all, so no error code.
             "basic scheme",
             vec![("authorization", "Basic dXNlcjpwYXNz".into())],
-            "invalid_credentials",
-            &invalid,
+            "missing_credentials",
+            &[BEARER, API_KEY],
         ),
     ];
     for (case, headers, code, challenges) in &cases {
