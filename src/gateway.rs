@@ -418,16 +418,7 @@ async fn rate_limit(
         if !decision.allowed {
             let secs = ratelimit::retry_after_secs(&decision);
             if policy.shadow {
-                tracing::info!(
-                    target: "gatehouse::ratelimit",
-                    request_id = %ctx.record.request_id,
-                    policy = %policy.name,
-                    route = %route.name,
-                    consumer = principal.map_or("-", |p| &*p.subject),
-                    client = %client,
-                    retry_after_secs = secs,
-                    "shadow rate limit would refuse"
-                );
+                log_shadow_refusal(ctx, policy, route, client, "rate", secs);
             } else if refused.is_none_or(|(_, s)| secs > s) {
                 refused = Some((&policy.name, secs));
             }
@@ -446,6 +437,29 @@ async fn rate_limit(
         }),
         None => Ok(()),
     }
+}
+
+/// The log line of a shadow policy that would have refused a request
+/// (`limit` is `rate` or `quota`).
+fn log_shadow_refusal(
+    ctx: &RequestCtx,
+    policy: &crate::ratelimit::policy::RatePolicy,
+    route: &Route,
+    client: std::net::IpAddr,
+    limit: &'static str,
+    retry_after_secs: u64,
+) {
+    tracing::info!(
+        target: "gatehouse::ratelimit",
+        request_id = %ctx.record.request_id,
+        policy = %policy.name,
+        limit,
+        route = %route.name,
+        consumer = ctx.principal.as_ref().map_or("-", |p| &*p.subject),
+        client = %client,
+        retry_after_secs,
+        "shadow rate limit would refuse"
+    );
 }
 
 /// Step 8 (quotas): charges the request to every daily or monthly quota of
@@ -475,14 +489,7 @@ async fn charge_quotas(
                     .unwrap_or(1)
                     .max(1);
                 if policy.shadow {
-                    tracing::info!(
-                        target: "gatehouse::ratelimit",
-                        request_id = %ctx.record.request_id,
-                        policy = %policy.name,
-                        route = %route.name,
-                        consumer = principal.map_or("-", |p| &*p.subject),
-                        "shadow quota would refuse"
-                    );
+                    log_shadow_refusal(ctx, policy, route, client, "quota", retry_after_secs);
                     continue;
                 }
                 return Err(GatewayError::QuotaExceeded {
