@@ -12,7 +12,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 
 # Download dependencies in their own layer, so source changes do not refetch them.
+# (benches/ too: cargo reads the [[bench]] targets to load the manifest.)
 COPY Cargo.toml Cargo.lock ./
+COPY benches benches
 RUN cargo fetch --locked
 
 COPY . .
