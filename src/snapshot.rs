@@ -498,12 +498,13 @@ fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateInde
             };
             let mut plans = HashMap::new();
             for (plan, p) in &r.plans {
-                match compile_limit(&p.rate, p.burst) {
+                match compile_limit(p.rate.get_ref(), p.burst) {
                     Ok(l) => {
                         plans.insert(plan.clone(), l);
                     }
-                    Err(e) => problems
-                        .push(source.problem(spec.span(), format!("{label}: plan `{plan}`: {e}"))),
+                    Err(e) => problems.push(
+                        source.problem(p.rate.span(), format!("{label}: plan `{plan}`: {e}")),
+                    ),
                 }
             }
             for route in &r.routes {

@@ -544,7 +544,7 @@ fn default_limit_key() -> Spanned<String> {
 #[serde(deny_unknown_fields)]
 pub struct PlanLimitSpec {
     /// The plan's rate.
-    pub rate: String,
+    pub rate: Spanned<String>,
     /// The plan's burst (default: the rate's count).
     pub burst: Option<u32>,
 }

@@ -1087,6 +1087,28 @@ async fn rate_limit_config_errors_name_file_and_line() {
             at: "\"lots\"",
             reason: "invalid quota",
         },
+        Case {
+            name: "quota per client address",
+            policy: limit(
+                "rate = \"10/s\"\nkey = \"client_ip\"\nquota = \"5/day\"\nroutes = [\"r\"]",
+            ),
+            at: "\"5/day\"",
+            reason: "`quota` needs `key = \"consumer\"`",
+        },
+        Case {
+            name: "credential header as key",
+            policy: limit("rate = \"10/s\"\nkey = \"header:authorization\"\nroutes = [\"r\"]"),
+            at: "header:authorization",
+            reason: "carries credentials",
+        },
+        Case {
+            name: "bad plan rate",
+            policy: limit(
+                "rate = \"10/s\"\nroutes = [\"r\"]\n[rate_limit.plans.gold]\nrate = \"quick\"",
+            ),
+            at: "\"quick\"",
+            reason: "plan `gold`: invalid rate",
+        },
     ];
     for case in cases {
         let builder = GatewayBuilder::new().policy("limits.toml", &case.policy);
