@@ -320,3 +320,33 @@ async fn check_command_reports_file_line_column_and_exits_nonzero() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes, 0 upstreams)"));
 }
+
+#[tokio::test]
+async fn the_shipped_quickstart_config_checks_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        repo.join("gatehouse.toml"),
+        dir.path().join("gatehouse.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    for entry in std::fs::read_dir(repo.join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(
+                &path,
+                dir.path().join("policies").join(path.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+    }
+    let (routes, upstreams) =
+        gatehouse::server::check(&dir.path().join("gatehouse.toml"), &Default::default())
+            .unwrap_or_else(|p| panic!("the quickstart config is invalid:\n{p}"));
+    assert_eq!((routes, upstreams), (4, 1));
+    // `check` made the dev issuer's key pair, as `serve` would.
+    assert!(dir.path().join("certs/dev-jwt.pem").exists());
+    assert!(dir.path().join("certs/dev-jwt-key.pem").exists());
+}
