@@ -287,6 +287,15 @@ fn build_all(
     {
         problems.push(loaded.source.problem(hash.span(), message));
     }
+    let rl = &loaded.config.rate_limits;
+    if rl.backend == config::RateLimitBackend::Redis && rl.redis_url.is_none() {
+        // The table is not position-tracked; its header line is the place.
+        let at = loaded.source.text.find("[rate_limits]").unwrap_or(0);
+        problems.push(loaded.source.problem(
+            at..at,
+            "`[rate_limits] backend = \"redis\"` needs `redis_url`",
+        ));
+    }
     let mut names = std::collections::HashSet::new();
     for listener in &loaded.config.listeners {
         let l = listener.get_ref();
@@ -582,6 +591,8 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         clock: clock.clone(),
         max_in_flight: server.max_concurrent_requests,
     });
+    let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config)
+        .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
@@ -620,8 +631,6 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     }
 
     tracing::info!(%admin_addr, "admin listening");
-    let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config)
-        .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
     tasks.push(jwks.spawn_refresh(stop_rx.clone()));

@@ -1139,3 +1139,20 @@ async fn rate_limit_config_errors_name_file_and_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn redis_backend_without_a_url_is_a_config_error() {
+    let b = GatewayBuilder::new().main("[rate_limits]\nbackend = \"redis\"\n");
+    let config = b.write();
+    let err = gatehouse::server::check(&config, &Default::default())
+        .expect_err("redis without a URL must be refused");
+    let p = err
+        .0
+        .iter()
+        .find(|p| p.message.contains("needs `redis_url`"))
+        .unwrap_or_else(|| panic!("no redis_url problem in:\n{err}"));
+    assert_eq!(p.file, config);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let want_line = text.lines().position(|l| l == "[rate_limits]").unwrap() + 1;
+    assert_eq!(p.line, want_line, "{err}");
+}
