@@ -238,7 +238,9 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(record) = this.record.take() {
-                record.finish(*this.bytes, false);
+                // hyper drops a body that is already at its end (204, HEAD,
+                // redirects) without polling it: that is complete, not cut.
+                record.finish(*this.bytes, this.inner.is_end_stream());
             }
         }
     }

@@ -156,7 +156,6 @@ impl Gateway {
             body: Arc::new(BodyStats::default()),
             consumer: None,
             auth: None,
-            permit: None,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
@@ -173,15 +172,19 @@ impl Gateway {
             && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
         let index = conn.requests.fetch_add(1, Ordering::Relaxed);
         let refused = conn.verdicts.as_ref().and_then(|v| v.refused(index));
-        // Load shedding: beyond the in-flight limit, answer at once. The
-        // permit lives as long as the response body.
+        // Load shedding: beyond the in-flight limit, answer at once. A
+        // request counts until its response head is ready: the work that
+        // queues (auth, limits, waiting for the upstream). Response bodies
+        // then stream under the connection limit and the request deadline;
+        // holding the permit for them would let clients that never read
+        // their answers fill the limit.
         let permit = self.in_flight.clone().try_acquire_owned().ok();
         let outcome = match (refused, &permit) {
             (Some(why), _) => Err(refusal_error(why)),
             (None, None) => Err(GatewayError::Overloaded),
             (None, Some(_)) => process(req, &conn, &mut ctx, self).await,
         };
-        ctx.record.permit = permit;
+        drop(permit);
         let (mut response, deadline) = match outcome {
             Ok(done) => done,
             Err(e) => {
@@ -410,6 +413,10 @@ async fn rate_limit(
         let key = policy.key(&route.name, principal, client, headers);
         let decision = match limiter.check(&key, limit).await {
             Ok(d) => d,
+            Err(e) if policy.shadow => {
+                tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "rate limiter unavailable for a shadow policy; ignoring it");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "rate limiter unavailable; refusing");
                 return Err(GatewayError::RateLimiterUnavailable);
@@ -497,7 +504,7 @@ async fn charge_quotas(
                     retry_after_secs,
                 });
             }
-            Err(e) if gw.quota_fail_open => {
+            Err(e) if gw.quota_fail_open || policy.shadow => {
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "quota counter unavailable; letting the request pass");
             }
             Err(e) => {

@@ -80,13 +80,17 @@ impl AdminToken {
     /// recent failures, unknown clients count as throttled too (refusing
     /// beats forgetting).
     fn throttled(&self, client: &str) -> bool {
-        let Ok(map) = self.failures.lock() else {
+        let Ok(mut map) = self.failures.lock() else {
             return true;
         };
-        match map.get(client) {
-            Some((n, since)) => *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW,
-            None => map.len() >= MAX_TRACKED,
+        if let Some((n, since)) = map.get(client) {
+            return *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW;
         }
+        if map.len() >= MAX_TRACKED {
+            // Old windows are forgotten before a stranger is refused.
+            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        map.len() >= MAX_TRACKED
     }
 
     fn charge(&self, client: &str) {

@@ -52,9 +52,6 @@ pub struct AccessRecord {
     pub consumer: Option<Arc<str>>,
     /// How the caller authenticated (`api_key`, `jwt`).
     pub auth: Option<&'static str>,
-    /// The request's slot under the in-flight limit, held until the
-    /// response body is done (dropped with the record).
-    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AccessRecord {
