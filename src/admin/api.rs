@@ -156,7 +156,27 @@ async fn require_token(
             .and_then(Value::as_str)
             .unwrap_or("refused")
             .to_owned();
-        record(&state, "anonymous", Some(client), &action, None, &code).await;
+        // Refusals that cost the caller nothing (no token, or the API
+        // disabled) are only logged: storing a row for each would let
+        // anyone who reaches the port grow the table.
+        let token_sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+        if token_sent && state.token.is_some() {
+            record(&state, "anonymous", Some(client), &action, None, &code).await;
+        } else {
+            log_audit(&audit_entry(
+                &state,
+                "anonymous",
+                Some(client),
+                &action,
+                None,
+                &code,
+            ));
+        }
         let mut resp = (status, body).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
@@ -204,14 +224,38 @@ async fn record(
     target: Option<&str>,
     outcome: &str,
 ) {
-    let entry = AuditEntry {
+    let entry = audit_entry(state, actor, client, action, target, outcome);
+    log_audit(&entry);
+    // A throttled caller is only logged: writing a row for each of its
+    // attempts would let anyone who reaches the port grow the table.
+    if entry.outcome == "too_many_auth_failures" {
+        return;
+    }
+    if let Err(e) = state.shared.store().record_audit(&entry).await {
+        tracing::error!(error = %e, action, "cannot write the audit entry");
+    }
+}
+
+fn audit_entry(
+    state: &AdminState,
+    actor: &str,
+    client: Option<SocketAddr>,
+    action: &str,
+    target: Option<&str>,
+    outcome: &str,
+) -> AuditEntry {
+    AuditEntry {
         at: state.shared.clock().now(),
         actor: actor.to_owned(),
         client: client.map(|c| c.ip().to_string()),
         action: action.to_owned(),
         target: target.map(str::to_owned),
         outcome: outcome.to_owned(),
-    };
+    }
+}
+
+/// The audit line on the `gatehouse::audit` log target.
+fn log_audit(entry: &AuditEntry) {
     tracing::info!(
         target: "gatehouse::audit",
         actor = %entry.actor,
@@ -221,14 +265,6 @@ async fn record(
         outcome = %entry.outcome,
         "admin call"
     );
-    // A throttled caller is only logged: writing a row for each of its
-    // attempts would let anyone who reaches the port grow the table.
-    if entry.outcome == "too_many_auth_failures" {
-        return;
-    }
-    if let Err(e) = state.shared.store().record_audit(&entry).await {
-        tracing::error!(error = %e, action, "cannot write the audit entry");
-    }
 }
 
 /// Audits the outcome of an operation and turns it into an answer.

@@ -111,7 +111,13 @@ impl AdminToken {
     }
 
     /// Checks `presented` for a call from `client`.
-    pub async fn check(&self, presented: &str, client: IpAddr) -> Result<(), TokenRefusal> {
+    /// A wrong token is charged where argon2 ran, so giving up on the call
+    /// (an h2 stream reset) does not skip the charge.
+    pub async fn check(
+        self: &std::sync::Arc<Self>,
+        presented: &str,
+        client: IpAddr,
+    ) -> Result<(), TokenRefusal> {
         let client = crate::ratelimit::client_key(client);
         if self.throttled(&client) {
             return Err(TokenRefusal::Throttled);
@@ -128,9 +134,16 @@ impl AdminToken {
         };
         let phc = self.phc.clone();
         let secret = presented.to_owned();
+        let this = std::sync::Arc::clone(self);
+        let charged_client = client.clone();
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            api_key::verify_admin_token(&secret, &phc, &api_key::Argon2Settings::default())
+            let result =
+                api_key::verify_admin_token(&secret, &phc, &api_key::Argon2Settings::default());
+            if matches!(result, Err(api_key::VerifyError::Mismatch)) {
+                this.charge(&charged_client);
+            }
+            result
         })
         .await
         .map_err(|_| TokenRefusal::Internal)?;
@@ -145,7 +158,6 @@ impl AdminToken {
             }
             Ok(())
         } else {
-            self.charge(&client);
             Err(TokenRefusal::Invalid)
         }
     }
@@ -155,14 +167,14 @@ impl AdminToken {
 mod tests {
     use super::*;
 
-    fn token() -> AdminToken {
+    fn token() -> std::sync::Arc<AdminToken> {
         let weak = api_key::Argon2Settings {
             memory_kib: 1024,
             iterations: 1,
             parallelism: 1,
         };
         let hash = api_key::hash_admin_token("right-admin-token-0123456789", &weak).unwrap();
-        AdminToken::new(&hash).unwrap()
+        std::sync::Arc::new(AdminToken::new(&hash).unwrap())
     }
 
     #[tokio::test]

@@ -69,7 +69,7 @@ pub use self::hash::{
     Argon2Settings, HashError, VerifyError, hash_admin_token, hash_secret, verify_admin_token,
     verify_secret,
 };
-use self::throttle::FailureBudget;
+use self::throttle::{FailureBudget, VerifySlot};
 use super::{AuthMethod, Clock, Principal, Timestamp};
 use crate::store::{KeySet, KeyStore, StoreError};
 
@@ -229,7 +229,7 @@ pub struct ApiKeyAuth {
     cache: moka::sync::Cache<Digest32, CachedKey>,
     in_flight: InFlight,
     slots: Arc<Semaphore>,
-    failures: FailureBudget,
+    failures: Arc<FailureBudget>,
     last_used: Mutex<HashMap<Arc<str>, Timestamp>>,
     rehashing: Arc<Mutex<HashSet<Arc<str>>>>,
     verifications: AtomicU64,
@@ -284,11 +284,11 @@ impl ApiKeyAuth {
             .time_to_live(settings.cache_ttl.min(MAX_CACHE_TTL))
             .build();
         ApiKeyAuth {
-            failures: FailureBudget::new(
+            failures: Arc::new(FailureBudget::new(
                 settings.failures_per_minute,
                 settings.failure_burst,
                 settings.cache_capacity,
-            ),
+            )),
             slots: Arc::new(Semaphore::new(settings.max_concurrent_verifications.max(1))),
             settings,
             store,
@@ -420,7 +420,8 @@ impl ApiKeyAuth {
                     }
                 }
                 Outcome::Invalid => {
-                    self.failures.charge(client);
+                    // Charged where argon2 ran (so a cancelled request is
+                    // charged too).
                     tracing::debug!(key_id, %client, "API key secret did not verify");
                     return Err(ApiKeyError::Invalid);
                 }
@@ -478,7 +479,7 @@ impl ApiKeyAuth {
         hash: Arc<str>,
         client: IpAddr,
     ) -> Outcome {
-        let (cell, _slot) = {
+        let (cell, slot) = {
             let mut map = lock(&self.in_flight);
             match map.get(&digest) {
                 Some(cell) => (Arc::clone(cell), None),
@@ -497,14 +498,30 @@ impl ApiKeyAuth {
             digest,
             cell: Arc::clone(&cell),
         };
-        cell.get_or_init(|| self.verify_now(digest, parsed, hash))
+        cell.get_or_init(|| self.verify_now(digest, parsed, hash, slot, client))
             .await
             .clone()
     }
 
     /// Runs argon2 in the blocking pool, within the concurrency bound, and
     /// caches a success.
-    async fn verify_now(&self, digest: Digest32, parsed: ParsedKey<'_>, hash: Arc<str>) -> Outcome {
+    async fn verify_now(
+        &self,
+        digest: Digest32,
+        parsed: ParsedKey<'_>,
+        hash: Arc<str>,
+        slot: Option<VerifySlot>,
+        client: IpAddr,
+    ) -> Outcome {
+        // A request that joined a run whose starter went away runs it
+        // itself, under its own client's place.
+        let slot = match slot {
+            Some(s) => s,
+            None => match self.failures.verify_slot(client) {
+                Some(s) => s,
+                None => return Outcome::ClientBusy,
+            },
+        };
         let acquire = Arc::clone(&self.slots).acquire_owned();
         let permit = match tokio::time::timeout(self.settings.verify_wait, acquire).await {
             Ok(Ok(permit)) => permit,
@@ -521,11 +538,18 @@ impl ApiKeyAuth {
         let secret = parsed.secret().to_owned();
         let phc = Arc::clone(&hash);
         let settings = self.settings.argon2;
+        let failures = Arc::clone(&self.failures);
         let verified = tokio::task::spawn_blocking(move || {
-            // The slot is held until argon2 finishes, even if the waiting
-            // request goes away.
+            // The global permit and the client's place are held until
+            // argon2 finishes, and a wrong secret is charged here, even if
+            // the waiting request goes away.
             let _permit = permit;
-            verify_secret(&secret, &phc, &settings)
+            let _slot = slot;
+            let result = verify_secret(&secret, &phc, &settings);
+            if matches!(result, Err(VerifyError::Mismatch)) {
+                failures.charge(client);
+            }
+            result
         })
         .await;
         match verified {

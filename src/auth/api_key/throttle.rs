@@ -53,12 +53,14 @@ pub(super) struct FailureBudget {
 pub(super) const MAX_VERIFYING_PER_CLIENT: u32 = 2;
 
 /// One of a client's in-flight verification places; given back on drop.
-pub(super) struct VerifySlot<'a> {
-    budget: &'a FailureBudget,
+/// It travels with the argon2 run onto the blocking pool, so a request that
+/// is cancelled mid-run does not free its place early.
+pub(super) struct VerifySlot {
+    budget: std::sync::Arc<FailureBudget>,
     key: ClientKey,
 }
 
-impl Drop for VerifySlot<'_> {
+impl Drop for VerifySlot {
     fn drop(&mut self) {
         let mut map = self
             .budget
@@ -95,7 +97,7 @@ impl FailureBudget {
     /// A place for one more argon2 run of this client, or `None` when it
     /// already has [`MAX_VERIFYING_PER_CLIENT`] in flight. The map only
     /// holds clients with a run in flight.
-    pub(super) fn verify_slot(&self, client: IpAddr) -> Option<VerifySlot<'_>> {
+    pub(super) fn verify_slot(self: &std::sync::Arc<Self>, client: IpAddr) -> Option<VerifySlot> {
         let key = ClientKey::from(client);
         let mut map = self
             .verifying
@@ -106,7 +108,10 @@ impl FailureBudget {
             return None;
         }
         *n += 1;
-        Some(VerifySlot { budget: self, key })
+        Some(VerifySlot {
+            budget: std::sync::Arc::clone(self),
+            key,
+        })
     }
 
     /// `Err(retry_after_secs)` if the client has no failures left.
