@@ -1147,13 +1147,17 @@ fn try_keys(
     parts: &Unverified<'_>,
     validation: &Validation,
 ) -> Result<Map<String, Value>, JwtError> {
-    // Keys without a kid first when the token has none: they are the ones
-    // meant for kid-less tokens.
-    let mut ordered: Vec<&&VerificationKey> = keys.iter().collect();
-    if parts.kid.is_none() {
-        ordered.sort_by_key(|k| k.kid().is_some());
-    }
-    for key in ordered.into_iter().take(MAX_KEY_ATTEMPTS) {
+    // Keys named by the token's kid are all tried; keys that fit only
+    // because one side has no kid are tried up to the cap (kid-less keys
+    // first when the token has no kid: they are the ones meant for it).
+    let (exact, mut loose): (Vec<&&VerificationKey>, Vec<&&VerificationKey>) = keys
+        .iter()
+        .partition(|k| parts.kid.is_some() && k.kid() == parts.kid.as_deref());
+    loose.sort_by_key(|k| k.kid().is_some());
+    let ordered = exact
+        .into_iter()
+        .chain(loose.into_iter().take(MAX_KEY_ATTEMPTS));
+    for key in ordered {
         match jsonwebtoken::decode::<Map<String, Value>>(parts.token, &key.key, validation) {
             Ok(data) => return Ok(data.claims),
             Err(e) => match e.kind() {
