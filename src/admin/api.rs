@@ -95,10 +95,11 @@ fn rejected(rejection: &JsonRejection) -> Answer {
     op_error(&OpError::Invalid(fields))
 }
 
-/// Who made an admin call, for the audit trail.
+/// Who made an admin call and what it is, for the audit trail.
 #[derive(Debug, Clone)]
 struct Caller {
     client: SocketAddr,
+    action: &'static str,
 }
 
 async fn require_token(
@@ -166,13 +167,13 @@ async fn require_token(
             .and_then(|v| v.split_once(' '))
             .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
         if token_sent && state.token.is_some() {
-            record(&state, "anonymous", Some(client), &action, None, &code).await;
+            record(&state, "anonymous", Some(client), action, None, &code).await;
         } else {
             log_audit(&audit_entry(
                 &state,
                 "anonymous",
                 Some(client),
-                &action,
+                action,
                 None,
                 &code,
             ));
@@ -190,14 +191,14 @@ async fn require_token(
         }
         return resp;
     }
-    req.extensions_mut().insert(Caller { client });
+    req.extensions_mut().insert(Caller { client, action });
     next.run(req).await
 }
 
 /// `POST /v1/keys/{id}/revoke` → `key.revoke`, for the audit trail.
-fn action_name(method: &str, path: &str) -> String {
+fn action_name(method: &str, path: &str) -> &'static str {
     let parts: Vec<&str> = path.trim_matches('/').split('/').skip(1).collect();
-    let verb = match (method, parts.as_slice()) {
+    match (method, parts.as_slice()) {
         ("POST", ["consumers"]) => "consumer.create",
         ("GET", ["consumers"]) => "consumer.list",
         ("GET", ["consumers", _]) => "consumer.show",
@@ -210,8 +211,7 @@ fn action_name(method: &str, path: &str) -> String {
         ("POST", ["keys", _, "rotate"]) => "key.rotate",
         ("GET", ["audit"]) => "audit.list",
         _ => "unknown",
-    };
-    verb.to_owned()
+    }
 }
 
 /// Writes one audit entry (store and log). A store failure is logged, and
@@ -268,15 +268,16 @@ fn log_audit(entry: &AuditEntry) {
 }
 
 /// Audits the outcome of an operation and turns it into an answer.
+/// Writes (anything but `*.list` and `*.show`) refresh the key index.
 async fn finish<T: serde::Serialize>(
     state: &AdminState,
     caller: &Caller,
-    action: &str,
     target: Option<&str>,
     status: StatusCode,
     result: Result<T, OpError>,
-    wrote: bool,
 ) -> Answer {
+    let action = caller.action;
+    let wrote = !(action.ends_with(".list") || action.ends_with(".show"));
     let (outcome, answer) = match result {
         Ok(v) => (
             "ok",
@@ -321,7 +322,7 @@ async fn create_consumer(
                 &state,
                 "admin-token",
                 Some(caller.client),
-                "consumer.create",
+                caller.action,
                 None,
                 "invalid_input",
             )
@@ -334,11 +335,9 @@ async fn create_consumer(
     finish(
         &state,
         &caller,
-        "consumer.create",
         target.as_deref(),
         StatusCode::CREATED,
         result,
-        true,
     )
     .await
 }
@@ -354,16 +353,7 @@ async fn list_consumers(
         .await
         .map(|c| json!({"consumers": c}))
         .map_err(OpError::from);
-    finish(
-        &state,
-        &caller,
-        "consumer.list",
-        None,
-        StatusCode::OK,
-        result,
-        false,
-    )
-    .await
+    finish(&state, &caller, None, StatusCode::OK, result).await
 }
 
 async fn show_consumer(
@@ -378,16 +368,7 @@ async fn show_consumer(
         Ok(json!({"consumer": c, "keys": keys}))
     }
     .await;
-    finish(
-        &state,
-        &caller,
-        "consumer.show",
-        Some(&id),
-        StatusCode::OK,
-        result,
-        false,
-    )
-    .await
+    finish(&state, &caller, Some(&id), StatusCode::OK, result).await
 }
 
 async fn disable_consumer(
@@ -402,16 +383,7 @@ async fn disable_consumer(
     )
     .await
     .map(|c| json!({"consumer": c}));
-    finish(
-        &state,
-        &caller,
-        "consumer.disable",
-        Some(&id),
-        StatusCode::OK,
-        result,
-        true,
-    )
-    .await
+    finish(&state, &caller, Some(&id), StatusCode::OK, result).await
 }
 
 async fn create_key(
@@ -427,7 +399,7 @@ async fn create_key(
                 &state,
                 "admin-token",
                 Some(caller.client),
-                "key.create",
+                caller.action,
                 Some(&id),
                 "invalid_input",
             )
@@ -444,16 +416,7 @@ async fn create_key(
     )
     .await;
     let target = result.as_ref().map_or(id.clone(), |k| k.key.id.clone());
-    finish(
-        &state,
-        &caller,
-        "key.create",
-        Some(&target),
-        StatusCode::CREATED,
-        result,
-        true,
-    )
-    .await
+    finish(&state, &caller, Some(&target), StatusCode::CREATED, result).await
 }
 
 async fn consumer_keys(
@@ -467,16 +430,7 @@ async fn consumer_keys(
         Ok(json!({"keys": store.list_keys(Some(&c.id)).await?}))
     }
     .await;
-    finish(
-        &state,
-        &caller,
-        "key.list",
-        Some(&id),
-        StatusCode::OK,
-        result,
-        false,
-    )
-    .await
+    finish(&state, &caller, Some(&id), StatusCode::OK, result).await
 }
 
 async fn list_keys(
@@ -490,16 +444,7 @@ async fn list_keys(
         .await
         .map(|k| json!({"keys": k}))
         .map_err(OpError::from);
-    finish(
-        &state,
-        &caller,
-        "key.list",
-        None,
-        StatusCode::OK,
-        result,
-        false,
-    )
-    .await
+    finish(&state, &caller, None, StatusCode::OK, result).await
 }
 
 async fn show_key(
@@ -512,16 +457,7 @@ async fn show_key(
         Ok(None) => Err(OpError::NotFound("key")),
         Err(e) => Err(OpError::from(e)),
     };
-    finish(
-        &state,
-        &caller,
-        "key.show",
-        Some(&id),
-        StatusCode::OK,
-        result,
-        false,
-    )
-    .await
+    finish(&state, &caller, Some(&id), StatusCode::OK, result).await
 }
 
 async fn revoke_key(
@@ -536,16 +472,7 @@ async fn revoke_key(
     )
     .await
     .map(|k| json!({"key": k}));
-    finish(
-        &state,
-        &caller,
-        "key.revoke",
-        Some(&id),
-        StatusCode::OK,
-        result,
-        true,
-    )
-    .await
+    finish(&state, &caller, Some(&id), StatusCode::OK, result).await
 }
 
 async fn rotate_key(
@@ -563,7 +490,7 @@ async fn rotate_key(
                 &state,
                 "admin-token",
                 Some(caller.client),
-                "key.rotate",
+                caller.action,
                 Some(&id),
                 "invalid_input",
             )
@@ -580,16 +507,7 @@ async fn rotate_key(
         state.rotation_grace,
     )
     .await;
-    finish(
-        &state,
-        &caller,
-        "key.rotate",
-        Some(&id),
-        StatusCode::CREATED,
-        result,
-        true,
-    )
-    .await
+    finish(&state, &caller, Some(&id), StatusCode::CREATED, result).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -610,16 +528,7 @@ async fn audit(
         .await
         .map(|e| json!({"entries": e}))
         .map_err(OpError::from);
-    finish(
-        &state,
-        &caller,
-        "audit.list",
-        None,
-        StatusCode::OK,
-        result,
-        false,
-    )
-    .await
+    finish(&state, &caller, None, StatusCode::OK, result).await
 }
 
 #[cfg(test)]
