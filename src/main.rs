@@ -443,6 +443,16 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `value` as JSON (`--output json`) or with `text`.
+fn show<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        text(value);
+        Ok(())
+    }
+}
+
 fn when(t: Option<i64>) -> String {
     match t.and_then(|t| u64::try_from(t).ok()) {
         Some(secs) => {
@@ -517,11 +527,7 @@ async fn consumers(target: &StoreTarget, command: ConsumersCommand) -> anyhow::R
             let result = ops::create_consumer(store, now, input).await;
             let id = result.as_ref().ok().map(|c| c.id.clone());
             let c = audited(store, "consumer.create", id.as_deref(), result).await?;
-            if json {
-                print_json(&c)?;
-            } else {
-                print_consumers(std::slice::from_ref(&c));
-            }
+            show(json, &c, |v| print_consumers(std::slice::from_ref(v)))?;
         }
         ConsumersCommand::List => {
             let list = audited(
@@ -531,11 +537,7 @@ async fn consumers(target: &StoreTarget, command: ConsumersCommand) -> anyhow::R
                 store.list_consumers().await.map_err(OpError::from),
             )
             .await?;
-            if json {
-                print_json(&list)?;
-            } else {
-                print_consumers(&list);
-            }
+            show(json, &list, |v| print_consumers(v))?;
         }
         ConsumersCommand::Show { consumer } => {
             let result = async {
@@ -556,11 +558,7 @@ async fn consumers(target: &StoreTarget, command: ConsumersCommand) -> anyhow::R
         ConsumersCommand::Disable { consumer } => {
             let result = ops::disable_consumer(store, now, &consumer).await;
             let c = audited(store, "consumer.disable", Some(&consumer), result).await?;
-            if json {
-                print_json(&c)?;
-            } else {
-                print_consumers(std::slice::from_ref(&c));
-            }
+            show(json, &c, |v| print_consumers(std::slice::from_ref(v)))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -620,20 +618,12 @@ async fn keys(target: &StoreTarget, command: KeysCommand) -> anyhow::Result<Exit
             }
             .await;
             let list = audited(store, "key.list", consumer.as_deref(), result).await?;
-            if json {
-                print_json(&list)?;
-            } else {
-                print_keys(&list);
-            }
+            show(json, &list, |v| print_keys(v))?;
         }
         KeysCommand::Revoke { key } => {
             let result = ops::revoke_key(store, now, &key).await;
             let k = audited(store, "key.revoke", Some(&key), result).await?;
-            if json {
-                print_json(&k)?;
-            } else {
-                print_keys(std::slice::from_ref(&k));
-            }
+            show(json, &k, |v| print_keys(std::slice::from_ref(v)))?;
         }
         KeysCommand::Rotate { key, grace } => {
             let grace_default = loaded.config.api_keys.rotation_grace.0;
