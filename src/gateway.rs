@@ -34,7 +34,7 @@ use crate::ratelimit::quota::QuotaCounter;
 use crate::ratelimit::{self, Decision, Limit, Limiter};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
-use crate::telemetry::AccessRecord;
+use crate::telemetry::{AccessRecord, Metrics};
 use crate::validate::{self, Refusal, Verdicts};
 
 /// What the server knows about the connection a request came on.
@@ -74,6 +74,7 @@ pub struct Gateway {
     quota_fail_open: bool,
     clock: Arc<dyn Clock>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a [`Gateway`] is built from.
@@ -94,6 +95,8 @@ pub struct GatewayDeps {
     pub clock: Arc<dyn Clock>,
     /// Requests handled at once; beyond it, 503 at once.
     pub max_in_flight: usize,
+    /// Where requests are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per-request state carried through the steps.
@@ -128,7 +131,13 @@ impl Gateway {
             quota_fail_open: deps.quota_fail_open,
             clock: deps.clock,
             in_flight: Arc::new(tokio::sync::Semaphore::new(deps.max_in_flight)),
+            metrics: deps.metrics,
         }
+    }
+
+    /// The registry requests are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Handles one request from start to finish. Never fails: every error

@@ -45,6 +45,7 @@ use crate::ratelimit::quota::{QuotaCounter, RedisQuotas, StoreQuotas};
 use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{self, KeyStore, StoreError};
+use crate::telemetry::Metrics;
 use crate::tls::{self, CertInfo};
 use crate::validate::{FramingGuard, HeadLimits, Verdicts};
 
@@ -71,6 +72,9 @@ pub enum StartError {
     /// The JWKS client could not be built.
     #[error("cannot set up JWKS fetching: {0}")]
     Jwks(#[from] crate::auth::jwks::JwksError),
+    /// The metrics registry could not be built.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] crate::telemetry::metrics::MetricsError),
     /// The rate limiter could not be set up.
     #[error("rate limiter: {0}")]
     Limiter(String),
@@ -113,6 +117,7 @@ pub struct Shared {
     clock: Arc<dyn Clock>,
     store: Arc<dyn KeyStore>,
     api_keys: Arc<ApiKeyAuth>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -147,6 +152,11 @@ impl Shared {
         &self.api_keys
     }
 
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The clock expiry checks use.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -161,6 +171,7 @@ impl Shared {
         let env = self.env.clone();
         let jwks = self.jwks.clone();
         let clock = self.clock.clone();
+        let metrics = self.metrics.clone();
         let previous: Vec<(String, Arc<rustls::ServerConfig>)> = self
             .tls
             .iter()
@@ -171,6 +182,7 @@ impl Shared {
                 env: &env,
                 jwks: &jwks,
                 clock: &clock,
+                metrics: &metrics,
             };
             build_all(&path, generation, &previous, false, deps)
         })
@@ -397,10 +409,17 @@ pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Pr
             format!("cannot set up JWKS fetching: {e}"),
         )])
     })?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| {
+        Problems(vec![whole(
+            config_path,
+            format!("cannot set up metrics: {e}"),
+        )])
+    })?);
     let deps = BuildDeps {
         env,
         jwks: &jwks,
         clock: &clock,
+        metrics: &metrics,
     };
     let built = build_all(config_path, 1, &[], false, deps)?;
     Ok((built.snapshot.routes.len(), built.snapshot.upstreams.len()))
@@ -480,13 +499,20 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let path = opts.config_path.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let jwks = JwksRegistry::new()?;
+    let metrics = Arc::new(Metrics::new()?);
     let built = {
-        let (env, jwks, clock) = (opts.env.clone(), jwks.clone(), clock.clone());
+        let (env, jwks, clock, metrics) = (
+            opts.env.clone(),
+            jwks.clone(),
+            clock.clone(),
+            metrics.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let deps = BuildDeps {
                 env: &env,
                 jwks: &jwks,
                 clock: &clock,
+                metrics: &metrics,
             };
             build_all(&path, 1, &[], true, deps)
         })
@@ -535,6 +561,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         clock: clock.clone(),
         store: store.clone(),
         api_keys: api_keys.clone(),
+        metrics: metrics.clone(),
     });
 
     // Bind everything before serving anything: a bind error starts nothing.
@@ -590,6 +617,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         quota_fail_open: rl.on_redis_failure == config::RedisFailure::Local,
         clock: clock.clone(),
         max_in_flight: server.max_concurrent_requests,
+        metrics: metrics.clone(),
     });
     let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config)
         .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;

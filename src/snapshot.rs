@@ -29,6 +29,7 @@ use crate::route::{
     Action, DirectResponse, HeaderEdits, PathMatch, Place, RewritePart, Route, RouteTable,
     RouteTableBuilder, parse_rewrite,
 };
+use crate::telemetry::Metrics;
 use crate::validate::{IpRules, QueryRules, RequestRules, parse_net};
 
 /// One generation of the configuration.
@@ -68,6 +69,8 @@ pub struct BuildDeps<'a> {
     pub jwks: &'a JwksRegistry,
     /// The clock token checks use.
     pub clock: &'a Arc<dyn Clock>,
+    /// Where routes, upstreams and policies register their metrics.
+    pub metrics: &'a Arc<Metrics>,
 }
 
 impl Snapshot {
