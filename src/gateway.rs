@@ -34,7 +34,8 @@ use crate::ratelimit::quota::QuotaCounter;
 use crate::ratelimit::{self, Decision, Limit, Limiter};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
-use crate::telemetry::{AccessRecord, Metrics};
+use crate::telemetry::access::InFlight;
+use crate::telemetry::{AccessRecord, Telemetry};
 use crate::validate::{self, Refusal, Verdicts};
 
 /// What the server knows about the connection a request came on.
@@ -74,7 +75,7 @@ pub struct Gateway {
     quota_fail_open: bool,
     clock: Arc<dyn Clock>,
     in_flight: Arc<tokio::sync::Semaphore>,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// What a [`Gateway`] is built from.
@@ -96,7 +97,7 @@ pub struct GatewayDeps {
     /// Requests handled at once; beyond it, 503 at once.
     pub max_in_flight: usize,
     /// Where requests are counted.
-    pub metrics: Arc<Metrics>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Per-request state carried through the steps.
@@ -131,13 +132,8 @@ impl Gateway {
             quota_fail_open: deps.quota_fail_open,
             clock: deps.clock,
             in_flight: Arc::new(tokio::sync::Semaphore::new(deps.max_in_flight)),
-            metrics: deps.metrics,
+            telemetry: deps.telemetry,
         }
-    }
-
-    /// The registry requests are counted in.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// Handles one request from start to finish. Never fails: every error
@@ -165,6 +161,11 @@ impl Gateway {
             body: Arc::new(BodyStats::default()),
             consumer: None,
             auth: None,
+            refused: false,
+            trace_id: None,
+            meters: self.telemetry.unrouted.clone(),
+            telemetry: self.telemetry.clone(),
+            in_flight: InFlight::new(&self.telemetry.meters.in_flight),
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
@@ -200,8 +201,16 @@ impl Gateway {
                 if let GatewayError::UpstreamFailed { source } = &e {
                     tracing::warn!(request_id = %ctx.record.request_id, error = %source, "upstream failed");
                 }
-                ctx.record.error = Some(e.code());
+                let code = e.code();
+                ctx.record.error = Some(code);
                 ctx.record.reason = Some(e.to_string());
+                ctx.record.refused = true;
+                self.telemetry.meters.refused(code);
+                self.telemetry.history.refused(
+                    ctx.record.client,
+                    code,
+                    crate::telemetry::access::unix_now(),
+                );
                 (e.to_response(&ctx.record.request_id), None)
             }
         };
@@ -298,6 +307,7 @@ async fn process(
         && let Some(policy) = &route.cors
     {
         ctx.record.route = Some(route.name.clone());
+        ctx.record.meters = route.meters.clone();
         route.rules.ip.check(client)?;
         return Ok((policy.answer(&p, route.methods.as_deref())?, None));
     }
@@ -307,6 +317,7 @@ async fn process(
         Lookup::NotFound => return Err(GatewayError::RouteNotFound),
     };
     ctx.record.route = Some(route.name.clone());
+    ctx.record.meters = route.meters.clone();
     ctx.route = Some(route.clone());
 
     // 7 (address part). Route client-address rules.
@@ -328,19 +339,32 @@ async fn process(
 
     // 5–7. Authenticate and authorise. The per-client failure gate runs
     // inside the API-key check before any hashing.
-    if let Some(principal) = authenticate(
+    let authenticated = authenticate(
         req.headers(),
         &route.auth,
         &ctx.snapshot,
         &gw.api_keys,
         client,
     )
-    .await?
-    {
-        ctx.record.consumer = Some(principal.subject.clone());
-        ctx.record.auth = Some(principal.method.as_str());
-        authorize(&route.auth, &principal)?;
-        ctx.principal = Some(principal);
+    .await;
+    let meters = &gw.telemetry.meters;
+    match authenticated {
+        Ok(Some(principal)) => {
+            let method = principal.method.as_str();
+            ctx.record.consumer = Some(principal.subject.clone());
+            ctx.record.auth = Some(method);
+            if let Err(e) = authorize(&route.auth, &principal) {
+                meters.auth(method, e.code());
+                return Err(e);
+            }
+            meters.auth(method, "success");
+            ctx.principal = Some(principal);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            meters.auth(accepted_methods(&route.auth), e.code());
+            return Err(e);
+        }
     }
 
     // 8. Rate limits: per consumer, else per client address.
@@ -353,6 +377,16 @@ async fn process(
             ctx.record.upstream = Some(upstream.name.clone());
             forward(req, conn, ctx, route, upstream, &host, &path, &params).await
         }
+    }
+}
+
+/// The credential kinds a route accepts, as the auth metric names them.
+fn accepted_methods(auth: &RouteAuth) -> &'static str {
+    match (auth.api_key, auth.jwt) {
+        (true, true) => "api_key_or_jwt",
+        (true, false) => "api_key",
+        (false, true) => "jwt",
+        (false, false) => "none",
     }
 }
 
@@ -423,20 +457,28 @@ async fn rate_limit(
         let decision = match limiter.check(&key, limit).await {
             Ok(d) => d,
             Err(e) if policy.shadow => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "rate limiter unavailable for a shadow policy; ignoring it");
                 continue;
             }
             Err(e) => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "rate limiter unavailable; refusing");
                 return Err(GatewayError::RateLimiterUnavailable);
             }
         };
-        if !decision.allowed {
+        if decision.allowed {
+            policy.meters.allowed.increment(1);
+        } else {
             let secs = ratelimit::retry_after_secs(&decision);
             if policy.shadow {
+                policy.meters.shadow_limited.increment(1);
                 log_shadow_refusal(ctx, policy, route, client, "rate", secs);
-            } else if refused.is_none_or(|(_, s)| secs > s) {
-                refused = Some((&policy.name, secs));
+            } else {
+                policy.meters.limited.increment(1);
+                if refused.is_none_or(|(_, s)| secs > s) {
+                    refused = Some((&policy.name, secs));
+                }
             }
         }
         if !policy.shadow {
@@ -505,18 +547,22 @@ async fn charge_quotas(
                     .unwrap_or(1)
                     .max(1);
                 if policy.shadow {
+                    policy.meters.shadow_quota_exceeded.increment(1);
                     log_shadow_refusal(ctx, policy, route, client, "quota", retry_after_secs);
                     continue;
                 }
+                policy.meters.quota_exceeded.increment(1);
                 return Err(GatewayError::QuotaExceeded {
                     policy: policy.name.clone(),
                     retry_after_secs,
                 });
             }
             Err(e) if gw.quota_fail_open || policy.shadow => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "quota counter unavailable; letting the request pass");
             }
             Err(e) => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "quota counter unavailable; refusing");
                 return Err(GatewayError::RateLimiterUnavailable);
             }
@@ -777,17 +823,18 @@ async fn forward(
     let started = tokio::time::Instant::now();
     let deadline = started + upstream.request_timeout;
     let first_byte = upstream.first_byte_timeout.min(upstream.request_timeout);
-    let mut resp = upstream
+    let resp = upstream
         .send(upstream_req, first_byte, deadline, &stats)
-        .await
-        .map_err(|e| match e {
-            ForwardError::Timeout => GatewayError::UpstreamTimeout,
-            ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
-                limit: route.max_body,
-            },
-            ForwardError::BodyTimeout => GatewayError::RequestTimeout,
-            ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
-        })?;
+        .await;
+    route.meters.upstream_took(started.elapsed().as_secs_f64());
+    let mut resp = resp.map_err(|e| match e {
+        ForwardError::Timeout => GatewayError::UpstreamTimeout,
+        ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
+            limit: route.max_body,
+        },
+        ForwardError::BodyTimeout => GatewayError::RequestTimeout,
+        ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
+    })?;
 
     // 12. Finish.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -94,6 +94,8 @@ pub struct Route {
     pub auth: crate::auth::policy::RouteAuth,
     /// Rate-limit policies, checked in order; the strictest decides.
     pub rate_limits: Vec<Arc<crate::ratelimit::policy::RatePolicy>>,
+    /// Its request meters.
+    pub meters: Arc<crate::telemetry::requests::RouteMetrics>,
 }
 
 impl Route {
@@ -423,6 +425,9 @@ mod tests {
             cors: None,
             auth: crate::auth::policy::RouteAuth::default(),
             rate_limits: Vec::new(),
+            meters: Arc::new(crate::telemetry::requests::RouteMetrics::unrouted(
+                &Arc::new(crate::telemetry::Metrics::new().unwrap()),
+            )),
         }
     }
 

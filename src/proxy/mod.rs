@@ -224,6 +224,11 @@ impl Upstream {
         })
     }
 
+    /// The targets' labels (`scheme://authority`).
+    pub fn target_labels(&self) -> Vec<&str> {
+        self.targets.iter().map(Target::label).collect()
+    }
+
     /// Picks the next target (round robin, lock-free).
     pub fn pick(&self) -> Option<&Target> {
         if self.targets.is_empty() {

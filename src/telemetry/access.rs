@@ -11,7 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::Telemetry;
+use super::history::Sample;
+use super::metrics::Gauge;
+use super::requests::{Finished, RouteMetrics};
 use crate::body::BodyStats;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Everything the access log says about one request.
 #[derive(Debug)]
@@ -52,13 +64,57 @@ pub struct AccessRecord {
     pub consumer: Option<Arc<str>>,
     /// How the caller authenticated (`api_key`, `jwt`).
     pub auth: Option<&'static str>,
+    /// The gateway answered itself with an error (a refusal).
+    pub refused: bool,
+    /// The W3C trace id, when the request is traced.
+    pub trace_id: Option<String>,
+    /// The meters of the matched route (or of unrouted requests).
+    pub meters: Arc<RouteMetrics>,
+    /// Gateway-wide meters and recent history.
+    pub telemetry: Arc<Telemetry>,
+    /// Counts the request in flight until the record is dropped.
+    pub in_flight: InFlight,
+}
+
+/// Holds one unit of the in-flight gauge.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    /// Counts one more request in flight on `gauge`.
+    pub fn new(gauge: &Gauge) -> InFlight {
+        gauge.increment(1.0);
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 impl AccessRecord {
     /// Emits the log line. `complete` is false when the body stream ended
     /// early (client went away, upstream broke, deadline).
     pub fn finish(&self, bytes_out: u64, complete: bool) {
-        let duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = self.started.elapsed();
+        let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bytes_in = self.body.bytes.load(Ordering::Relaxed);
+        self.meters.record(&Finished {
+            method: &self.method,
+            status: self.status,
+            seconds: elapsed.as_secs_f64(),
+            bytes_in,
+            bytes_out,
+            consumer: self.consumer.as_deref(),
+        });
+        self.telemetry.history.record(Sample {
+            now: unix_now(),
+            status: self.status,
+            refused: self.refused,
+            latency_us: duration_us,
+        });
         tracing::info!(
             target: "gatehouse::access",
             request_id = %self.request_id,
@@ -73,7 +129,7 @@ impl AccessRecord {
             consumer = self.consumer.as_deref().unwrap_or("-"),
             auth = self.auth.unwrap_or("-"),
             duration_us,
-            bytes_in = self.body.bytes.load(Ordering::Relaxed),
+            bytes_in,
             bytes_out,
             complete,
             client = %self.client,
@@ -81,6 +137,7 @@ impl AccessRecord {
             listener = %self.listener,
             tls = self.tls_version.unwrap_or("-"),
             http = ?self.http_version,
+            trace_id = self.trace_id.as_deref().unwrap_or("-"),
             "access"
         );
     }
