@@ -198,10 +198,12 @@ impl CounterSet {
 
 /// The Prometheus text exposition rewritten as OpenMetrics text 1.0:
 /// counter families are named without their `_total` suffix in `# TYPE`
-/// and `# HELP` lines, and the text ends with `# EOF`.
+/// and `# HELP` lines, blank lines are dropped, and the text ends with
+/// `# EOF`. (Prometheus asks for OpenMetrics first.)
 pub fn to_openmetrics(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
-    for line in text.lines() {
+    // OpenMetrics has no blank lines between families.
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let rewritten = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
@@ -259,7 +261,7 @@ mod tests {
         let cases = [
             (
                 "counter",
-                "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"1\"} 3\n",
+                "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"1\"} 3\n\n",
                 "# HELP x Things.\n# TYPE x counter\nx_total{a=\"1\"} 3\n# EOF\n",
             ),
             (
