@@ -35,6 +35,7 @@ use crate::ratelimit::{self, Decision, Limit, Limiter};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access::InFlight;
+use crate::telemetry::trace::{Kind as SpanKind, RequestTrace, Value as TraceValue};
 use crate::telemetry::{AccessRecord, Telemetry};
 use crate::validate::{self, Refusal, Verdicts};
 
@@ -112,6 +113,28 @@ struct RequestCtx {
     principal: Option<Principal>,
     /// `RateLimit-Policy` / `RateLimit` headers for the answer.
     rate_headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The request's trace, when tracing is on.
+    trace: Option<RequestTrace>,
+}
+
+impl RequestCtx {
+    /// The start time of a child span (0 when not recording).
+    fn clock(&self) -> u64 {
+        self.trace.as_ref().map_or(0, RequestTrace::clock)
+    }
+
+    /// Records a child span from `start` to now.
+    fn span(&mut self, name: &'static str, start: u64, outcome: Result<(), &GatewayError>) {
+        if let Some(trace) = &mut self.trace
+            && trace.sampled()
+        {
+            let attributes = match outcome {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![("error.type", TraceValue::Str(e.code().to_owned()))],
+            };
+            trace.child(name, start, attributes, outcome.is_err());
+        }
+    }
 }
 
 /// Host as routed on (lower case, no port) and as received.
@@ -142,6 +165,11 @@ impl Gateway {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
         let request_id = request_id(req.headers());
+        let trace = self
+            .telemetry
+            .tracer
+            .as_ref()
+            .map(|t| t.start(req.headers()));
         let record = AccessRecord {
             request_id: request_id.to_str().unwrap_or("-").to_owned(),
             method: req.method().clone(),
@@ -162,10 +190,11 @@ impl Gateway {
             consumer: None,
             auth: None,
             refused: false,
-            trace_id: None,
+            trace_id: trace.as_ref().map(RequestTrace::trace_id),
             meters: self.telemetry.unrouted.clone(),
             telemetry: self.telemetry.clone(),
             in_flight: InFlight::new(&self.telemetry.meters.in_flight),
+            trace: None,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
@@ -175,6 +204,7 @@ impl Gateway {
             route: None,
             principal: None,
             rate_headers: Vec::new(),
+            trace,
         };
         // Exactly the guard's rule: after any `Upgrade` header or CONNECT it
         // stops reading the connection as HTTP.
@@ -233,6 +263,7 @@ impl Gateway {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        ctx.record.trace = ctx.trace.take();
         response.map(|body| ResponseBody::new(body, deadline, ctx.record).boxed())
     }
 }
@@ -339,6 +370,7 @@ async fn process(
 
     // 5–7. Authenticate and authorise. The per-client failure gate runs
     // inside the API-key check before any hashing.
+    let auth_started = ctx.clock();
     let authenticated = authenticate(
         req.headers(),
         &route.auth,
@@ -347,6 +379,9 @@ async fn process(
         client,
     )
     .await;
+    if route.auth.api_key || route.auth.jwt {
+        ctx.span("auth", auth_started, authenticated.as_ref().map(|_| ()));
+    }
     let meters = &gw.telemetry.meters;
     match authenticated {
         Ok(Some(principal)) => {
@@ -368,8 +403,15 @@ async fn process(
     }
 
     // 8. Rate limits: per consumer, else per client address.
-    rate_limit(req.headers(), route, ctx, gw.limiter.as_ref(), client).await?;
-    charge_quotas(req.headers(), route, ctx, gw, client).await?;
+    if !route.rate_limits.is_empty() {
+        let started = ctx.clock();
+        let mut limited = rate_limit(req.headers(), route, ctx, gw.limiter.as_ref(), client).await;
+        if limited.is_ok() {
+            limited = charge_quotas(req.headers(), route, ctx, gw, client).await;
+        }
+        ctx.span("rate_limit", started, limited.as_ref().map(|_| ()));
+        limited?;
+    }
 
     match &route.action {
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
@@ -793,6 +835,23 @@ async fn forward(
             parts.headers.insert(name, value);
         }
     }
+    // Trace context for the backend: ours (naming the upstream span as
+    // the parent) replaces whatever the client sent.
+    let upstream_span = match &ctx.trace {
+        Some(trace) => {
+            let (id, traceparent, tracestate) = trace.outgoing();
+            match traceparent {
+                Some(v) => parts.headers.insert("traceparent", v),
+                None => parts.headers.remove("traceparent"),
+            };
+            match tracestate {
+                Some(v) => parts.headers.insert("tracestate", v),
+                None => parts.headers.remove("tracestate"),
+            };
+            Some(id)
+        }
+        None => None,
+    };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let stats = ctx.record.body.clone();
@@ -821,12 +880,43 @@ async fn forward(
 
     // 11. Forward.
     let started = tokio::time::Instant::now();
+    let span_started = ctx.clock();
     let deadline = started + upstream.request_timeout;
     let first_byte = upstream.first_byte_timeout.min(upstream.request_timeout);
     let resp = upstream
         .send(upstream_req, first_byte, deadline, &stats)
         .await;
     route.meters.upstream_took(started.elapsed().as_secs_f64());
+    if let (Some(trace), Some(id)) = (&mut ctx.trace, upstream_span) {
+        let mut attributes = vec![
+            ("server.address", TraceValue::Str(target.label().to_owned())),
+            (
+                "gatehouse.upstream",
+                TraceValue::Str(upstream.name.to_string()),
+            ),
+        ];
+        let failed = match &resp {
+            Ok(r) => {
+                attributes.push((
+                    "http.response.status_code",
+                    TraceValue::Int(i64::from(r.status().as_u16())),
+                ));
+                r.status().is_server_error()
+            }
+            Err(e) => {
+                attributes.push(("error.type", TraceValue::Str(e.to_string())));
+                true
+            }
+        };
+        trace.child_with_id(
+            "upstream",
+            SpanKind::Client,
+            id,
+            span_started,
+            attributes,
+            failed,
+        );
+    }
     let mut resp = resp.map_err(|e| match e {
         ForwardError::Timeout => GatewayError::UpstreamTimeout,
         ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {

@@ -46,6 +46,7 @@ use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{self, KeyStore, StoreError};
 use crate::telemetry::process::{TlsMeters, handshake_failure_reason};
+use crate::telemetry::trace::{TraceSettings, Tracer, spawn_exporter};
 use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::{self, CertInfo};
 use crate::validate::{FramingGuard, HeadLimits, Verdicts};
@@ -73,6 +74,9 @@ pub enum StartError {
     /// The JWKS client could not be built.
     #[error("cannot set up JWKS fetching: {0}")]
     Jwks(#[from] crate::auth::jwks::JwksError),
+    /// The OpenTelemetry settings are invalid.
+    #[error("tracing: {0}")]
+    Tracing(String),
     /// The metrics registry could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] crate::telemetry::metrics::MetricsError),
@@ -553,7 +557,15 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let jwks = JwksRegistry::new()?;
     let metrics = Arc::new(Metrics::new()?);
-    let telemetry = Arc::new(Telemetry::new(metrics.clone()));
+    let trace_settings = TraceSettings::from_env(&opts.env).map_err(StartError::Tracing)?;
+    let (tracer, trace_rx) = match &trace_settings {
+        Some(settings) => {
+            let (tracer, rx) = Tracer::new(settings.sampler, &metrics);
+            (Some(tracer), Some(rx))
+        }
+        None => (None, None),
+    };
+    let telemetry = Arc::new(Telemetry::new(metrics.clone(), tracer));
     let built = {
         let (env, jwks, clock, metrics) = (
             opts.env.clone(),
@@ -730,6 +742,12 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let _ = shared.listeners.set(summaries);
     tracing::info!(%admin_addr, "admin listening");
     tasks.push(spawn_metrics_upkeep(metrics.clone(), stop_rx.clone()));
+    if let (Some(settings), Some(rx)) = (trace_settings, trace_rx) {
+        tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, sampler = ?settings.sampler, "exporting traces over OTLP/HTTP");
+        let exporter = spawn_exporter(settings, rx, &metrics, stop_rx.clone())
+            .map_err(|e| StartError::Tracing(e.to_string()))?;
+        tasks.push(exporter);
+    }
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
     tasks.push(jwks.spawn_refresh(stop_rx.clone()));

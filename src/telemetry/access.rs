@@ -15,6 +15,7 @@ use super::Telemetry;
 use super::history::Sample;
 use super::metrics::Gauge;
 use super::requests::{Finished, RouteMetrics};
+use super::trace::{RequestTrace, Tracer, Value};
 use crate::body::BodyStats;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -74,6 +75,8 @@ pub struct AccessRecord {
     pub telemetry: Arc<Telemetry>,
     /// Counts the request in flight until the record is dropped.
     pub in_flight: InFlight,
+    /// Its trace, ended with the record.
+    pub trace: Option<RequestTrace>,
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -95,9 +98,44 @@ impl Drop for InFlight {
 }
 
 impl AccessRecord {
+    fn end_trace(&self, tracer: &Tracer, trace: RequestTrace, bytes_out: u64) {
+        let mut attributes = vec![
+            ("http.request.method", Value::Str(self.method.to_string())),
+            ("url.path", Value::Str(self.path.clone())),
+            (
+                "http.response.status_code",
+                Value::Int(i64::from(self.status)),
+            ),
+            ("client.address", Value::Str(self.client.to_string())),
+            ("gatehouse.request_id", Value::Str(self.request_id.clone())),
+            ("gatehouse.listener", Value::Str(self.listener.to_string())),
+            (
+                "http.response.body.size",
+                Value::Int(i64::try_from(bytes_out).unwrap_or(i64::MAX)),
+            ),
+        ];
+        if let Some(route) = &self.route {
+            attributes.push(("http.route", Value::Str(route.to_string())));
+        }
+        if let Some(upstream) = &self.upstream {
+            attributes.push(("gatehouse.upstream", Value::Str(upstream.to_string())));
+        }
+        if let Some(error) = self.error {
+            attributes.push(("error.type", Value::Str(error.to_owned())));
+        }
+        if let Some(consumer) = &self.consumer {
+            attributes.push(("gatehouse.consumer", Value::Str(consumer.to_string())));
+        }
+        let name = match &self.route {
+            Some(route) => format!("{} {route}", self.method),
+            None => self.method.to_string(),
+        };
+        tracer.finish(trace, name, attributes, self.status >= 500);
+    }
+
     /// Emits the log line. `complete` is false when the body stream ended
     /// early (client went away, upstream broke, deadline).
-    pub fn finish(&self, bytes_out: u64, complete: bool) {
+    pub fn finish(&mut self, bytes_out: u64, complete: bool) {
         let elapsed = self.started.elapsed();
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bytes_in = self.body.bytes.load(Ordering::Relaxed);
@@ -109,6 +147,9 @@ impl AccessRecord {
             bytes_out,
             consumer: self.consumer.as_deref(),
         });
+        if let (Some(trace), Some(tracer)) = (self.trace.take(), &self.telemetry.tracer) {
+            self.end_trace(tracer, trace, bytes_out);
+        }
         self.telemetry.history.record(Sample {
             now: unix_now(),
             status: self.status,

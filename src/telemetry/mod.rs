@@ -5,6 +5,7 @@
 //!   (built per running gateway, never global), rendered at `/metrics`.
 //! - [`requests`]: the meters the request path adds to.
 //! - [`process`]: TLS handshakes, reloads, certificates, build info.
+//! - [`trace`]: OpenTelemetry spans, exported over OTLP/HTTP.
 //! - [`history`]: the last fifteen minutes in memory, for the status page.
 //!
 //! The tracing subscriber itself is installed by `main`.
@@ -14,6 +15,7 @@ pub mod history;
 pub mod metrics;
 pub mod process;
 pub mod requests;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -33,15 +35,18 @@ pub struct Telemetry {
     pub history: history::History,
     /// Reloads, generation, certificates, build info.
     pub config: process::ConfigMeters,
+    /// Spans, when tracing is on.
+    pub tracer: Option<trace::Tracer>,
 }
 
 impl Telemetry {
-    /// Telemetry recording into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Telemetry {
+    /// Telemetry recording into `metrics`, tracing with `tracer`.
+    pub fn new(metrics: Arc<Metrics>, tracer: Option<trace::Tracer>) -> Telemetry {
         requests::describe(&metrics);
         process::describe(&metrics);
         Telemetry {
             config: process::ConfigMeters::new(&metrics),
+            tracer,
             meters: requests::GatewayMeters::new(&metrics),
             unrouted: Arc::new(requests::RouteMetrics::unrouted(&metrics)),
             history: history::History::default(),

@@ -674,3 +674,264 @@ async fn the_status_page_works_in_a_real_browser() {
         .await;
     gw.shutdown().await;
 }
+
+/// An OTLP/HTTP receiver: decodes every export into spans.
+async fn otlp_receiver() -> (
+    Backend,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>,
+) {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let backend = Backend::start(move |req| {
+        let sink = sink.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let ctype = req
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(path, "/v1/traces");
+            assert_eq!(ctype.as_deref(), Some("application/x-protobuf"));
+            let export =
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                    body,
+                )
+                .expect("a valid OTLP export");
+            for rs in export.resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                s,
+                            ),
+                        ) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        sink.lock().unwrap().push((service.clone(), span));
+                    }
+                }
+            }
+            http::Response::new(full(bytes::Bytes::new()))
+        }
+    })
+    .await;
+    (backend, spans)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attr<'a>(
+    span: &'a opentelemetry_proto::tonic::trace::v1::Span,
+    key: &str,
+) -> Option<&'a opentelemetry_proto::tonic::common::v1::any_value::Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn spans_reach_an_otlp_receiver_with_the_clients_trace() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    let (collector, spans) = otlp_receiver().await;
+    let backend = Backend::echo().await;
+    let gw = mixed_gateway(&backend, "")
+        .await
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.url())
+        .env("OTEL_SERVICE_NAME", "edge-test")
+        .start()
+        .await;
+    let resp = client()
+        .get(gw.url("/limited/x"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .header("tracestate", "vendor=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    let sent = echo
+        .header("traceparent")
+        .expect("traceparent to the backend");
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(parts[0], "00");
+    assert_eq!(
+        parts[1], CLIENT_TRACE,
+        "the backend sees the client's trace"
+    );
+    assert_ne!(
+        parts[2], CLIENT_SPAN,
+        "the backend's parent is the gateway's span"
+    );
+    assert_eq!(parts[3], "01");
+    assert_eq!(echo.header("tracestate"), Some("vendor=abc"));
+
+    // A request without context starts its own trace.
+    let fresh: Echo = client()
+        .get(gw.url("/ok"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh_tp = fresh.header("traceparent").expect("a new traceparent");
+    assert!(!fresh_tp.contains(CLIENT_TRACE));
+
+    let got = eventually(15, || async {
+        let s = spans.lock().unwrap();
+        let ours = s
+            .iter()
+            .filter(|(_, sp)| hex(&sp.trace_id) == CLIENT_TRACE)
+            .count();
+        (ours >= 3).then(|| s.clone())
+    })
+    .await
+    .expect("three spans of the client's trace exported");
+    let ours: Vec<_> = got
+        .iter()
+        .filter(|(_, sp)| hex(&sp.trace_id) == CLIENT_TRACE)
+        .collect();
+    assert!(ours.iter().all(|(service, _)| service == "edge-test"));
+    let by_name = |name: &str| {
+        ours.iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no span {name}: {:?}",
+                    ours.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+                )
+            })
+    };
+    let server = by_name("GET limited");
+    assert_eq!(
+        hex(&server.parent_span_id),
+        CLIENT_SPAN,
+        "child of the client's span"
+    );
+    assert_eq!(server.kind, 2, "SERVER");
+    assert_eq!(server.trace_state, "vendor=abc");
+    assert_eq!(
+        attr(server, "http.response.status_code"),
+        Some(&V::IntValue(200))
+    );
+    assert_eq!(
+        attr(server, "http.route"),
+        Some(&V::StringValue("limited".into()))
+    );
+    assert!(server.end_time_unix_nano >= server.start_time_unix_nano);
+    let rate = by_name("rate_limit");
+    assert_eq!(rate.parent_span_id, server.span_id);
+    let upstream = by_name("upstream");
+    assert_eq!(upstream.parent_span_id, server.span_id);
+    assert_eq!(upstream.kind, 3, "CLIENT");
+    assert_eq!(
+        hex(&upstream.span_id),
+        parts[2],
+        "the backend's parent is the upstream span"
+    );
+    assert!(upstream.start_time_unix_nano >= server.start_time_unix_nano);
+    assert!(upstream.end_time_unix_nano <= server.end_time_unix_nano);
+    assert_eq!(
+        ours.len(),
+        3,
+        "server, rate_limit and upstream only (the route has no auth)"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsampled_requests_pass_context_on_but_export_nothing() {
+    let (collector, spans) = otlp_receiver().await;
+    let backend = Backend::echo().await;
+    let gw = mixed_gateway(&backend, "")
+        .await
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.url())
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+        .start()
+        .await;
+    let echo: Echo = client()
+        .get(gw.url("/ok"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tp = echo.header("traceparent").unwrap();
+    assert!(
+        tp.starts_with(&format!("00-{CLIENT_TRACE}-")) && tp.ends_with("-00"),
+        "{tp}"
+    );
+    // A sampled request afterwards is exported: once it arrives, the
+    // unsampled one (sent first, same exporter) would have too.
+    let _ = client()
+        .get(gw.url("/ok"))
+        .header(
+            "traceparent",
+            format!("00-{}-{CLIENT_SPAN}-01", "1".repeat(32)),
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await;
+    let all = eventually(15, || async {
+        let s = spans.lock().unwrap();
+        (!s.is_empty()).then(|| s.clone())
+    })
+    .await
+    .expect("the sampled request exported");
+    assert!(
+        all.iter().all(|(_, s)| hex(&s.trace_id) != CLIENT_TRACE),
+        "the unsampled trace was exported"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_access_log_carries_the_trace_id() {
+    let (collector, _spans) = otlp_receiver().await;
+    let backend = Backend::echo().await;
+    let builder = mixed_gateway(&backend, "").await;
+    let config = builder.write();
+    let endpoint = collector.url();
+    let mut proc = Proc::spawn_with_env(
+        &["serve", "--no-watch", "--config", config.to_str().unwrap()],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    let listening = proc.wait_for("listening").await;
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let resp = client()
+        .get(format!("http://{addr}/ok"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let line = proc.wait_for("access").await;
+    assert_eq!(line["trace_id"], CLIENT_TRACE, "{line}");
+    proc.signal("-TERM");
+    let (status, _) = proc.finish().await;
+    assert!(status.success());
+}
