@@ -556,7 +556,10 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let path = opts.config_path.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let jwks = JwksRegistry::new()?;
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(match opts.env.get("GATEHOUSE_METRICS").as_deref() {
+        Some("off" | "false" | "0") => Metrics::disabled(),
+        _ => Metrics::new()?,
+    });
     let trace_settings = TraceSettings::from_env(&opts.env).map_err(StartError::Tracing)?;
     let (tracer, trace_rx) = match &trace_settings {
         Some(settings) => {

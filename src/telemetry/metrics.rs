@@ -37,8 +37,8 @@ pub struct MetricsError(#[source] metrics_exporter_prometheus::BuildError);
 
 /// The registry of one running gateway.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
+    /// `None` when metrics are off: every handle is a no-op.
+    inner: Option<(PrometheusRecorder, PrometheusHandle)>,
 }
 
 impl fmt::Debug for Metrics {
@@ -66,55 +66,84 @@ impl Metrics {
             .map_err(MetricsError)?
             .build_recorder();
         let handle = recorder.handle();
-        Ok(Metrics { recorder, handle })
+        Ok(Metrics {
+            inner: Some((recorder, handle)),
+        })
+    }
+
+    /// A registry that records nothing (`GATEHOUSE_METRICS=off`): every
+    /// handle is a no-op and `/metrics` is empty. For measuring what
+    /// metrics cost.
+    pub fn disabled() -> Metrics {
+        Metrics { inner: None }
+    }
+
+    /// Whether anything is recorded.
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
     }
 
     /// The counter `name{labels}` (created on first registration; the same
     /// series on every later one).
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.recorder
-            .register_counter(&key(name, labels), &METADATA)
+        match &self.inner {
+            Some((r, _)) => r.register_counter(&key(name, labels), &METADATA),
+            None => Counter::noop(),
+        }
     }
 
     /// The gauge `name{labels}`.
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        self.recorder.register_gauge(&key(name, labels), &METADATA)
+        match &self.inner {
+            Some((r, _)) => r.register_gauge(&key(name, labels), &METADATA),
+            None => Gauge::noop(),
+        }
     }
 
     /// The histogram `name{labels}` (values in seconds for `_seconds`
     /// names, bytes for `_bytes`).
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
+        match &self.inner {
+            Some((r, _)) => r.register_histogram(&key(name, labels), &METADATA),
+            None => Histogram::noop(),
+        }
     }
 
     /// Sets the `# HELP` text of a counter.
     pub fn describe_counter(&self, name: &'static str, help: &'static str) {
-        self.recorder
-            .describe_counter(name.into(), None, SharedString::const_str(help));
+        if let Some((r, _)) = &self.inner {
+            r.describe_counter(name.into(), None, SharedString::const_str(help));
+        }
     }
 
     /// Sets the `# HELP` text of a gauge.
     pub fn describe_gauge(&self, name: &'static str, help: &'static str) {
-        self.recorder
-            .describe_gauge(name.into(), None, SharedString::const_str(help));
+        if let Some((r, _)) = &self.inner {
+            r.describe_gauge(name.into(), None, SharedString::const_str(help));
+        }
     }
 
     /// Sets the `# HELP` text of a histogram.
     pub fn describe_histogram(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
-        self.recorder
-            .describe_histogram(name.into(), unit, SharedString::const_str(help));
+        if let Some((r, _)) = &self.inner {
+            r.describe_histogram(name.into(), unit, SharedString::const_str(help));
+        }
     }
 
     /// The Prometheus text exposition of everything recorded so far.
     pub fn render(&self) -> String {
-        self.handle.render()
+        self.inner
+            .as_ref()
+            .map(|(_, h)| h.render())
+            .unwrap_or_default()
     }
 
     /// Folds recorded histogram samples into their buckets. Run it every
     /// few seconds (a scrape does it too) so samples do not pile up.
     pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+        if let Some((_, h)) = &self.inner {
+            h.run_upkeep();
+        }
     }
 }
 
