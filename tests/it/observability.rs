@@ -935,3 +935,76 @@ async fn the_access_log_carries_the_trace_id() {
     let (status, _) = proc.finish().await;
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn tls_handshakes_and_certificate_expiry_are_measured() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.issue("site", &["localhost"]);
+    let gw = GatewayBuilder::new()
+        .main(&format!(
+            "[[listener]]\nname = \"tls\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ))
+        .policy(
+            "a.toml",
+            "[[route]]\nname = \"hello\"\npath = \"/hello\"\nrespond = { status = 200, body = \"hi\" }\n",
+        )
+        .start()
+        .await;
+    let addr = gw.addr("tls");
+    let https = tls_client(&ca.ca_pem(), &["localhost"], addr);
+    for _ in 0..2 {
+        let resp = https
+            .get(format!("https://localhost:{}/hello", addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Plain HTTP to the TLS port: a failed handshake.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink),
+    )
+    .await;
+    let text = eventually(5, || async {
+        let t = scrape(&gw).await;
+        sample(
+            &t,
+            r#"gatehouse_tls_handshake_failures_total{listener="tls",reason="protocol"}"#,
+        )
+        .is_some()
+        .then_some(t)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no failed handshake counted"));
+    // reqwest may reuse its connection: one or two handshakes.
+    let done = sample(
+        &text,
+        r#"gatehouse_tls_handshakes_total{listener="tls",version="TLSv1.3"}"#,
+    )
+    .expect("handshakes counted");
+    assert!((1.0..=2.0).contains(&done), "{done}");
+    let expiry = text
+        .lines()
+        .find(|l| {
+            l.starts_with("gatehouse_certificate_expiry_timestamp_seconds{cert=\"site.pem\",name=\"localhost\"}")
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .expect("certificate expiry exported");
+    let now = unix_now() as f64;
+    assert!(
+        expiry > now + 86_400.0 && expiry < now + 400.0 * 86_400.0,
+        "{expiry}"
+    );
+    gw.shutdown().await;
+}
