@@ -343,14 +343,18 @@ async fn status_json_shows_config_traffic_and_refused_clients() {
             .await;
     }
     let _ = c.get(gw.url("/ok")).send().await.unwrap().bytes().await;
+    // An upstream failure is an error, not a refusal of the client.
+    let dead = c.get(gw.url("/dead")).send().await.unwrap();
+    assert_eq!(dead.status(), 502);
     let admin = AdminApi::new(&gw, &token);
     let status = eventually(5, || async {
         let (s, v) = admin.get("/status.json").await;
         assert_eq!(s, 200);
-        (v["last_minute"]["requests"] == 4).then_some(v)
+        (v["last_minute"]["requests"] == 5).then_some(v)
     })
     .await
-    .expect("four requests counted");
+    .expect("five requests counted");
+    assert_eq!(status["last_minute"]["error_rate"], 0.2);
     assert_eq!(status["generation"], 1);
     assert_eq!(status["last_minute"]["refused"], 1);
     assert_eq!(status["traffic"].as_array().unwrap().len(), 90);
