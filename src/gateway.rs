@@ -353,6 +353,10 @@ async fn process(
             ctx.record.upstream = Some(upstream.name.clone());
             forward(req, conn, ctx, route, upstream, &host, &path, &params).await
         }
+        Action::Invoke(invoke) => {
+            ctx.record.upstream = Some(invoke.function.name.clone());
+            forward_lambda(req, conn, ctx, route, invoke, &host, &path, &params).await
+        }
     }
 }
 
@@ -815,6 +819,161 @@ async fn forward(
     route.response_headers.apply(resp.headers_mut());
     let resp = resp.map(|b| b.map_err(|e| -> crate::BoxError { Box::new(e) }).boxed());
     Ok((resp, (!switching).then_some(deadline)))
+}
+
+/// Steps 9–12 for a Lambda upstream: the same outgoing headers as
+/// [`forward`], the buffered body (bounded by the route and Lambda's 6 MB),
+/// the API Gateway event, one invocation (retried only while the function
+/// has not run), and its answer mapped back to HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn forward_lambda(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    invoke: &crate::route::Invoke,
+    host: &Host,
+    path: &str,
+    params: &[(String, String)],
+) -> Result<Done, GatewayError> {
+    use crate::proxy::lambda::{self, LambdaError};
+    let function = &invoke.function;
+    ctx.record.target = Some(function.label().to_owned());
+    let limit = route.max_body.min(lambda::PAYLOAD_LIMIT);
+    if validate::content_length(req.headers()).is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let version = req.version();
+    let (mut parts, body) = req.into_parts();
+    outgoing_headers(&mut parts.headers, conn, ctx, route, host);
+    let stats = ctx.record.body.clone();
+    let body = RequestBody::new(body, limit, ctx.snapshot.body_pace, stats.clone());
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) if stats.too_large.load(Ordering::Relaxed) => {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        Err(_) if stats.timed_out.load(Ordering::Relaxed) => {
+            return Err(GatewayError::RequestTimeout);
+        }
+        Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
+    };
+    if route.rules.schema.is_some() {
+        route.rules.check_body(&bytes)?;
+    }
+    let function_path = route.upstream_path(path, params);
+    let event = lambda::event(&lambda::EventInput {
+        format: function.format,
+        method: &parts.method,
+        path: &function_path,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        resource: &invoke.resource,
+        params,
+        principal: ctx.principal.as_ref(),
+        request_id: &ctx.record.request_id,
+        source_ip: ctx.record.client,
+        host: host.authority.as_deref(),
+        protocol: match version {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        body: &bytes,
+        now: std::time::SystemTime::now(),
+    });
+    let payload = serde_json::to_vec(&event)
+        .map_err(|_| GatewayError::Internal("cannot encode the Lambda event"))?;
+    if payload.len() as u64 > lambda::PAYLOAD_LIMIT {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: lambda::PAYLOAD_LIMIT,
+        });
+    }
+    let failed = |e: LambdaError| GatewayError::UpstreamFailed {
+        source: Box::new(e),
+    };
+    let deadline = tokio::time::Instant::now() + function.request_timeout;
+    let invoked = tokio::time::timeout_at(deadline, function.invoke(payload.into()))
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout)?
+        .map_err(|e| match e {
+            LambdaError::Throttled { retry_after_secs } => {
+                GatewayError::UpstreamThrottled { retry_after_secs }
+            }
+            LambdaError::Timeout => GatewayError::UpstreamTimeout,
+            LambdaError::PayloadTooLarge => GatewayError::PayloadTooLarge {
+                limit: lambda::PAYLOAD_LIMIT,
+            },
+            other => failed(other),
+        })?;
+    let request_id = invoked.request_id;
+    if let Some(kind) = invoked.function_error {
+        return Err(failed(LambdaError::Function { kind, request_id }));
+    }
+    let answer = lambda::answer(function.format, &invoked.payload).map_err(|why| {
+        failed(LambdaError::Malformed {
+            why,
+            request_id: request_id.clone(),
+        })
+    })?;
+    tracing::debug!(request_id = %ctx.record.request_id, lambda_request_id = request_id.as_deref().unwrap_or("-"), "function answered");
+    let body = if parts.method == Method::HEAD {
+        empty()
+    } else {
+        full(answer.body)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = answer.headers;
+    proxy::prepare_response_headers(resp.headers_mut(), &ctx.request_id, false);
+    route.response_headers.apply(resp.headers_mut());
+    Ok((resp, None))
+}
+
+/// The outgoing request headers of a forwarded request: hop-by-hop removed,
+/// `X-Forwarded-*`, the request id, the route's edits, identity headers (the
+/// client's own removed) and credentials stripped unless the route forwards
+/// them. The same steps as [`forward`] (which keeps its own copy until the
+/// upstream rework lands).
+fn outgoing_headers(
+    headers: &mut http::HeaderMap,
+    conn: &ConnInfo,
+    ctx: &RequestCtx,
+    route: &Route,
+    host: &Host,
+) {
+    let peer = validate::canonical(conn.peer.ip());
+    let trusted_peer = ctx
+        .snapshot
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer));
+    let chain = if trusted_peer {
+        forwarded_chain(headers)
+    } else {
+        None
+    };
+    let fwd = ForwardedFor {
+        client: ctx.record.client,
+        peer,
+        chain: chain.as_deref(),
+        proto: conn.proto(),
+        host: host.authority.as_deref(),
+    };
+    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, false, false);
+    route.request_headers.apply(headers);
+    for name in &ctx.snapshot.identity_headers {
+        headers.remove(name);
+    }
+    if let Some(principal) = &ctx.principal {
+        if !route.auth.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+            headers.remove(&route.auth.key_header);
+        }
+        for (name, value) in policy::identity_headers(principal) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 #[cfg(test)]

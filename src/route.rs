@@ -56,6 +56,18 @@ pub enum Action {
     Forward(Arc<Upstream>),
     /// Answer directly.
     Respond(DirectResponse),
+    /// Invoke an AWS Lambda function.
+    Invoke(Invoke),
+}
+
+/// A route's Lambda invocation.
+#[derive(Debug)]
+pub struct Invoke {
+    /// The function.
+    pub function: Arc<crate::proxy::lambda::LambdaFunction>,
+    /// The route's path pattern, as API Gateway names it (`/orders/{id}`,
+    /// `/api/{proxy+}` for a prefix): the event's `resource` / `routeKey`.
+    pub resource: String,
 }
 
 /// A piece of a path rewrite.
