@@ -15,7 +15,7 @@ use crate::config::{Problem, SourceFile};
 use crate::proxy::Upstream;
 
 /// The catch-all parameter used to implement prefix routes.
-const TAIL: &str = "__gatehouse_tail";
+pub(crate) const TAIL: &str = "__gatehouse_tail";
 
 /// Header changes, compiled.
 #[derive(Debug, Default, Clone)]
@@ -282,7 +282,8 @@ fn select<'a>(
 ) -> Lookup<'a> {
     for route in candidates {
         if route.allows(method) {
-            let params = if route.rewrite.is_some() {
+            // Rewrites and Lambda events use them; plain forwarding does not.
+            let params = if route.rewrite.is_some() || matches!(route.action, Action::Invoke(_)) {
                 params
                     .iter()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))

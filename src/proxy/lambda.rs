@@ -673,7 +673,11 @@ pub fn event(input: &EventInput<'_>) -> Value {
         input
             .params
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .map(|(k, v)| {
+                // A prefix route's tail is API Gateway's greedy `{proxy+}`.
+                let k = if k == crate::route::TAIL { "proxy" } else { k };
+                (k.to_owned(), Value::String(v.clone()))
+            })
             .collect()
     });
     let query = parse_query(input.query.unwrap_or(""));
@@ -1080,11 +1084,8 @@ mod tests {
 
     #[test]
     fn function_references() {
-        let cases: &[(
-            &str,
-            &str,
-            Result<(&str, &str, Option<&str>, Option<&str>), ()>,
-        )] = &[
+        type Parts<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
+        let cases: &[(&str, &str, Result<Parts<'_>, ()>)] = &[
             (
                 "name",
                 "orders-fn",
