@@ -764,3 +764,81 @@ async fn a_missing_status_is_malformed_in_format_1() {
     assert_eq!(lambda.calls().len(), 1);
     gw.shutdown().await;
 }
+
+/// The example function (`examples/lambda-hello`, written with `lambda_http`)
+/// under `cargo lambda watch`, called through the gateway. Skipped, saying
+/// why, when `cargo-lambda` is not installed.
+#[tokio::test]
+async fn cargo_lambda_watch_end_to_end() {
+    let probe = std::process::Command::new("cargo-lambda")
+        .arg("--version")
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "skipped: cargo-lambda is not on PATH (cargo install cargo-lambda --locked to run it)"
+        );
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lambda-hello");
+    // Build first (bounded), so the emulator's first invocation is quick.
+    let built = tokio::time::timeout(
+        Duration::from_secs(900),
+        tokio::process::Command::new("cargo")
+            .arg("build")
+            .current_dir(&dir)
+            .kill_on_drop(true)
+            .status(),
+    )
+    .await
+    .expect("the example builds within 15 minutes")
+    .expect("cargo build runs");
+    assert!(built.success(), "the example builds");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _watch = tokio::process::Command::new("cargo")
+        .args([
+            "lambda",
+            "watch",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cargo lambda watch starts");
+    let up = crate::support::eventually(120, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    assert!(up.is_some(), "cargo lambda watch listens on {port}");
+    let policy = format!(
+        "[[upstream]]\nname = \"hello\"\nkind = \"lambda\"\nfunction = \"lambda-hello\"\nregion = \"{REGION}\"\n\
+         endpoint_url = \"http://127.0.0.1:{port}\"\nrequest_timeout = \"120s\"\n\
+         [[route]]\nname = \"hello\"\ntemplate = \"/hello/{{name}}\"\nupstream = \"hello\"\n"
+    );
+    let gw = GatewayBuilder::new()
+        .env("AWS_ACCESS_KEY_ID", "local")
+        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .policy("hello.toml", &policy)
+        .start()
+        .await;
+    let resp = client()
+        .get(gw.url("/hello/ada"))
+        .header("x-request-id", "e2e-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-seen-request-id"], "e2e-1");
+    assert_eq!(resp.text().await.unwrap(), "hello, ada");
+    gw.shutdown().await;
+}
