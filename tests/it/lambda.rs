@@ -842,3 +842,55 @@ async fn cargo_lambda_watch_end_to_end() {
     assert_eq!(resp.text().await.unwrap(), "hello, ada");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_api_key_consumer_appears_under_the_authorizer_in_format_1() {
+    use crate::support::{AdminApi, admin_token, fast_api_keys};
+    let lambda = FakeLambda::start().await;
+    let (token, hash) = admin_token();
+    let policy = [
+        upstream("echo1", "echo", &lambda, "payload_format = \"1.0\""),
+        route(
+            "keyed",
+            "template = \"/keyed/{id}\"",
+            "echo1",
+            "auth = \"api_key\"",
+        ),
+    ]
+    .concat();
+    let gw = GatewayBuilder::new()
+        .admin_token_hash(&hash)
+        .main(&fast_api_keys(""))
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .policy("lambda.toml", &policy)
+        .start()
+        .await;
+    let admin = AdminApi::new(&gw, &token);
+    let consumer = admin.create_consumer("acme").await;
+    let (key_id, key) = admin.create_key(&consumer, json!({})).await;
+    let resp = client()
+        .get(gw.url("/keyed/9"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ev: Value = resp.json().await.unwrap();
+    let auth = &ev["requestContext"]["authorizer"];
+    assert_eq!(auth["principalId"], json!(consumer), "{ev}");
+    assert_eq!(auth["consumerName"], "acme");
+    assert_eq!(auth["keyId"], json!(key_id));
+    assert_eq!(ev["pathParameters"]["id"], "9");
+    assert_eq!(
+        ev["headers"].get("x-api-key"),
+        None,
+        "the key is not forwarded"
+    );
+    assert!(
+        !ev.to_string().contains(&key),
+        "the key never reaches the function"
+    );
+    assert_eq!(lambda.bad(), 0);
+    gw.shutdown().await;
+}
