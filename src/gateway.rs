@@ -898,6 +898,7 @@ async fn forward_lambda(
         .map_err(|_| GatewayError::UpstreamTimeout)?
         .map_err(|e| match e {
             LambdaError::Throttled { retry_after_secs } => {
+                tracing::warn!(request_id = %ctx.record.request_id, upstream = %function.name, retry_after_secs, "Lambda throttled the function");
                 GatewayError::UpstreamThrottled { retry_after_secs }
             }
             LambdaError::Timeout => GatewayError::UpstreamTimeout,
