@@ -1483,6 +1483,46 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_lambda_request_id_and_what_is_retried() {
+        let cases = [
+            (
+                "function error",
+                LambdaError::Function {
+                    kind: "Unhandled".into(),
+                    request_id: Some("lambda-rid-1".into()),
+                },
+                Some("lambda-rid-1"),
+                false,
+            ),
+            (
+                "malformed",
+                LambdaError::Malformed {
+                    why: "body is not a string",
+                    request_id: Some("lambda-rid-2".into()),
+                },
+                Some("lambda-rid-2"),
+                false,
+            ),
+            (
+                "throttled",
+                LambdaError::Throttled {
+                    retry_after_secs: 1,
+                },
+                None,
+                true,
+            ),
+            ("network", LambdaError::Network("reset".into()), None, true),
+            ("timeout", LambdaError::Timeout, None, false),
+        ];
+        for (name, err, id, retryable) in cases {
+            if let Some(id) = id {
+                assert!(err.to_string().contains(id), "{name}: {err}");
+            }
+            assert_eq!(err.retryable(), retryable, "{name}");
+        }
+    }
+
+    #[test]
     fn backoff_is_bounded() {
         for attempt in 0..20 {
             let d = backoff(attempt);
