@@ -770,8 +770,9 @@ async fn a_missing_status_is_malformed_in_format_1() {
 /// why, when `cargo-lambda` is not installed.
 #[tokio::test]
 async fn cargo_lambda_watch_end_to_end() {
+    // As a cargo subcommand it takes its own name first.
     let probe = std::process::Command::new("cargo-lambda")
-        .arg("--version")
+        .args(["lambda", "--version"])
         .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         eprintln!(
