@@ -935,7 +935,7 @@ async fn forward_lambda(
 /// `X-Forwarded-*`, the request id, the route's edits, identity headers (the
 /// client's own removed) and credentials stripped unless the route forwards
 /// them. The same steps as [`forward`] (which keeps its own copy until the
-/// upstream rework lands).
+/// upstream rework lands), except that the client's Host is kept.
 fn outgoing_headers(
     headers: &mut http::HeaderMap,
     conn: &ConnInfo,
@@ -961,7 +961,9 @@ fn outgoing_headers(
         proto: conn.proto(),
         host: host.authority.as_deref(),
     };
-    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, false, false);
+    // The client's Host stays: API Gateway events carry it, and functions
+    // (lambda_http) build the request URI from it.
+    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, false, true);
     route.request_headers.apply(headers);
     for name in &ctx.snapshot.identity_headers {
         headers.remove(name);

@@ -442,6 +442,11 @@ async fn events_carry_the_request_in_both_payload_formats() {
         );
     }
     assert!(ev["requestContext"]["timeEpoch"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(
+        ev["headers"]["host"],
+        json!(gw.addr("http").to_string()),
+        "the client's Host"
+    );
 
     // 1.0: multi-value headers and query, resource, binary body base64-encoded.
     let resp = c
