@@ -81,6 +81,12 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The upstream (an AWS Lambda function) is throttled.
+    #[error("upstream is throttled")]
+    UpstreamThrottled {
+        /// Seconds until a retry may succeed.
+        retry_after_secs: u64,
+    },
     /// The upstream has no target to send the request to.
     #[error("no upstream target available")]
     NoTarget,
@@ -205,6 +211,7 @@ impl GatewayError {
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::MissingCredentials { .. } | GatewayError::InvalidCredentials { .. } => {
                 StatusCode::UNAUTHORIZED
@@ -245,6 +252,7 @@ impl GatewayError {
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::UpstreamThrottled { .. } => "upstream_throttled",
             GatewayError::NoTarget => "no_upstream_target",
             GatewayError::MissingCredentials { .. } => "missing_credentials",
             GatewayError::InvalidCredentials { .. } => "invalid_credentials",
@@ -267,6 +275,7 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamFailed { .. }
             | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamThrottled { .. }
             | GatewayError::NoTarget
             | GatewayError::AuthUnavailable
             | GatewayError::RateLimiterUnavailable
@@ -355,6 +364,7 @@ impl GatewayError {
             }
             match self {
                 GatewayError::AuthThrottled { retry_after_secs }
+                | GatewayError::UpstreamThrottled { retry_after_secs }
                 | GatewayError::RateLimited {
                     retry_after_secs, ..
                 }
@@ -467,6 +477,14 @@ mod tests {
                 GatewayError::UpstreamTimeout,
                 504,
                 "upstream_timeout",
+            ),
+            (
+                "throttled",
+                GatewayError::UpstreamThrottled {
+                    retry_after_secs: 3,
+                },
+                429,
+                "upstream_throttled",
             ),
             (
                 "upstream",

@@ -421,6 +421,10 @@ async fn process(
             ctx.record.upstream = Some(upstream.name.clone());
             forward(req, conn, ctx, route, upstream, &host, &path, &params).await
         }
+        Action::Invoke(invoke) => {
+            ctx.record.upstream = Some(invoke.function.name.clone());
+            forward_lambda(req, conn, ctx, route, invoke, &host, &path, &params).await
+        }
     }
 }
 
@@ -837,23 +841,7 @@ async fn forward(
             parts.headers.insert(name, value);
         }
     }
-    // Trace context for the backend: ours (naming the upstream span as
-    // the parent) replaces whatever the client sent.
-    let upstream_span = match &ctx.trace {
-        Some(trace) => {
-            let (id, traceparent, tracestate) = trace.outgoing();
-            match traceparent {
-                Some(v) => parts.headers.insert("traceparent", v),
-                None => parts.headers.remove("traceparent"),
-            };
-            match tracestate {
-                Some(v) => parts.headers.insert("tracestate", v),
-                None => parts.headers.remove("tracestate"),
-            };
-            Some(id)
-        }
-        None => None,
-    };
+    let upstream_span = inject_trace_context(ctx, &mut parts.headers);
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let stats = ctx.record.body.clone();
@@ -889,36 +877,16 @@ async fn forward(
         .send(upstream_req, first_byte, deadline, &stats)
         .await;
     route.meters.upstream_took(started.elapsed().as_secs_f64());
-    if let (Some(trace), Some(id)) = (&mut ctx.trace, upstream_span) {
-        let mut attributes = vec![
-            ("server.address", TraceValue::Str(target.label().to_owned())),
-            (
-                "gatehouse.upstream",
-                TraceValue::Str(upstream.name.to_string()),
-            ),
-        ];
-        let failed = match &resp {
-            Ok(r) => {
-                attributes.push((
-                    "http.response.status_code",
-                    TraceValue::Int(i64::from(r.status().as_u16())),
-                ));
-                r.status().is_server_error()
-            }
-            Err(e) => {
-                attributes.push(("error.type", TraceValue::Str(e.to_string())));
-                true
-            }
-        };
-        trace.child_with_id(
-            "upstream",
-            SpanKind::Client,
-            id,
-            span_started,
-            attributes,
-            failed,
-        );
-    }
+    record_upstream_span(
+        ctx,
+        upstream_span,
+        span_started,
+        target.label(),
+        &upstream.name,
+        resp.as_ref()
+            .map(|r| r.status().as_u16())
+            .map_err(ToString::to_string),
+    );
     let mut resp = resp.map_err(|e| match e {
         ForwardError::Timeout => GatewayError::UpstreamTimeout,
         ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
@@ -954,6 +922,238 @@ async fn forward(
     route.response_headers.apply(resp.headers_mut());
     let resp = resp.map(|b| b.map_err(|e| -> crate::BoxError { Box::new(e) }).boxed());
     Ok((resp, (!switching).then_some(deadline)))
+}
+
+/// Steps 9–12 for a Lambda upstream: the same outgoing headers as
+/// [`forward`], the buffered body (bounded by the route and Lambda's 6 MB),
+/// the API Gateway event, one invocation (retried only while the function
+/// has not run), and its answer mapped back to HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn forward_lambda(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    invoke: &crate::route::Invoke,
+    host: &Host,
+    path: &str,
+    params: &[(String, String)],
+) -> Result<Done, GatewayError> {
+    use crate::proxy::lambda::{self, LambdaError};
+    let function = &invoke.function;
+    ctx.record.target = Some(function.label().to_owned());
+    let limit = route.max_body.min(lambda::PAYLOAD_LIMIT);
+    if validate::content_length(req.headers()).is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let version = req.version();
+    let (mut parts, body) = req.into_parts();
+    outgoing_headers(&mut parts.headers, conn, ctx, route, host);
+    let upstream_span = inject_trace_context(ctx, &mut parts.headers);
+    let stats = ctx.record.body.clone();
+    let body = RequestBody::new(body, limit, ctx.snapshot.body_pace, stats.clone());
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) if stats.too_large.load(Ordering::Relaxed) => {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        Err(_) if stats.timed_out.load(Ordering::Relaxed) => {
+            return Err(GatewayError::RequestTimeout);
+        }
+        Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
+    };
+    if route.rules.schema.is_some() {
+        route.rules.check_body(&bytes)?;
+    }
+    let function_path = route.upstream_path(path, params);
+    let event = lambda::event(&lambda::EventInput {
+        format: function.format,
+        method: &parts.method,
+        path: &function_path,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        resource: &invoke.resource,
+        params,
+        principal: ctx.principal.as_ref(),
+        request_id: &ctx.record.request_id,
+        source_ip: ctx.record.client,
+        host: host.authority.as_deref(),
+        protocol: match version {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        body: &bytes,
+        now: std::time::SystemTime::now(),
+    });
+    let payload = serde_json::to_vec(&event)
+        .map_err(|_| GatewayError::Internal("cannot encode the Lambda event"))?;
+    if payload.len() as u64 > lambda::PAYLOAD_LIMIT {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: lambda::PAYLOAD_LIMIT,
+        });
+    }
+    let failed = |e: LambdaError| GatewayError::UpstreamFailed {
+        source: Box::new(e),
+    };
+    let started = tokio::time::Instant::now();
+    let span_started = ctx.clock();
+    let deadline = started + function.request_timeout;
+    let invoked = tokio::time::timeout_at(deadline, function.invoke(payload.into())).await;
+    route.meters.upstream_took(started.elapsed().as_secs_f64());
+    record_upstream_span(
+        ctx,
+        upstream_span,
+        span_started,
+        function.label(),
+        &function.name,
+        match &invoked {
+            Ok(Ok(i)) if i.function_error.is_some() => Err("function error".to_owned()),
+            Ok(Ok(_)) => Ok(200),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        },
+    );
+    let invoked = invoked
+        .map_err(|_| GatewayError::UpstreamTimeout)?
+        .map_err(|e| match e {
+            LambdaError::Throttled { retry_after_secs } => {
+                tracing::warn!(request_id = %ctx.record.request_id, upstream = %function.name, retry_after_secs, "Lambda throttled the function");
+                GatewayError::UpstreamThrottled { retry_after_secs }
+            }
+            LambdaError::Timeout => GatewayError::UpstreamTimeout,
+            LambdaError::PayloadTooLarge => GatewayError::PayloadTooLarge {
+                limit: lambda::PAYLOAD_LIMIT,
+            },
+            other => failed(other),
+        })?;
+    let request_id = invoked.request_id;
+    if let Some(kind) = invoked.function_error {
+        return Err(failed(LambdaError::Function { kind, request_id }));
+    }
+    let answer = lambda::answer(function.format, &invoked.payload).map_err(|why| {
+        failed(LambdaError::Malformed {
+            why,
+            request_id: request_id.clone(),
+        })
+    })?;
+    tracing::debug!(request_id = %ctx.record.request_id, lambda_request_id = request_id.as_deref().unwrap_or("-"), "function answered");
+    let body = if parts.method == Method::HEAD {
+        empty()
+    } else {
+        full(answer.body)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = answer.headers;
+    proxy::prepare_response_headers(resp.headers_mut(), &ctx.request_id, false);
+    route.response_headers.apply(resp.headers_mut());
+    Ok((resp, None))
+}
+
+/// Trace context for the backend: ours, naming the upstream call's span as
+/// the parent, replaces whatever the client sent. The span's id, when
+/// tracing.
+fn inject_trace_context(ctx: &RequestCtx, headers: &mut http::HeaderMap) -> Option<[u8; 8]> {
+    let trace = ctx.trace.as_ref()?;
+    let (id, traceparent, tracestate) = trace.outgoing();
+    match traceparent {
+        Some(v) => headers.insert("traceparent", v),
+        None => headers.remove("traceparent"),
+    };
+    match tracestate {
+        Some(v) => headers.insert("tracestate", v),
+        None => headers.remove("tracestate"),
+    };
+    Some(id)
+}
+
+/// Records the upstream call's span: the status it answered, or why it
+/// failed.
+fn record_upstream_span(
+    ctx: &mut RequestCtx,
+    id: Option<[u8; 8]>,
+    started: u64,
+    target: &str,
+    upstream: &str,
+    outcome: Result<u16, String>,
+) {
+    let (Some(trace), Some(id)) = (&mut ctx.trace, id) else {
+        return;
+    };
+    let mut attributes = vec![
+        ("server.address", TraceValue::Str(target.to_owned())),
+        ("gatehouse.upstream", TraceValue::Str(upstream.to_owned())),
+    ];
+    let failed = match outcome {
+        Ok(status) => {
+            attributes.push((
+                "http.response.status_code",
+                TraceValue::Int(i64::from(status)),
+            ));
+            status >= 500
+        }
+        Err(why) => {
+            attributes.push(("error.type", TraceValue::Str(why)));
+            true
+        }
+    };
+    trace.child_with_id(
+        "upstream",
+        SpanKind::Client,
+        id,
+        started,
+        attributes,
+        failed,
+    );
+}
+
+/// The outgoing request headers of a forwarded request: hop-by-hop removed,
+/// `X-Forwarded-*`, the request id, the route's edits, identity headers (the
+/// client's own removed) and credentials stripped unless the route forwards
+/// them. The same steps as [`forward`] (which keeps its own copy until the
+/// upstream rework lands), except that the client's Host is kept.
+fn outgoing_headers(
+    headers: &mut http::HeaderMap,
+    conn: &ConnInfo,
+    ctx: &RequestCtx,
+    route: &Route,
+    host: &Host,
+) {
+    let peer = validate::canonical(conn.peer.ip());
+    let trusted_peer = ctx
+        .snapshot
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer));
+    let chain = if trusted_peer {
+        forwarded_chain(headers)
+    } else {
+        None
+    };
+    let fwd = ForwardedFor {
+        client: ctx.record.client,
+        peer,
+        chain: chain.as_deref(),
+        proto: conn.proto(),
+        host: host.authority.as_deref(),
+    };
+    // The client's Host stays: API Gateway events carry it, and functions
+    // (lambda_http) build the request URI from it.
+    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, false, true);
+    route.request_headers.apply(headers);
+    for name in &ctx.snapshot.identity_headers {
+        headers.remove(name);
+    }
+    if let Some(principal) = &ctx.principal {
+        if !route.auth.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+            headers.remove(&route.auth.key_header);
+        }
+        for (name, value) in policy::identity_headers(principal) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::config::{Problem, SourceFile};
 use crate::proxy::Upstream;
 
 /// The catch-all parameter used to implement prefix routes.
-const TAIL: &str = "__gatehouse_tail";
+pub(crate) const TAIL: &str = "__gatehouse_tail";
 
 /// Header changes, compiled.
 #[derive(Debug, Default, Clone)]
@@ -56,6 +56,18 @@ pub enum Action {
     Forward(Arc<Upstream>),
     /// Answer directly.
     Respond(DirectResponse),
+    /// Invoke an AWS Lambda function.
+    Invoke(Invoke),
+}
+
+/// A route's Lambda invocation.
+#[derive(Debug)]
+pub struct Invoke {
+    /// The function.
+    pub function: Arc<crate::proxy::lambda::LambdaFunction>,
+    /// The route's path pattern, as API Gateway names it (`/orders/{id}`,
+    /// `/api/{proxy+}` for a prefix): the event's `resource` / `routeKey`.
+    pub resource: String,
 }
 
 /// A piece of a path rewrite.
@@ -272,7 +284,8 @@ fn select<'a>(
 ) -> Lookup<'a> {
     for route in candidates {
         if route.allows(method) {
-            let params = if route.rewrite.is_some() {
+            // Rewrites and Lambda events use them; plain forwarding does not.
+            let params = if route.rewrite.is_some() || matches!(route.action, Action::Invoke(_)) {
                 params
                     .iter()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -498,7 +498,10 @@ pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Pr
         metrics: &metrics,
     };
     let built = build_all(config_path, 1, &[], false, deps)?;
-    Ok((built.snapshot.routes.len(), built.snapshot.upstreams.len()))
+    Ok((
+        built.snapshot.routes.len(),
+        built.snapshot.upstreams.len() + built.snapshot.functions.len(),
+    ))
 }
 
 /// A running gateway.

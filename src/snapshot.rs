@@ -23,6 +23,7 @@ use crate::config::{
 };
 use crate::cors::Cors;
 use crate::proxy::Upstream;
+use crate::proxy::lambda::{self, LambdaFunction};
 use crate::ratelimit::policy::{KeyKind, RatePolicy};
 use crate::ratelimit::{Limit, Rate};
 use crate::route::{
@@ -52,6 +53,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// The upstreams, by name.
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// The `kind = "lambda"` upstreams, by name.
+    pub functions: HashMap<String, Arc<LambdaFunction>>,
     /// Whether `//` is folded into `/` before routing.
     pub merge_slashes: bool,
     /// How fast clients must send request bodies.
@@ -140,6 +143,7 @@ impl Snapshot {
         // Upstreams, with duplicate names refused naming both places.
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         let mut upstream_places: HashMap<String, String> = HashMap::new();
+        let mut functions: HashMap<String, Arc<LambdaFunction>> = HashMap::new();
         for policy in &loaded.policies {
             let source = &policy.source;
             for spec in &policy.file.upstream {
@@ -160,6 +164,16 @@ impl Snapshot {
                     continue;
                 }
                 upstream_places.insert(name.clone(), here);
+                if spec_ref.kind == crate::config::UpstreamKind::Lambda {
+                    match LambdaFunction::build(spec_ref, defaults, source, deps.env) {
+                        Ok(f) => {
+                            functions.insert(name, Arc::new(f));
+                        }
+                        Err(ps) => problems.extend(ps),
+                    }
+                    continue;
+                }
+                problems.extend(lambda::http_spec_problems(spec_ref, source));
                 match Upstream::build(spec_ref, defaults, &loaded.base_dir, source) {
                     Ok(u) => {
                         upstreams.insert(name, Arc::new(u));
@@ -190,6 +204,7 @@ impl Snapshot {
                     source,
                     defaults,
                     upstreams: &upstreams,
+                    functions: &functions,
                     upstream_places: &upstream_places,
                     merge_slashes: loaded.config.server.merge_slashes,
                     issuers: &issuer_names,
@@ -240,6 +255,7 @@ impl Snapshot {
                 route_list,
                 routes,
                 upstreams,
+                functions,
                 merge_slashes: loaded.config.server.merge_slashes,
                 body_pace: BodyPace {
                     max_gap: loaded.config.server.body_timeout.0,
@@ -447,11 +463,25 @@ fn compile_edits(
 
 type Compiled = (Option<String>, PathMatch, Route);
 
+/// A route's path pattern as API Gateway writes it.
+fn lambda_resource(p: &PathMatch) -> String {
+    match p {
+        PathMatch::Exact(s) => s.clone(),
+        // matchit's tail `{*rest}` is API Gateway's greedy `{rest+}`.
+        PathMatch::Template(s) => match s.rsplit_once("/{*") {
+            Some((head, tail)) => format!("{head}/{{{}+}}", tail.trim_end_matches('}')),
+            None => s.clone(),
+        },
+        PathMatch::Prefix(s) => format!("{}/{{proxy+}}", s.trim_end_matches('/')),
+    }
+}
+
 /// What compiling a route needs besides its spec.
 struct RouteCtx<'a> {
     source: &'a Arc<SourceFile>,
     defaults: &'a Defaults,
     upstreams: &'a HashMap<String, Arc<Upstream>>,
+    functions: &'a HashMap<String, Arc<LambdaFunction>>,
     upstream_places: &'a HashMap<String, String>,
     merge_slashes: bool,
     issuers: &'a [String],
@@ -748,6 +778,14 @@ fn compile_route(
     let action = match (&r.upstream, &r.respond) {
         (Some(u), None) => match upstreams.get(u.get_ref()) {
             Some(up) => Some(Action::Forward(up.clone())),
+            None if ctx.functions.contains_key(u.get_ref()) => {
+                ctx.functions.get(u.get_ref()).map(|f| {
+                    Action::Invoke(crate::route::Invoke {
+                        function: f.clone(),
+                        resource: path.as_ref().map(lambda_resource).unwrap_or_default(),
+                    })
+                })
+            }
             None => {
                 if !upstream_declared {
                     problems.push(source.problem(

@@ -573,7 +573,12 @@ pub enum UpstreamProtocol {
 pub struct UpstreamSpec {
     /// Unique name, referenced by routes.
     pub name: Spanned<String>,
-    /// Base URLs (`http://host:port[/base]` or `https://…`), used in turn.
+    /// What the upstream is: HTTP targets (default) or an AWS Lambda function.
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// Base URLs (`http://host:port[/base]` or `https://…`), used in turn
+    /// (`http` upstreams only).
+    #[serde(default)]
     pub targets: Vec<Spanned<String>>,
     /// Protocol towards the targets.
     #[serde(default)]
@@ -596,6 +601,31 @@ pub struct UpstreamSpec {
     /// Send the client's Host header instead of the target's authority.
     #[serde(default)]
     pub preserve_host: bool,
+    // `kind = "lambda"` only (see `proxy::lambda`):
+    /// The function's name, partial ARN or full ARN.
+    pub function: Option<Spanned<String>>,
+    /// Version or alias to invoke (default: `$LATEST`, or the ARN's own).
+    pub qualifier: Option<Spanned<String>>,
+    /// The AWS region, e.g. `eu-west-1`.
+    pub region: Option<Spanned<String>>,
+    /// Another Lambda endpoint (local emulators, tests): `http(s)://host:port`.
+    pub endpoint_url: Option<Spanned<String>>,
+    /// API Gateway payload format: `"2.0"` (HTTP API, default) or `"1.0"` (REST API).
+    pub payload_format: Option<Spanned<String>>,
+    /// Extra attempts after Lambda throttled the call or the network failed
+    /// before it was made (never after the function ran). Default 2.
+    pub retries: Option<Spanned<u32>>,
+}
+
+/// The kind of an upstream.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// HTTP targets.
+    #[default]
+    Http,
+    /// An AWS Lambda function, invoked with the API Gateway proxy event.
+    Lambda,
 }
 
 fn default_pool_idle() -> usize {

@@ -7,6 +7,7 @@
 //! counter. Upstream error text is logged, never sent to the client.
 
 mod headers;
+pub mod lambda;
 
 pub use headers::{
     ForwardedFor, X_REQUEST_ID, is_upgrade_request, prepare_request_headers,

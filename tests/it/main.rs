@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod cluster;
 mod hostile;
+mod lambda;
 mod lifecycle;
 mod observability;
 mod proxy;
