@@ -84,6 +84,13 @@ pub enum GatewayError {
     /// The upstream has no target to send the request to.
     #[error("no upstream target available")]
     NoTarget,
+    /// The upstream's circuit breaker is open or its concurrency limits are
+    /// reached: answered at once, no target touched.
+    #[error("the upstream is temporarily unavailable")]
+    UpstreamUnavailable {
+        /// Seconds until a request may get through.
+        retry_after_secs: u64,
+    },
     /// The route needs credentials and the request carries none.
     #[error("authentication required")]
     MissingCredentials {
@@ -205,7 +212,9 @@ impl GatewayError {
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoTarget | GatewayError::UpstreamUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::MissingCredentials { .. } | GatewayError::InvalidCredentials { .. } => {
                 StatusCode::UNAUTHORIZED
             }
@@ -246,6 +255,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::NoTarget => "no_upstream_target",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::MissingCredentials { .. } => "missing_credentials",
             GatewayError::InvalidCredentials { .. } => "invalid_credentials",
             GatewayError::InsufficientScope { .. } => "insufficient_scope",
@@ -316,6 +326,7 @@ impl GatewayError {
             }
             match self {
                 GatewayError::AuthThrottled { retry_after_secs }
+                | GatewayError::UpstreamUnavailable { retry_after_secs }
                 | GatewayError::RateLimited {
                     retry_after_secs, ..
                 }

@@ -43,6 +43,7 @@ use crate::ratelimit::Limiter;
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::quota::{QuotaCounter, RedisQuotas, StoreQuotas};
 use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
+use crate::proxy::UpstreamRegistry;
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{self, KeyStore, StoreError};
 use crate::telemetry::Metrics;
@@ -118,6 +119,8 @@ pub struct Shared {
     store: Arc<dyn KeyStore>,
     api_keys: Arc<ApiKeyAuth>,
     metrics: Arc<Metrics>,
+    upstreams: UpstreamRegistry,
+    stop: watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -157,6 +160,11 @@ impl Shared {
         &self.metrics
     }
 
+    /// Upstream runtime state (health, ejections, drains).
+    pub fn upstreams(&self) -> &UpstreamRegistry {
+        &self.upstreams
+    }
+
     /// The clock expiry checks use.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -172,6 +180,7 @@ impl Shared {
         let jwks = self.jwks.clone();
         let clock = self.clock.clone();
         let metrics = self.metrics.clone();
+        let upstreams = self.upstreams.clone();
         let previous: Vec<(String, Arc<rustls::ServerConfig>)> = self
             .tls
             .iter()
@@ -183,6 +192,7 @@ impl Shared {
                 jwks: &jwks,
                 clock: &clock,
                 metrics: &metrics,
+                upstreams: &upstreams,
             };
             build_all(&path, generation, &previous, false, deps)
         })
@@ -205,7 +215,9 @@ impl Shared {
                     }
                 }
                 let routes = built.snapshot.routes.len();
-                self.snapshot.store(Arc::new(built.snapshot));
+                let snapshot = Arc::new(built.snapshot);
+                self.snapshot.store(snapshot.clone());
+                self.upstreams.apply(&snapshot.upstreams, &self.stop);
                 self.certs.store(Arc::new(built.certs));
                 self.generation.store(generation, Ordering::Relaxed);
                 tracing::info!(generation, routes, "configuration reloaded");
@@ -415,11 +427,13 @@ pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Pr
             format!("cannot set up metrics: {e}"),
         )])
     })?);
+    let upstreams = UpstreamRegistry::new(metrics.clone());
     let deps = BuildDeps {
         env,
         jwks: &jwks,
         clock: &clock,
         metrics: &metrics,
+        upstreams: &upstreams,
     };
     let built = build_all(config_path, 1, &[], false, deps)?;
     Ok((built.snapshot.routes.len(), built.snapshot.upstreams.len()))
@@ -488,6 +502,7 @@ impl Running {
         if let Some(q) = &self.store_quotas {
             q.flush().await;
         }
+        self.shared.upstreams.stop();
         self.admin_task.abort();
         tracing::info!(drained, "stopped");
         drained
@@ -500,12 +515,14 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let jwks = JwksRegistry::new()?;
     let metrics = Arc::new(Metrics::new()?);
+    let upstreams = UpstreamRegistry::new(metrics.clone());
     let built = {
-        let (env, jwks, clock, metrics) = (
+        let (env, jwks, clock, metrics, upstreams) = (
             opts.env.clone(),
             jwks.clone(),
             clock.clone(),
             metrics.clone(),
+            upstreams.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let deps = BuildDeps {
@@ -513,6 +530,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
                 jwks: &jwks,
                 clock: &clock,
                 metrics: &metrics,
+                upstreams: &upstreams,
             };
             build_all(&path, 1, &[], true, deps)
         })
@@ -537,6 +555,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     ));
     api_keys.refresh().await?;
 
+    let (stop_tx, stop_rx) = watch::channel(false);
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let tls_slots: Vec<Arc<TlsSlot>> = tls_configs
         .into_iter()
@@ -562,6 +581,8 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         store: store.clone(),
         api_keys: api_keys.clone(),
         metrics: metrics.clone(),
+        upstreams: upstreams.clone(),
+        stop: stop_rx.clone(),
     });
 
     // Bind everything before serving anything: a bind error starts nothing.
@@ -592,7 +613,6 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             source,
         })?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (limiter, local_limiter) = build_limiter(&loaded.config.rate_limits).await?;
     let rl = &loaded.config.rate_limits;
     let (quotas, store_quotas): (Arc<dyn QuotaCounter>, Option<Arc<StoreQuotas>>) =
@@ -672,6 +692,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         let watch_shared = shared.clone();
         tasks.push(crate::watch::spawn(watch_shared, loaded, stop_rx.clone()));
     }
+    upstreams.apply(&shared.snapshot().upstreams, &stop_rx);
     shared.ready.store(true, Ordering::Relaxed);
     Ok(Running {
         listeners,

@@ -22,7 +22,7 @@ use crate::config::{
     AuthSpec, Defaults, Environment, Loaded, Problem, Problems, RouteSpec, SourceFile,
 };
 use crate::cors::Cors;
-use crate::proxy::Upstream;
+use crate::proxy::{Upstream, UpstreamRegistry};
 use crate::ratelimit::policy::{KeyKind, RatePolicy};
 use crate::ratelimit::{Limit, Rate};
 use crate::route::{
@@ -71,6 +71,9 @@ pub struct BuildDeps<'a> {
     pub clock: &'a Arc<dyn Clock>,
     /// Where routes, upstreams and policies register their metrics.
     pub metrics: &'a Arc<Metrics>,
+    /// Upstream runtime state (health, ejections, drains), kept across
+    /// reloads.
+    pub upstreams: &'a UpstreamRegistry,
 }
 
 impl Snapshot {
@@ -136,7 +139,13 @@ impl Snapshot {
                     continue;
                 }
                 upstream_places.insert(name.clone(), here);
-                match Upstream::build(spec_ref, defaults, &loaded.base_dir, source) {
+                match Upstream::build(
+                    spec_ref,
+                    defaults,
+                    &loaded.base_dir,
+                    source,
+                    deps.upstreams,
+                ) {
                     Ok(u) => {
                         upstreams.insert(name, Arc::new(u));
                     }
@@ -852,6 +861,9 @@ fn compile_route(
                 cors,
                 auth,
                 rate_limits,
+                retry_non_idempotent: r.retry_non_idempotent,
+                first_byte_timeout: r.first_byte_timeout.map(|d| d.0),
+                request_timeout: r.request_timeout.map(|d| d.0),
             },
         )),
         _ => Err(problems),

@@ -10,6 +10,7 @@
 mod jwt;
 mod load;
 pub mod units;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use validator::Validate;
 pub use jwt::*;
 pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load, parse_policy};
 pub use units::{ByteSize, Dur};
+pub use upstream::*;
 
 /// The main config file.
 #[derive(Debug, Deserialize)]
@@ -568,8 +570,31 @@ pub enum UpstreamProtocol {
 pub struct UpstreamSpec {
     /// Unique name, referenced by routes.
     pub name: Spanned<String>,
-    /// Base URLs (`http://host:port[/base]` or `https://…`), used in turn.
-    pub targets: Vec<Spanned<String>>,
+    /// Base URLs (`http://host:port[/base]` or `https://…`), or
+    /// `{ url, weight }` tables.
+    #[serde(default)]
+    pub targets: Vec<Spanned<TargetSpec>>,
+    /// Named target sets with traffic shares (blue/green, canary).
+    #[serde(default, rename = "set")]
+    pub sets: Vec<SetSpec>,
+    /// How a target is picked.
+    #[serde(default)]
+    pub balance: Balance,
+    /// For `balance = "hash"`: `client_ip`, `header:NAME` or `cookie:NAME`.
+    pub hash_on: Option<Spanned<String>>,
+    /// Active health checks (off unless set).
+    pub health: Option<HealthSpec>,
+    /// Passive outlier detection (on by default).
+    #[serde(default)]
+    pub outlier: OutlierSpec,
+    /// Retries (none by default).
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Circuit breaker (off unless set).
+    pub breaker: Option<BreakerSpec>,
+    /// When every target is unhealthy: `try_anyway` (default) or `fail`.
+    #[serde(default)]
+    pub when_all_unhealthy: WhenAllUnhealthy,
     /// Protocol towards the targets.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -674,6 +699,13 @@ pub struct RouteSpec {
     /// and those that list it.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+    /// Retry non-idempotent methods (POST, PATCH) too.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+    /// Overrides the upstream's time to the response head.
+    pub first_byte_timeout: Option<Dur>,
+    /// Overrides the upstream's time for the whole exchange.
+    pub request_timeout: Option<Dur>,
 }
 
 /// A route's `auth`: one method or a list of accepted methods.

@@ -2,11 +2,23 @@
 //! timeouts and upgrade tunnels.
 //!
 //! An [`Upstream`] is built once per config snapshot with its own pooled
-//! hyper client (HTTP/1.1 and h2, rustls for `https` targets). The request
-//! path never blocks and holds no lock: the target is picked with an atomic
-//! counter. Upstream error text is logged, never sent to the client.
+//! hyper client (HTTP/1.1 and h2, rustls for `https` targets), its targets
+//! grouped in named sets, and its runtime state (health, ejections, breaker,
+//! retry budget, drain flags) taken from the [`UpstreamRegistry`] so that a
+//! reload keeps it. The request path never blocks and holds no lock: targets
+//! are read from an `ArcSwap` and picked with atomics ([`balance`]); the
+//! attempt loop (retries, breaker, outlier detection) is [`forward`].
+//! Upstream error text is logged, never sent to the client.
 
+mod balance;
+mod forward;
 mod headers;
+mod health;
+mod state;
+
+pub use balance::{Member, Members};
+pub use forward::{Forwarded, OutBody, Outgoing, Plan, X_REQUEST_DEADLINE, is_idempotent};
+pub use state::{InFlight, LOG_TARGET, TargetState, UpstreamRegistry, UpstreamState};
 
 pub use headers::{
     ForwardedFor, X_REQUEST_ID, is_upgrade_request, prepare_request_headers,
@@ -15,7 +27,9 @@ pub use headers::{
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -26,7 +40,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::{BodyStats, GwBody};
-use crate::config::{Defaults, Problem, SourceFile, UpstreamProtocol, UpstreamSpec};
+use crate::config::{
+    Balance, BreakerSpec, Defaults, HealthSpec, OutlierSpec, Problem, RetrySpec, SourceFile,
+    TargetSpec, UpstreamProtocol, UpstreamSpec, WhenAllUnhealthy,
+};
 
 /// The pooled client type used for every upstream.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, GwBody>;
@@ -38,6 +55,7 @@ pub struct Target {
     authority: Authority,
     base_path: String,
     label: String,
+    full: String,
 }
 
 impl Target {
@@ -66,6 +84,7 @@ impl Target {
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Ok(Target {
             label: format!("{scheme}://{authority}"),
+            full: format!("{scheme}://{authority}{base_path}"),
             scheme,
             authority,
             base_path,
@@ -75,6 +94,12 @@ impl Target {
     /// `scheme://authority`, for logs.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// `scheme://authority/base`: the target as configured, its key in the
+    /// registry and the admin API.
+    pub fn full_label(&self) -> &str {
+        &self.full
     }
 
     /// The authority (host and port).
@@ -102,13 +127,47 @@ impl Target {
     }
 }
 
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client address (after trusted proxies).
+    ClientIp,
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashOn {
+    fn parse(s: &str) -> Result<HashOn, String> {
+        if s == "client_ip" {
+            return Ok(HashOn::ClientIp);
+        }
+        if let Some(h) = s.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(h.as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| format!("`hash_on`: {h:?} is not a header name"));
+        }
+        if let Some(c) = s.strip_prefix("cookie:")
+            && !c.is_empty()
+            && c.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
+        {
+            return Ok(HashOn::Cookie(c.to_owned()));
+        }
+        Err(format!(
+            "`hash_on` must be `client_ip`, `header:NAME` or `cookie:NAME`, not {s:?}"
+        ))
+    }
+}
+
 /// An upstream, ready to take requests.
 #[derive(Debug)]
 pub struct Upstream {
     /// Its name.
     pub name: Arc<str>,
-    targets: Vec<Target>,
-    next: AtomicUsize,
+    members: ArcSwap<Members>,
+    set_weights: Vec<AtomicU32>,
+    cursor: AtomicUsize,
     client: HttpClient,
     /// Connect timeout.
     pub connect_timeout: Duration,
@@ -120,6 +179,21 @@ pub struct Upstream {
     pub preserve_host: bool,
     /// The protocol towards the targets.
     pub protocol: UpstreamProtocol,
+    /// How targets are picked.
+    pub balance: Balance,
+    /// What `balance = "hash"` hashes.
+    pub hash_on: Option<HashOn>,
+    /// Active health checks.
+    pub health: Option<HealthSpec>,
+    /// Passive outlier detection.
+    pub outlier: OutlierSpec,
+    /// Retries.
+    pub retry: RetrySpec,
+    /// Circuit breaker.
+    pub breaker: Option<BreakerSpec>,
+    /// When every target is unhealthy.
+    pub when_all_unhealthy: WhenAllUnhealthy,
+    state: Arc<UpstreamState>,
 }
 
 /// Why forwarding failed.
@@ -138,28 +212,178 @@ pub enum ForwardError {
     /// Anything else: refused connection, reset, protocol error.
     #[error("upstream request failed")]
     Failed(#[source] crate::BoxError),
+    /// No target can take the request (empty set, all drained, or all
+    /// unhealthy with `when_all_unhealthy = "fail"`).
+    #[error("no upstream target available")]
+    NoTarget,
+    /// The breaker is open or a concurrency limit is reached.
+    #[error("upstream unavailable")]
+    Unavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The path cannot be sent to the target.
+    #[error("path cannot be forwarded")]
+    InvalidPath,
+}
+
+/// One target as the admin API and the status page show it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TargetStatus {
+    /// `scheme://authority[/base]`.
+    pub url: String,
+    /// The set it belongs to.
+    pub set: String,
+    /// Its weight within the set.
+    pub weight: u32,
+    /// Whether active health checks pass (true without checks).
+    pub healthy: bool,
+    /// Whether outlier detection has it ejected.
+    pub ejected: bool,
+    /// Milliseconds until the ejection ends.
+    pub ejected_for_ms: u64,
+    /// Whether it is drained (no new requests).
+    pub drained: bool,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Response-head latency average (EWMA), in milliseconds.
+    pub latency_ewma_ms: f64,
+    /// Requests sent since the gateway started.
+    pub requests: u64,
+}
+
+/// A named set's traffic share.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SetStatus {
+    /// Its name.
+    pub name: String,
+    /// Its current weight (0: no new requests).
+    pub weight: u32,
+    /// Requests in flight to its targets.
+    pub in_flight: u64,
+}
+
+/// An upstream as the admin API and the status page show it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamStatus {
+    /// Its name.
+    pub name: String,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: String,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Its sets.
+    pub sets: Vec<SetStatus>,
+    /// Its targets.
+    pub targets: Vec<TargetStatus>,
+}
+
+/// Why a shift or drain was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChangeError {
+    /// A set name the upstream does not have.
+    #[error("upstream has no set `{0}`")]
+    UnknownSet(String),
+    /// A target URL the upstream does not have.
+    #[error("upstream has no target `{0}`")]
+    UnknownTarget(String),
+    /// Every weight would be zero.
+    #[error("at least one set needs a weight above zero")]
+    AllZero,
 }
 
 impl Upstream {
-    /// Builds an upstream from its spec, reporting problems at their places.
+    /// Builds an upstream from its spec, reporting problems at their places;
+    /// its runtime state comes from `registry` (kept across reloads).
     pub fn build(
         spec: &UpstreamSpec,
         defaults: &Defaults,
         base_dir: &Path,
         source: &SourceFile,
+        registry: &UpstreamRegistry,
     ) -> Result<Upstream, Vec<Problem>> {
         let mut problems = Vec::new();
-        let mut targets = Vec::new();
-        for t in &spec.targets {
-            match Target::parse(t.get_ref()) {
-                Ok(target) => targets.push(target),
-                Err(msg) => problems.push(source.problem(t.span(), msg)),
+        let name = spec.name.get_ref().as_str();
+        let state = registry.upstream(name);
+        let mut set_names: Vec<Arc<str>> = Vec::new();
+        let mut set_weights = Vec::new();
+        let mut members = Vec::new();
+        let mut add = |targets: &[toml::Spanned<TargetSpec>],
+                       set: usize,
+                       problems: &mut Vec<Problem>| {
+            for t in targets {
+                match Target::parse(t.get_ref().url()) {
+                    Ok(target) => {
+                        let st = state.target(target.full_label());
+                        members.push(Member {
+                            weight: t.get_ref().weight(),
+                            set,
+                            state: st,
+                            target,
+                        });
+                    }
+                    Err(msg) => problems.push(source.problem(t.span(), msg)),
+                }
+            }
+        };
+        if spec.sets.is_empty() {
+            set_names.push("default".into());
+            set_weights.push(AtomicU32::new(100));
+            add(&spec.targets, 0, &mut problems);
+            if spec.targets.is_empty() {
+                problems.push(
+                    source.problem(spec.name.span(), "an upstream needs at least one target"),
+                );
+            }
+        } else {
+            if !spec.targets.is_empty() {
+                problems.push(source.problem(
+                    spec.name.span(),
+                    "use either `targets` or `[[upstream.set]]`, not both",
+                ));
+            }
+            for (i, set) in spec.sets.iter().enumerate() {
+                let n = set.name.get_ref();
+                if set_names.iter().any(|s| &**s == n.as_str()) {
+                    problems.push(source.problem(set.name.span(), format!("set `{n}` twice")));
+                }
+                if set.targets.is_empty() {
+                    problems.push(source.problem(set.name.span(), "a set needs targets"));
+                }
+                set_names.push(n.as_str().into());
+                set_weights.push(AtomicU32::new(set.weight));
+                add(&set.targets, i, &mut problems);
+            }
+            if spec.sets.iter().all(|s| s.weight == 0) {
+                problems.push(source.problem(
+                    spec.name.span(),
+                    "at least one set needs a weight above zero",
+                ));
             }
         }
-        if spec.targets.is_empty() {
-            problems
-                .push(source.problem(spec.name.span(), "an upstream needs at least one target"));
-        }
+        let hash_on = match (&spec.hash_on, spec.balance) {
+            (Some(h), Balance::Hash) => match HashOn::parse(h.get_ref()) {
+                Ok(h) => Some(h),
+                Err(msg) => {
+                    problems.push(source.problem(h.span(), msg));
+                    None
+                }
+            },
+            (None, Balance::Hash) => {
+                problems.push(
+                    source.problem(spec.name.span(), "`balance = \"hash\"` needs `hash_on`"),
+                );
+                None
+            }
+            (Some(h), _) => {
+                problems.push(
+                    source.problem(h.span(), "`hash_on` only applies to `balance = \"hash\"`"),
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        check_settings(spec, source, &mut problems);
         let ca: Option<PathBuf> = spec.tls_ca.as_ref().map(|p| {
             let p = p.get_ref();
             if p.is_absolute() {
@@ -209,9 +433,10 @@ impl Upstream {
             .http2_adaptive_window(true)
             .build(connector);
         Ok(Upstream {
-            name: spec.name.get_ref().as_str().into(),
-            targets,
-            next: AtomicUsize::new(0),
+            name: name.into(),
+            members: ArcSwap::from_pointee(Members::new(members, &set_names)),
+            set_weights,
+            cursor: AtomicUsize::new(0),
             client,
             connect_timeout,
             first_byte_timeout: spec
@@ -221,22 +446,195 @@ impl Upstream {
             request_timeout: spec.request_timeout.unwrap_or(defaults.request_timeout).0,
             preserve_host: spec.preserve_host,
             protocol: spec.protocol,
+            balance: spec.balance,
+            hash_on,
+            health: spec.health.clone(),
+            outlier: spec.outlier.clone(),
+            retry: spec.retry.clone(),
+            breaker: spec.breaker.clone(),
+            when_all_unhealthy: spec.when_all_unhealthy,
+            state,
         })
     }
 
-    /// Picks the next target (round robin, lock-free).
-    pub fn pick(&self) -> Option<&Target> {
-        if self.targets.is_empty() {
+    /// The current targets.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    /// The hash key of a request for `balance = "hash"`; `None` (round
+    /// robin) when the header or cookie is missing.
+    pub fn hash_key(&self, headers: &http::HeaderMap, client: std::net::IpAddr) -> Option<u64> {
+        match self.hash_on.as_ref()? {
+            HashOn::ClientIp => Some(match client {
+                std::net::IpAddr::V4(a) => balance::hash_bytes(&a.octets()),
+                std::net::IpAddr::V6(a) => balance::hash_bytes(&a.octets()),
+            }),
+            HashOn::Header(h) => headers.get(h).map(|v| balance::hash_bytes(v.as_bytes())),
+            HashOn::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| balance::hash_bytes(v.as_bytes())),
+        }
+    }
+
+    /// Picks a target not in `tried` if one is available, else any
+    /// available one, else (panic mode) any undrained one.
+    fn pick(&self, members: &Members, hash: Option<u64>, tried: &[usize]) -> Option<usize> {
+        let now = self.state.now_ms();
+        let order = self.set_order();
+        if order.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        self.targets.get(i)
+        let fresh = |i: usize| !tried.contains(&i);
+        let available = |m: &Member| m.state.is_available(now);
+        let levels: [&dyn Fn(usize, &Member) -> bool; 4] = [
+            &|i, m| available(m) && fresh(i),
+            &|_, m| available(m),
+            &|i, m| !m.state.is_drained() && fresh(i),
+            &|_, m| !m.state.is_drained(),
+        ];
+        let usable = match self.when_all_unhealthy {
+            WhenAllUnhealthy::TryAnyway => 4,
+            WhenAllUnhealthy::Fail => 2,
+        };
+        for ok in levels.iter().take(usable) {
+            for set in &order {
+                if let Some(i) = members.pick_in(*set, self.balance, &self.cursor, hash, *ok) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sets with traffic, the one chosen by weight first.
+    fn set_order(&self) -> Vec<usize> {
+        let weights: Vec<u32> = self
+            .set_weights
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        if total == 0 {
+            return Vec::new();
+        }
+        let mut r = rand::random_range(0..total);
+        let mut first = 0;
+        for (i, w) in weights.iter().enumerate() {
+            if r < u64::from(*w) {
+                first = i;
+                break;
+            }
+            r -= u64::from(*w);
+        }
+        let mut order = vec![first];
+        order.extend(
+            weights
+                .iter()
+                .enumerate()
+                .filter(|(i, w)| *i != first && **w > 0)
+                .map(|(i, _)| i),
+        );
+        order
+    }
+
+    /// Moves traffic: the named sets get these weights, the others 0.
+    pub fn shift(&self, to: &std::collections::BTreeMap<String, u32>) -> Result<(), ChangeError> {
+        let members = self.members();
+        let names: Vec<&str> = members.sets.iter().map(|s| &*s.name).collect();
+        if let Some(unknown) = to.keys().find(|k| !names.contains(&k.as_str())) {
+            return Err(ChangeError::UnknownSet(unknown.clone()));
+        }
+        if to.values().all(|w| *w == 0) {
+            return Err(ChangeError::AllZero);
+        }
+        for (name, w) in names.iter().zip(&self.set_weights) {
+            let new = to.get(*name).copied().unwrap_or(0);
+            let old = w.swap(new, Ordering::AcqRel);
+            if old != new {
+                tracing::info!(target: state::LOG_TARGET, upstream = %self.name, set = %name, from = old, to = new, "traffic shifted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains (no new requests) or undrains the target `url`.
+    pub fn drain(&self, url: &str, drained: bool) -> Result<(), ChangeError> {
+        let members = self.members();
+        let url = url.trim_end_matches('/');
+        let found: Vec<&Member> = members
+            .members
+            .iter()
+            .filter(|m| &*m.state.url == url)
+            .collect();
+        if found.is_empty() {
+            return Err(ChangeError::UnknownTarget(url.to_owned()));
+        }
+        for m in found {
+            self.state.set_drained(&m.state, drained);
+        }
+        Ok(())
+    }
+
+    /// What the admin API and the status page show.
+    pub fn status(&self) -> UpstreamStatus {
+        let members = self.members();
+        let targets: Vec<TargetStatus> = members
+            .members
+            .iter()
+            .map(|m| {
+                let ejected_for_ms = self.state.ejected_for_ms(&m.state);
+                TargetStatus {
+                    url: m.state.url.to_string(),
+                    set: members
+                        .sets
+                        .get(m.set)
+                        .map(|s| s.name.to_string())
+                        .unwrap_or_default(),
+                    weight: m.weight,
+                    healthy: m.state.is_healthy(),
+                    ejected: ejected_for_ms > 0,
+                    ejected_for_ms,
+                    drained: m.state.is_drained(),
+                    in_flight: m.state.in_flight(),
+                    latency_ewma_ms: m.state.latency_ms(),
+                    requests: m.state.requests(),
+                }
+            })
+            .collect();
+        let sets = members
+            .sets
+            .iter()
+            .zip(&self.set_weights)
+            .map(|(s, w)| SetStatus {
+                name: s.name.to_string(),
+                weight: w.load(Ordering::Relaxed),
+                in_flight: s
+                    .members
+                    .iter()
+                    .filter_map(|i| members.members.get(*i))
+                    .map(|m| m.state.in_flight())
+                    .sum(),
+            })
+            .collect();
+        UpstreamStatus {
+            name: self.name.to_string(),
+            breaker: self.state.breaker_state().to_owned(),
+            in_flight: self.state.in_flight.load(Ordering::Relaxed),
+            sets,
+            targets,
+        }
     }
 
     /// Sends `req` (URI already pointing at a target) and waits for the
     /// response head: at most `first_byte` after the request body has been
     /// sent (a slow upload is not a slow upstream), and never past `deadline`.
-    pub async fn send(
+    async fn send(
         &self,
         req: Request<GwBody>,
         first_byte: Duration,
@@ -273,6 +671,51 @@ impl Upstream {
                 ForwardError::Failed(Box::new(e))
             }
         })
+    }
+}
+
+/// Values no type can check: reported at the upstream's name.
+fn check_settings(spec: &UpstreamSpec, source: &SourceFile, problems: &mut Vec<Problem>) {
+    let at = spec.name.span();
+    let mut bad = |cond: bool, msg: &str| {
+        if cond {
+            problems.push(source.problem(at.clone(), msg.to_owned()));
+        }
+    };
+    if let Some(h) = &spec.health {
+        bad(!h.path.starts_with('/'), "`health.path` must start with `/`");
+        bad(h.interval.0.is_zero(), "`health.interval` must be above zero");
+        bad(h.timeout.0.is_zero(), "`health.timeout` must be above zero");
+        bad(h.expected.is_empty(), "`health.expected` needs a status");
+        bad(
+            h.expected.iter().any(|s| !(100..=599).contains(s)),
+            "`health.expected` statuses are 100 to 599",
+        );
+    }
+    let o = &spec.outlier;
+    bad(
+        o.max_ejected_percent > 100,
+        "`outlier.max_ejected_percent` is at most 100",
+    );
+    let r = &spec.retry;
+    bad(
+        !(1..=10).contains(&r.attempts),
+        "`retry.attempts` is 1 to 10",
+    );
+    bad(
+        r.on_status.iter().any(|s| !(500..=599).contains(s)),
+        "`retry.on_status` lists 5xx statuses only",
+    );
+    bad(
+        r.budget_window.0.is_zero(),
+        "`retry.budget_window` must be above zero",
+    );
+    if let Some(b) = &spec.breaker {
+        bad(
+            b.failure_rate_percent > 100,
+            "`breaker.failure_rate_percent` is at most 100",
+        );
+        bad(b.window.0.is_zero(), "`breaker.window` must be above zero");
     }
 }
 
