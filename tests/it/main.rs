@@ -13,3 +13,4 @@ mod proxy;
 mod ratelimit;
 mod rules;
 mod tls;
+mod upstream;
