@@ -10,6 +10,7 @@
 //! serves proxied traffic.
 
 pub mod api;
+pub mod client;
 pub mod ops;
 mod token;
 
