@@ -162,7 +162,12 @@ struct AdminTarget {
     )]
     admin_url: String,
     /// The admin token (better in the environment than on the command line).
-    #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     admin_token: Option<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Text, global = true)]
@@ -726,7 +731,10 @@ async fn upstream_cli(target: &AdminTarget, command: UpstreamCommand) -> anyhow:
         } else {
             let code = body["error"].as_str().unwrap_or("error").to_owned();
             let msg = body["message"].as_str().unwrap_or("").to_owned();
-            let fields = body.get("fields").map(|f| f.to_string()).unwrap_or_default();
+            let fields = body
+                .get("fields")
+                .map(|f| f.to_string())
+                .unwrap_or_default();
             Err(anyhow::anyhow!("{status}: {code}: {msg} {fields}"))
         }
     };
@@ -745,12 +753,18 @@ async fn upstream_cli(target: &AdminTarget, command: UpstreamCommand) -> anyhow:
         }
         UpstreamCommand::Drain { name, target } => {
             let path = format!("/v1/upstreams/{name}/targets/drain");
-            let u = one(answer(api.post(&path, &serde_json::json!({"target": target})).await?)?)?;
+            let u = one(answer(
+                api.post(&path, &serde_json::json!({"target": target}))
+                    .await?,
+            )?)?;
             show(json, &u, print_upstream)?;
         }
         UpstreamCommand::Undrain { name, target } => {
             let path = format!("/v1/upstreams/{name}/targets/undrain");
-            let u = one(answer(api.post(&path, &serde_json::json!({"target": target})).await?)?)?;
+            let u = one(answer(
+                api.post(&path, &serde_json::json!({"target": target}))
+                    .await?,
+            )?)?;
             show(json, &u, print_upstream)?;
         }
         UpstreamCommand::Shift {
@@ -768,7 +782,9 @@ async fn upstream_cli(target: &AdminTarget, command: UpstreamCommand) -> anyhow:
                 weights.insert(set.trim().to_owned(), w);
             }
             let path = format!("/v1/upstreams/{name}/shift");
-            let u = one(answer(api.post(&path, &serde_json::json!({"to": weights})).await?)?)?;
+            let u = one(answer(
+                api.post(&path, &serde_json::json!({"to": weights})).await?,
+            )?)?;
             if !wait {
                 show(json, &u, print_upstream)?;
                 return Ok(ExitCode::SUCCESS);
@@ -776,7 +792,12 @@ async fn upstream_cli(target: &AdminTarget, command: UpstreamCommand) -> anyhow:
             let started = std::time::Instant::now();
             loop {
                 let u = one(answer(api.get(&format!("/v1/upstreams/{name}")).await?)?)?;
-                let busy: u64 = u.sets.iter().filter(|s| s.weight == 0).map(|s| s.in_flight).sum();
+                let busy: u64 = u
+                    .sets
+                    .iter()
+                    .filter(|s| s.weight == 0)
+                    .map(|s| s.in_flight)
+                    .sum();
                 if busy == 0 {
                     let idle: Vec<&str> = u
                         .sets

@@ -139,13 +139,8 @@ impl Snapshot {
                     continue;
                 }
                 upstream_places.insert(name.clone(), here);
-                match Upstream::build(
-                    spec_ref,
-                    defaults,
-                    &loaded.base_dir,
-                    source,
-                    deps.upstreams,
-                ) {
+                match Upstream::build(spec_ref, defaults, &loaded.base_dir, source, deps.upstreams)
+                {
                     Ok(u) => {
                         upstreams.insert(name, Arc::new(u));
                     }

@@ -102,8 +102,7 @@ impl AdminClient {
                 .await
                 .map_err(ClientError::Body)?
                 .to_bytes();
-            let json =
-                serde_json::from_slice(&body).map_err(|_| ClientError::NotJson(status))?;
+            let json = serde_json::from_slice(&body).map_err(|_| ClientError::NotJson(status))?;
             Ok((status, json))
         };
         tokio::time::timeout(self.timeout, exchange)

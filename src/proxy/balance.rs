@@ -98,7 +98,11 @@ impl Members {
         ok: &dyn Fn(usize, &Member) -> bool,
     ) -> Option<usize> {
         let s = self.sets.get(set)?;
-        let fits = |i: usize| self.members.get(i).is_some_and(|m| m.weight > 0 && ok(i, m));
+        let fits = |i: usize| {
+            self.members
+                .get(i)
+                .is_some_and(|m| m.weight > 0 && ok(i, m))
+        };
         match (balance, hash) {
             (Balance::Hash, Some(h)) if !s.ring.is_empty() => {
                 let start = s.ring.partition_point(|(p, _)| *p < h);
@@ -238,7 +242,11 @@ mod tests {
     #[test]
     fn round_robin_follows_weights() {
         let cases = [
-            ("equal", vec![("http://a", 1), ("http://b", 1)], vec![50, 50]),
+            (
+                "equal",
+                vec![("http://a", 1), ("http://b", 1)],
+                vec![50, 50],
+            ),
             (
                 "weighted",
                 vec![("http://a", 3), ("http://b", 1)],
@@ -307,9 +315,7 @@ mod tests {
                 .unwrap();
             m.members[i].target.label().to_owned()
         };
-        let keys: Vec<u64> = (0..2000u32)
-            .map(|k| hash_bytes(&k.to_be_bytes()))
-            .collect();
+        let keys: Vec<u64> = (0..2000u32).map(|k| hash_bytes(&k.to_be_bytes())).collect();
         let mut moved = 0;
         let mut per_target = std::collections::HashMap::new();
         for k in &keys {
@@ -318,7 +324,10 @@ mod tests {
             *per_target.entry(a.clone()).or_insert(0) += 1;
             if a != label(&four, *k) {
                 moved += 1;
-                assert_eq!(a, "http://10.0.0.4:80", "only the removed target's keys move");
+                assert_eq!(
+                    a, "http://10.0.0.4:80",
+                    "only the removed target's keys move"
+                );
             }
         }
         // ~1/5 of the keys lived on the removed target.

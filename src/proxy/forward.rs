@@ -16,8 +16,8 @@ use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version};
-use hyper::body::Incoming;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use super::state::{Admit, InFlight, LOG_TARGET};
 use super::{ForwardError, Upstream};

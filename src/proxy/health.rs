@@ -18,7 +18,11 @@ use crate::config::HealthSpec;
 
 /// Checks `upstream`'s targets until `stop` turns true (or the task is
 /// aborted because a new snapshot replaced the upstream).
-pub(crate) async fn run(upstream: Arc<Upstream>, spec: HealthSpec, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    upstream: Arc<Upstream>,
+    spec: HealthSpec,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let members = upstream.members();
         let checks = members.members.iter().map(|m| check(&upstream, m, &spec));

@@ -150,7 +150,8 @@ impl HashOn {
         }
         if let Some(c) = s.strip_prefix("cookie:")
             && !c.is_empty()
-            && c.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
+            && c.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
         {
             return Ok(HashOn::Cookie(c.to_owned()));
         }
@@ -308,24 +309,23 @@ impl Upstream {
         let mut set_names: Vec<Arc<str>> = Vec::new();
         let mut set_weights = Vec::new();
         let mut members = Vec::new();
-        let mut add = |targets: &[toml::Spanned<TargetSpec>],
-                       set: usize,
-                       problems: &mut Vec<Problem>| {
-            for t in targets {
-                match Target::parse(t.get_ref().url()) {
-                    Ok(target) => {
-                        let st = state.target(target.full_label());
-                        members.push(Member {
-                            weight: t.get_ref().weight(),
-                            set,
-                            state: st,
-                            target,
-                        });
+        let mut add =
+            |targets: &[toml::Spanned<TargetSpec>], set: usize, problems: &mut Vec<Problem>| {
+                for t in targets {
+                    match Target::parse(t.get_ref().url()) {
+                        Ok(target) => {
+                            let st = state.target(target.full_label());
+                            members.push(Member {
+                                weight: t.get_ref().weight(),
+                                set,
+                                state: st,
+                                target,
+                            });
+                        }
+                        Err(msg) => problems.push(source.problem(t.span(), msg)),
                     }
-                    Err(msg) => problems.push(source.problem(t.span(), msg)),
                 }
-            }
-        };
+            };
         if spec.sets.is_empty() {
             set_names.push("default".into());
             set_weights.push(AtomicU32::new(100));
@@ -370,9 +370,8 @@ impl Upstream {
                 }
             },
             (None, Balance::Hash) => {
-                problems.push(
-                    source.problem(spec.name.span(), "`balance = \"hash\"` needs `hash_on`"),
-                );
+                problems
+                    .push(source.problem(spec.name.span(), "`balance = \"hash\"` needs `hash_on`"));
                 None
             }
             (Some(h), _) => {
@@ -683,8 +682,14 @@ fn check_settings(spec: &UpstreamSpec, source: &SourceFile, problems: &mut Vec<P
         }
     };
     if let Some(h) = &spec.health {
-        bad(!h.path.starts_with('/'), "`health.path` must start with `/`");
-        bad(h.interval.0.is_zero(), "`health.interval` must be above zero");
+        bad(
+            !h.path.starts_with('/'),
+            "`health.path` must start with `/`",
+        );
+        bad(
+            h.interval.0.is_zero(),
+            "`health.interval` must be above zero",
+        );
         bad(h.timeout.0.is_zero(), "`health.timeout` must be above zero");
         bad(h.expected.is_empty(), "`health.expected` needs a status");
         bad(

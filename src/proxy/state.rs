@@ -437,7 +437,13 @@ impl UpstreamState {
     }
 
     /// Records an active health check; logs and counts a change.
-    pub fn health_result(&self, t: &TargetState, ok: bool, healthy_after: u32, unhealthy_after: u32) {
+    pub fn health_result(
+        &self,
+        t: &TargetState,
+        ok: bool,
+        healthy_after: u32,
+        unhealthy_after: u32,
+    ) {
         if ok {
             t.m.checks_ok.increment(1);
             t.fail_streak.store(0, Ordering::Release);

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -31,6 +31,7 @@ struct Flaky {
     health: Arc<AtomicU8>,
     hits: Arc<AtomicUsize>,
     checks: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
     tasks: Option<JoinSet<()>>,
 }
 
@@ -43,6 +44,7 @@ impl Flaky {
             health: Arc::new(AtomicU8::new(OK)),
             hits: Arc::new(AtomicUsize::new(0)),
             checks: Arc::new(AtomicUsize::new(0)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
             tasks: None,
         };
         f.serve(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -52,12 +54,13 @@ impl Flaky {
     fn serve(&mut self, listener: TcpListener) {
         self.addr = listener.local_addr().unwrap();
         let mut set = JoinSet::new();
-        let (name, mode, health, hits, checks) = (
+        let (name, mode, health, hits, checks, delay) = (
             self.name,
             self.mode.clone(),
             self.health.clone(),
             self.hits.clone(),
             self.checks.clone(),
+            self.delay_ms.clone(),
         );
         set.spawn(async move {
             let mut conns = JoinSet::new();
@@ -65,13 +68,27 @@ impl Flaky {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (mode, health, hits, checks) =
-                    (mode.clone(), health.clone(), hits.clone(), checks.clone());
+                let (mode, health, hits, checks, delay) = (
+                    mode.clone(),
+                    health.clone(),
+                    hits.clone(),
+                    checks.clone(),
+                    delay.clone(),
+                );
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (mode, health, hits, checks) =
-                            (mode.clone(), health.clone(), hits.clone(), checks.clone());
+                        let (mode, health, hits, checks, delay) = (
+                            mode.clone(),
+                            health.clone(),
+                            hits.clone(),
+                            checks.clone(),
+                            delay.clone(),
+                        );
                         async move {
+                            let ms = delay.load(Ordering::SeqCst);
+                            if ms > 0 && req.uri().path() != "/health" {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             let m = if req.uri().path() == "/health" {
                                 checks.fetch_add(1, Ordering::SeqCst);
                                 health.load(Ordering::SeqCst)
@@ -144,7 +161,10 @@ async fn answer(name: &str, mode: u8, req: Request<Incoming>) -> Response<TestBo
 }
 
 fn targets(backends: &[&Flaky]) -> String {
-    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.url())).collect();
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.url()))
+        .collect();
     format!("[{}]", list.join(", "))
 }
 
@@ -235,7 +255,10 @@ async fn gets_keep_succeeding_while_a_target_dies_and_comes_back() {
     for _ in 0..9 {
         assert_eq!(get(&gw, "/x").await.0, 200);
     }
-    assert!(b.hits() > b_before, "the restarted target takes traffic again");
+    assert!(
+        b.hits() > b_before,
+        "the restarted target takes traffic again"
+    );
 }
 
 #[tokio::test]
@@ -300,7 +323,11 @@ async fn a_route_may_allow_retrying_posts_with_small_bodies() {
             .unwrap();
         statuses.push(resp.status().as_u16());
     }
-    assert_eq!(a.hits() + b.hits() - before, 4, "large bodies are sent once");
+    assert_eq!(
+        a.hits() + b.hits() - before,
+        4,
+        "large bodies are sent once"
+    );
     assert!(statuses.contains(&503), "so a's failure reaches the client");
 }
 
@@ -512,12 +539,32 @@ async fn backends_learn_the_deadline_and_routes_override_timeouts() {
 #[tokio::test]
 async fn bad_upstream_settings_are_refused_with_their_place() {
     let cases = [
-        ("hash without key", "targets = [\"http://127.0.0.1:1\"]\nbalance = \"hash\"", "needs `hash_on`"),
-        ("bad hash key", "targets = [\"http://127.0.0.1:1\"]\nbalance = \"hash\"\nhash_on = \"body\"", "`hash_on` must be"),
-        ("retry status", "targets = [\"http://127.0.0.1:1\"]\n[upstream.retry]\non_status = [404]", "5xx statuses only"),
+        (
+            "hash without key",
+            "targets = [\"http://127.0.0.1:1\"]\nbalance = \"hash\"",
+            "needs `hash_on`",
+        ),
+        (
+            "bad hash key",
+            "targets = [\"http://127.0.0.1:1\"]\nbalance = \"hash\"\nhash_on = \"body\"",
+            "`hash_on` must be",
+        ),
+        (
+            "retry status",
+            "targets = [\"http://127.0.0.1:1\"]\n[upstream.retry]\non_status = [404]",
+            "5xx statuses only",
+        ),
         ("no targets", "targets = []", "at least one target"),
-        ("sets all zero", "[[upstream.set]]\nname = \"blue\"\ntargets = [\"http://127.0.0.1:1\"]\nweight = 0", "weight above zero"),
-        ("unknown key", "targets = [\"http://127.0.0.1:1\"]\n[upstream.retry]\ntries = 3", "unknown field"),
+        (
+            "sets all zero",
+            "[[upstream.set]]\nname = \"blue\"\ntargets = [\"http://127.0.0.1:1\"]\nweight = 0",
+            "weight above zero",
+        ),
+        (
+            "unknown key",
+            "targets = [\"http://127.0.0.1:1\"]\n[upstream.retry]\ntries = 3",
+            "unknown field",
+        ),
     ];
     for (name, upstream, want) in cases {
         let b = GatewayBuilder::new().policy("u.toml", &policy(upstream, ""));
@@ -528,4 +575,223 @@ async fn bad_upstream_settings_are_refused_with_their_place() {
         assert!(text.contains(want), "{name}: {text}");
         assert!(text.contains("u.toml:"), "{name}: names the file: {text}");
     }
+}
+
+async fn admin_gateway(policy_text: &str) -> (TestGateway, String) {
+    let (token, hash) = admin_token();
+    let gw = GatewayBuilder::new()
+        .admin_token_hash(&hash)
+        .policy("u.toml", policy_text)
+        .start()
+        .await;
+    (gw, token)
+}
+
+fn target_state<'a>(status: &'a serde_json::Value, url: &str) -> &'a serde_json::Value {
+    status["upstream"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["url"] == url)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_state_and_drains_survive_a_reload() {
+    let (a, b) = (Flaky::start("a").await, Flaky::start("b").await);
+    b.set(FAIL_500);
+    let text = policy(
+        &format!(
+            "targets = {}
+[upstream.outlier]
+consecutive_failures = 1
+base_ejection = \"1h\"
+             [upstream.breaker]
+failure_threshold = 100",
+            targets(&[&a, &b])
+        ),
+        "",
+    );
+    let (gw, token) = admin_gateway(&text).await;
+    let api = AdminApi::new(&gw, &token);
+    let (status, _) = AdminApi::new(&gw, "wrong-token").get("/v1/upstreams").await;
+    assert_eq!(status, 401, "token required");
+    for _ in 0..4 {
+        get(&gw, "/x").await;
+    }
+    let (status, list) = api.get("/v1/upstreams").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["upstreams"][0]["name"], "u");
+    assert_eq!(list["upstreams"][0]["breaker"], "closed");
+    let (_, shown) = api.get("/v1/upstreams/u").await;
+    let tb = target_state(&shown, &b.url());
+    assert_eq!(tb["ejected"], true, "b failed once and was ejected: {tb}");
+    assert_eq!(tb["healthy"], true, "no active checks configured");
+    let ta = target_state(&shown, &a.url());
+    assert_eq!(ta["ejected"], false);
+    assert_eq!(ta["in_flight"], 0);
+    assert!(ta["requests"].as_u64().unwrap() >= 3);
+
+    let (status, body) = api
+        .post(
+            "/v1/upstreams/u/targets/drain",
+            serde_json::json!({"target": a.url()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(target_state(&body, &a.url())["drained"], true);
+    let (status, body) = api
+        .post(
+            "/v1/upstreams/u/targets/drain",
+            serde_json::json!({"target": "http://nowhere:1"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = api.get("/v1/upstreams/nope").await;
+    assert_eq!(status, 404);
+
+    // A reload builds new upstreams; runtime state is kept.
+    gw.running().reload().await.unwrap();
+    let (_, shown) = api.get("/v1/upstreams/u").await;
+    assert_eq!(
+        target_state(&shown, &a.url())["drained"],
+        true,
+        "drain kept"
+    );
+    assert_eq!(
+        target_state(&shown, &b.url())["ejected"],
+        true,
+        "ejection kept"
+    );
+    // a drained, b ejected: panic mode would try b; drained targets never.
+    let a_hits = a.hits();
+    for _ in 0..3 {
+        get(&gw, "/x").await;
+    }
+    assert_eq!(a.hits(), a_hits, "a drained target gets no new requests");
+    let (status, _) = api
+        .post(
+            "/v1/upstreams/u/targets/undrain",
+            serde_json::json!({"target": a.url()}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&gw, "/x").await, (200, "a".to_owned()));
+}
+
+#[tokio::test]
+async fn rainbow_shift_from_blue_to_green_under_load_loses_nothing() {
+    let (b1, b2, g1, g2) = (
+        Flaky::start("blue1").await,
+        Flaky::start("blue2").await,
+        Flaky::start("green1").await,
+        Flaky::start("green2").await,
+    );
+    for t in [&b1, &b2, &g1, &g2] {
+        t.delay_ms.store(20, Ordering::SeqCst);
+    }
+    let text = policy(
+        &format!(
+            "[[upstream.set]]
+name = \"blue\"
+targets = {}
+weight = 100
+             [[upstream.set]]
+name = \"green\"
+targets = {}
+weight = 0",
+            targets(&[&b1, &b2]),
+            targets(&[&g1, &g2])
+        ),
+        "",
+    );
+    let (gw, token) = admin_gateway(&text).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut load = JoinSet::new();
+    for _ in 0..4 {
+        let (stop, failures, done, url) =
+            (stop.clone(), failures.clone(), done.clone(), gw.url("/x"));
+        load.spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::SeqCst) {
+                let ok = c
+                    .get(&url)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false);
+                if !ok {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let started = eventually(10, || async {
+        (done.load(Ordering::SeqCst) >= 40).then_some(())
+    })
+    .await;
+    assert!(started.is_some());
+    assert_eq!(g1.hits() + g2.hits(), 0, "green had no traffic yet");
+
+    // The CLI shifts and waits until blue is idle.
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([
+                "upstream",
+                "shift",
+                "u",
+                "--to",
+                "green=100",
+                "--wait",
+                "--wait-timeout",
+                "20s",
+                "--output",
+                "json",
+                "--admin-url",
+                &gw.admin_url(""),
+                "--admin-token",
+                &token,
+            ])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sets = shown["sets"].as_array().unwrap();
+    assert_eq!(sets[0]["name"], "blue");
+    assert_eq!(sets[0]["weight"], 0);
+    assert_eq!(sets[0]["in_flight"], 0, "reported when blue was idle");
+    assert_eq!(sets[1]["weight"], 100);
+
+    let blue_after_idle = b1.hits() + b2.hits();
+    let done_at_idle = done.load(Ordering::SeqCst);
+    let more = eventually(10, || async {
+        (done.load(Ordering::SeqCst) >= done_at_idle + 60).then_some(())
+    })
+    .await;
+    assert!(more.is_some());
+    stop.store(true, Ordering::SeqCst);
+    while load.join_next().await.is_some() {}
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "no request failed");
+    assert_eq!(
+        b1.hits() + b2.hits(),
+        blue_after_idle,
+        "blue got nothing new after the shift"
+    );
+    assert!(g1.hits() > 10 && g2.hits() > 10, "green took the traffic");
+    assert!(
+        b1.hits() > 5 && b2.hits() > 5,
+        "blue served before the shift"
+    );
 }
