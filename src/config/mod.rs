@@ -574,6 +574,15 @@ pub struct UpstreamSpec {
     /// `{ url, weight }` tables.
     #[serde(default)]
     pub targets: Vec<Spanned<TargetSpec>>,
+    /// Targets from a DNS name: `{ name, port, scheme, min_ttl, max_ttl,
+    /// hosts_file }`, re-resolved in the background.
+    pub dns: Option<DnsSpec>,
+    /// Targets from a JSON or TOML list (relative to the config file),
+    /// re-read when it changes, without a reload.
+    pub targets_file: Option<Spanned<PathBuf>>,
+    /// How often `targets_file` is checked for changes.
+    #[serde(default = "default_targets_file_poll")]
+    pub targets_file_poll: Dur,
     /// Named target sets with traffic shares (blue/green, canary).
     #[serde(default, rename = "set")]
     pub sets: Vec<SetSpec>,

@@ -252,6 +252,10 @@ pub struct DnsSpec {
     /// Re-resolve at most this long apart.
     #[serde(default = "max_ttl")]
     pub max_ttl: Dur,
+    /// Resolve with this hosts-style file (`ADDRESS NAME…` lines, relative
+    /// to the config file, read on every resolution) instead of the system
+    /// resolver.
+    pub hosts_file: Option<std::path::PathBuf>,
 }
 
 fn http_scheme() -> String {
@@ -259,9 +263,14 @@ fn http_scheme() -> String {
 }
 
 fn min_ttl() -> Dur {
-    Dur(Duration::from_secs(1))
+    Dur(Duration::from_secs(5))
 }
 
 fn max_ttl() -> Dur {
-    Dur(Duration::from_secs(60))
+    Dur(Duration::from_secs(300))
+}
+
+/// How often a targets file is looked at.
+pub fn default_targets_file_poll() -> Dur {
+    Dur(Duration::from_secs(1))
 }

@@ -11,6 +11,7 @@
 //! Upstream error text is logged, never sent to the client.
 
 mod balance;
+pub mod discovery;
 mod forward;
 mod headers;
 mod health;
@@ -194,6 +195,8 @@ pub struct Upstream {
     pub breaker: Option<BreakerSpec>,
     /// When every target is unhealthy.
     pub when_all_unhealthy: WhenAllUnhealthy,
+    /// Where targets are discovered, if anywhere.
+    pub discovery: Option<discovery::Source>,
     state: Arc<UpstreamState>,
 }
 
@@ -326,7 +329,67 @@ impl Upstream {
                     }
                 }
             };
-        if spec.sets.is_empty() {
+        let discovery = match (&spec.dns, &spec.targets_file) {
+            (Some(_), Some(f)) => {
+                problems.push(source.problem(f.span(), "use either `dns` or `targets_file`"));
+                None
+            }
+            (Some(dns), None) => {
+                let resolver: Arc<dyn discovery::Resolve> = match &dns.hosts_file {
+                    Some(p) => Arc::new(discovery::HostsFile(resolve_path(base_dir, p))),
+                    None => Arc::new(discovery::SystemResolver),
+                };
+                if !matches!(dns.scheme.as_str(), "http" | "https") {
+                    problems.push(
+                        source.problem(spec.name.span(), "`dns.scheme` is `http` or `https`"),
+                    );
+                }
+                Some(discovery::Source::Dns {
+                    spec: dns.clone(),
+                    resolver,
+                })
+            }
+            (None, Some(f)) => Some(discovery::Source::File {
+                path: resolve_path(base_dir, f.get_ref()),
+                every: spec.targets_file_poll.0.max(Duration::from_millis(10)),
+            }),
+            (None, None) => None,
+        };
+        if let Some(found) = &discovery {
+            if !spec.targets.is_empty() || !spec.sets.is_empty() {
+                problems.push(source.problem(
+                    spec.name.span(),
+                    "discovered targets (`dns`, `targets_file`) exclude `targets` and sets",
+                ));
+            }
+            set_names.push("default".into());
+            set_weights.push(AtomicU32::new(100));
+            let initial = match found {
+                discovery::Source::File { path, .. } => match discovery::read_targets_file(path) {
+                    Ok(list) => list,
+                    Err(e) => {
+                        let span = spec
+                            .targets_file
+                            .as_ref()
+                            .map(|f| f.span())
+                            .unwrap_or(spec.name.span());
+                        problems.push(source.problem(span, e.to_string()));
+                        Vec::new()
+                    }
+                },
+                discovery::Source::Dns { .. } => state.discovered().unwrap_or_default(),
+            };
+            for (url, weight) in initial {
+                if let Ok(target) = Target::parse(&url) {
+                    members.push(Member {
+                        state: state.target(target.full_label()),
+                        weight,
+                        set: 0,
+                        target,
+                    });
+                }
+            }
+        } else if spec.sets.is_empty() {
             set_names.push("default".into());
             set_weights.push(AtomicU32::new(100));
             add(&spec.targets, 0, &mut problems);
@@ -383,14 +446,10 @@ impl Upstream {
             (None, _) => None,
         };
         check_settings(spec, source, &mut problems);
-        let ca: Option<PathBuf> = spec.tls_ca.as_ref().map(|p| {
-            let p = p.get_ref();
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                base_dir.join(p)
-            }
-        });
+        let ca: Option<PathBuf> = spec
+            .tls_ca
+            .as_ref()
+            .map(|p| resolve_path(base_dir, p.get_ref()));
         let tls = match crate::tls::client_config(ca.as_deref()) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -452,8 +511,29 @@ impl Upstream {
             retry: spec.retry.clone(),
             breaker: spec.breaker.clone(),
             when_all_unhealthy: spec.when_all_unhealthy,
+            discovery,
             state,
         })
+    }
+
+    /// Replaces the targets (discovery found a new list). Targets seen
+    /// before keep their state.
+    pub fn replace_targets(&self, list: &[(String, u32)]) {
+        let members = self.members();
+        let set_names: Vec<Arc<str>> = members.sets.iter().map(|s| s.name.clone()).collect();
+        let new: Vec<Member> = list
+            .iter()
+            .filter_map(|(url, weight)| {
+                let target = Target::parse(url).ok()?;
+                Some(Member {
+                    state: self.state.target(target.full_label()),
+                    weight: *weight,
+                    set: 0,
+                    target,
+                })
+            })
+            .collect();
+        self.members.store(Arc::new(Members::new(new, &set_names)));
     }
 
     /// The current targets.
@@ -670,6 +750,14 @@ impl Upstream {
                 ForwardError::Failed(Box::new(e))
             }
         })
+    }
+}
+
+fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
     }
 }
 

@@ -76,6 +76,7 @@ impl UpstreamRegistry {
                     epoch: self.inner.epoch,
                     metrics: m.clone(),
                     targets: Mutex::new(HashMap::new()),
+                    discovered: Mutex::new(None),
                     in_flight: AtomicU64::new(0),
                     pending: AtomicU64::new(0),
                     breaker: BreakerState::default(),
@@ -108,6 +109,13 @@ impl UpstreamRegistry {
             t.abort();
         }
         for u in upstreams.values() {
+            if let Some(source) = &u.discovery {
+                tasks.push(tokio::spawn(super::discovery::run(
+                    u.clone(),
+                    source.clone(),
+                    stop.clone(),
+                )));
+            }
             if let Some(spec) = &u.health {
                 tasks.push(tokio::spawn(super::health::run(
                     u.clone(),
@@ -180,6 +188,7 @@ pub struct UpstreamState {
     epoch: Instant,
     metrics: Arc<Metrics>,
     targets: Mutex<HashMap<String, Arc<TargetState>>>,
+    discovered: Mutex<Option<Vec<(String, u32)>>>,
     /// Requests in flight (until the response body ends).
     pub in_flight: AtomicU64,
     /// Requests waiting for their response head.
@@ -245,6 +254,17 @@ impl UpstreamState {
                 })
             })
             .clone()
+    }
+
+    /// The last targets discovery found (kept across reloads so a new
+    /// snapshot starts with them).
+    pub fn discovered(&self) -> Option<Vec<(String, u32)>> {
+        lock(&self.discovered).clone()
+    }
+
+    /// Records what discovery found.
+    pub fn set_discovered(&self, list: Vec<(String, u32)>) {
+        *lock(&self.discovered) = Some(list);
     }
 
     /// Counts a request against the retry budget's window.

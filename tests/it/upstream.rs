@@ -795,3 +795,112 @@ weight = 0",
         "blue served before the shift"
     );
 }
+
+#[tokio::test]
+async fn a_dns_name_follows_the_resolver_answer() {
+    // Two backends on two loopback addresses, same port: the hosts-style
+    // file (the test's resolver) decides which one the name points at.
+    let one = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = one.local_addr().unwrap().port();
+    let Ok(two) = TcpListener::bind(("127.0.0.2", port)).await else {
+        // 127.0.0.2 is not routable here; nothing to test.
+        return;
+    };
+    let mut a = Flaky {
+        name: "a",
+        addr: "127.0.0.1:0".parse().unwrap(),
+        mode: Arc::new(AtomicU8::new(OK)),
+        health: Arc::new(AtomicU8::new(OK)),
+        hits: Arc::new(AtomicUsize::new(0)),
+        checks: Arc::new(AtomicUsize::new(0)),
+        delay_ms: Arc::new(AtomicU64::new(0)),
+        tasks: None,
+    };
+    let mut b = Flaky {
+        name: "b",
+        addr: "127.0.0.1:0".parse().unwrap(),
+        mode: Arc::new(AtomicU8::new(OK)),
+        health: Arc::new(AtomicU8::new(OK)),
+        hits: Arc::new(AtomicUsize::new(0)),
+        checks: Arc::new(AtomicUsize::new(0)),
+        delay_ms: Arc::new(AtomicU64::new(0)),
+        tasks: None,
+    };
+    a.serve(one);
+    b.serve(two);
+    let builder = GatewayBuilder::new().policy(
+        "u.toml",
+        &policy(
+            &format!(
+                "dns = {{ name = \"api.internal\", port = {port}, min_ttl = \"50ms\", max_ttl = \"1s\", hosts_file = \"hosts\" }}"
+            ),
+            "",
+        ),
+    );
+    let hosts = builder.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 api.internal\n").unwrap();
+    let gw = builder.start().await;
+    let first = eventually(5, || async {
+        (get(&gw, "/x").await == (200, "a".to_owned())).then_some(())
+    })
+    .await;
+    assert!(first.is_some(), "the name resolved to a");
+    std::fs::write(&hosts, "127.0.0.2 api.internal\n").unwrap();
+    let moved = eventually(5, || async {
+        (get(&gw, "/x").await == (200, "b".to_owned())).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "a new answer moved the traffic to b");
+    // A failed resolution (the name vanished) keeps the last good set.
+    std::fs::write(&hosts, "# nothing\n").unwrap();
+    let b_hits = b.hits();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(get(&gw, "/x").await, (200, "b".to_owned()));
+    }
+    assert_eq!(b.hits(), b_hits + 10);
+}
+
+#[tokio::test]
+async fn a_watched_targets_file_changes_the_set_without_a_reload() {
+    let (a, b) = (Flaky::start("a").await, Flaky::start("b").await);
+    let builder = GatewayBuilder::new().policy(
+        "u.toml",
+        &policy(
+            "targets_file = \"targets.json\"\ntargets_file_poll = \"50ms\"",
+            "",
+        ),
+    );
+    let file = builder.path().join("targets.json");
+    std::fs::write(&file, format!("[\"{}\"]", a.url())).unwrap();
+    let gw = builder.start().await;
+    assert_eq!(get(&gw, "/x").await, (200, "a".to_owned()), "read at start");
+    let generation = gw.running().shared().generation();
+
+    std::fs::write(
+        &file,
+        format!("[{{\"url\": \"{}\", \"weight\": 1}}]", b.url()),
+    )
+    .unwrap();
+    let moved = eventually(5, || async {
+        (get(&gw, "/x").await == (200, "b".to_owned())).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "the new file moved the traffic to b");
+    assert_eq!(gw.running().shared().generation(), generation, "no reload");
+
+    // A broken file keeps the last good set.
+    std::fs::write(&file, "[not json").unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(get(&gw, "/x").await, (200, "b".to_owned()));
+
+    // An empty list is an answer: 503 with the JSON body.
+    std::fs::write(&file, "[]").unwrap();
+    let empty = eventually(5, || async {
+        let resp = client().get(gw.url("/x")).send().await.unwrap();
+        (resp.status() == 503).then_some(resp)
+    })
+    .await
+    .expect("an empty set answers 503");
+    assert_eq!(error_code(empty).await, "no_upstream_target");
+}
