@@ -83,6 +83,17 @@ impl Members {
         Members { members, sets }
     }
 
+    /// Of two members, the one with fewer requests in flight per weight.
+    fn lighter(&self, a: usize, b: usize) -> usize {
+        let (Some(ma), Some(mb)) = (self.members.get(a), self.members.get(b)) else {
+            return a;
+        };
+        // in_flight / weight, compared without division.
+        let la = (ma.state.in_flight() + 1) * u64::from(mb.weight);
+        let lb = (mb.state.in_flight() + 1) * u64::from(ma.weight);
+        if la <= lb { a } else { b }
+    }
+
     /// The states of every member.
     pub fn states(&self) -> Vec<Arc<TargetState>> {
         self.members.iter().map(|m| m.state.clone()).collect()
@@ -112,6 +123,22 @@ impl Members {
                     .find(|i| fits(*i))
             }
             (Balance::LeastRequest, _) => {
+                // Two random members that both fit (the common case) need
+                // no list of candidates.
+                let n = s.members.len();
+                if n >= 2 {
+                    let a = rand::random_range(0..n);
+                    let mut b = rand::random_range(0..n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    if let (Some(&a), Some(&b)) = (s.members.get(a), s.members.get(b))
+                        && fits(a)
+                        && fits(b)
+                    {
+                        return Some(self.lighter(a, b));
+                    }
+                }
                 let cands: Vec<usize> = s.members.iter().copied().filter(|i| fits(*i)).collect();
                 match cands.len() {
                     0 => None,
@@ -122,12 +149,7 @@ impl Members {
                         if b >= a {
                             b += 1;
                         }
-                        let (a, b) = (cands.get(a)?, cands.get(b)?);
-                        let (ma, mb) = (self.members.get(*a)?, self.members.get(*b)?);
-                        // Compare in_flight / weight without division.
-                        let la = (ma.state.in_flight() + 1) * u64::from(mb.weight);
-                        let lb = (mb.state.in_flight() + 1) * u64::from(ma.weight);
-                        Some(if la <= lb { *a } else { *b })
+                        Some(self.lighter(*cands.get(a)?, *cands.get(b)?))
                     }
                 }
             }

@@ -131,8 +131,8 @@ impl Upstream {
         };
         self.state.count_request(retry.budget_window.0);
         let members = self.members();
-        let peers = members.states();
-        let mut tried: Vec<usize> = Vec::new();
+        // At most 10 tries (checked at load): no allocation per request.
+        let mut tried = [usize::MAX; 10];
         let mut last: Option<Outcome> = None;
         let mut made = 0;
         for n in 0..attempts {
@@ -191,7 +191,8 @@ impl Upstream {
                 },
                 None => false,
             };
-            let Some(idx) = self.pick(&members, plan.hash, &tried) else {
+            let done = tried.get(..n as usize).unwrap_or(&[]);
+            let Some(idx) = self.pick(&members, plan.hash, done) else {
                 if let (Some(spec), true) = (&self.breaker, probe) {
                     self.state.breaker_record(spec, true, true);
                 }
@@ -200,7 +201,9 @@ impl Upstream {
                 }
                 return Err(ForwardError::NoTarget);
             };
-            tried.push(idx);
+            if let Some(slot) = tried.get_mut(n as usize) {
+                *slot = idx;
+            }
             let Some(member) = members.members.get(idx) else {
                 return Err(ForwardError::NoTarget);
             };
@@ -242,7 +245,7 @@ impl Upstream {
                     let failed = status >= 500;
                     if failed {
                         self.state
-                            .target_failed(&member.state, &self.outlier, &peers);
+                            .target_failed(&member.state, &self.outlier, &members.states());
                     } else {
                         self.state
                             .target_ok(&member.state, started.elapsed(), &self.outlier);
@@ -265,7 +268,7 @@ impl Upstream {
                 }
                 Err(e) => {
                     self.state
-                        .target_failed(&member.state, &self.outlier, &peers);
+                        .target_failed(&member.state, &self.outlier, &members.states());
                     if let Some(spec) = &self.breaker {
                         self.state.breaker_record(spec, false, probe);
                     }

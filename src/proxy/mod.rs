@@ -565,10 +565,6 @@ impl Upstream {
     /// available one, else (panic mode) any undrained one.
     fn pick(&self, members: &Members, hash: Option<u64>, tried: &[usize]) -> Option<usize> {
         let now = self.state.now_ms();
-        let order = self.set_order();
-        if order.is_empty() {
-            return None;
-        }
         let fresh = |i: usize| !tried.contains(&i);
         let available = |m: &Member| m.state.is_available(now);
         let levels: [&dyn Fn(usize, &Member) -> bool; 4] = [
@@ -581,6 +577,17 @@ impl Upstream {
             WhenAllUnhealthy::TryAnyway => 4,
             WhenAllUnhealthy::Fail => 2,
         };
+        if let [only] = self.set_weights.as_slice() {
+            // One set (the common case): no set choice, no allocation.
+            if only.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            return levels
+                .iter()
+                .take(usable)
+                .find_map(|ok| members.pick_in(0, self.balance, &self.cursor, hash, *ok));
+        }
+        let order = self.set_order();
         for ok in levels.iter().take(usable) {
             for set in &order {
                 if let Some(i) = members.pick_in(*set, self.balance, &self.cursor, hash, *ok) {

@@ -904,3 +904,128 @@ async fn a_watched_targets_file_changes_the_set_without_a_reload() {
     .expect("an empty set answers 503");
     assert_eq!(error_code(empty).await, "no_upstream_target");
 }
+
+/// A target that accepts connections and closes them before answering.
+async fn slammer() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            s.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+            drop(tcp);
+        }
+    });
+    (addr, seen, task)
+}
+
+#[tokio::test]
+async fn a_reset_before_the_response_is_retried_elsewhere() {
+    let (bad, seen, task) = slammer().await;
+    let good = Flaky::start("good").await;
+    for (attempts, want_all_ok) in [(2, true), (1, false)] {
+        let gw = gateway(&policy(
+            &format!(
+                "targets = [\"http://{bad}\", \"{}\"]\n[upstream.retry]\nattempts = {attempts}\n\
+                 backoff_base = \"1ms\"\nbudget_min = 100\n[upstream.outlier]\nconsecutive_failures = 0",
+                good.url()
+            ),
+            "",
+        ))
+        .await;
+        let before = seen.load(Ordering::SeqCst);
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(get(&gw, "/x").await.0);
+        }
+        assert!(
+            seen.load(Ordering::SeqCst) > before,
+            "the bad target was tried"
+        );
+        if want_all_ok {
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        } else {
+            assert!(statuses.contains(&502), "no retries: {statuses:?}");
+        }
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_answers_503_without_touching_the_backend() {
+    let a = Flaky::start("a").await;
+    a.set(HANG);
+    let gw = gateway(&policy(
+        &format!(
+            "targets = {}\n[upstream.breaker]\nmax_concurrent = 2\nfailure_threshold = 0",
+            targets(&[&a])
+        ),
+        "first_byte_timeout = \"20s\"",
+    ))
+    .await;
+    let mut hung = JoinSet::new();
+    for _ in 0..2 {
+        let url = gw.url("/x");
+        hung.spawn(async move {
+            let _ = client()
+                .get(url)
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await;
+        });
+    }
+    let busy = eventually(5, || async { (a.hits() == 2).then_some(()) }).await;
+    assert!(busy.is_some(), "two requests are in flight");
+    let resp = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(error_code(resp).await, "upstream_unavailable");
+    assert_eq!(a.hits(), 2, "the third request never reached the backend");
+    hung.abort_all();
+}
+
+#[tokio::test]
+async fn decisions_are_counted_in_the_metrics_registry() {
+    let (a, b) = (Flaky::start("a").await, Flaky::start("b").await);
+    a.set(FAIL_503);
+    let gw = gateway(&policy(
+        &format!(
+            "targets = {}\n[upstream.retry]\nattempts = 2\nbackoff_base = \"1ms\"\n\
+             [upstream.outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"",
+            targets(&[&a, &b])
+        ),
+        "",
+    ))
+    .await;
+    for _ in 0..4 {
+        assert_eq!(get(&gw, "/x").await.0, 200);
+    }
+    let text = gw.running().shared().metrics().render();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+    };
+    assert_eq!(
+        value("gatehouse_upstream_retries_total{upstream=\"u\"}"),
+        1.0
+    );
+    let ejected = format!(
+        "gatehouse_upstream_ejections_total{{upstream=\"u\",target=\"{}\"}}",
+        a.url()
+    );
+    assert_eq!(value(&ejected), 1.0);
+    assert_eq!(
+        value("gatehouse_upstream_breaker_state{upstream=\"u\"}"),
+        0.0
+    );
+    assert!(text.contains("# HELP gatehouse_upstream_retries_total"));
+}
