@@ -721,6 +721,7 @@ async fn forward(
         host: host.authority.as_deref(),
     };
     let hash = upstream.hash_key(&parts.headers, ctx.record.client);
+    let set_hint = upstream.set_hint(&parts.headers);
     proxy::prepare_request_headers(
         &mut parts.headers,
         &fwd,
@@ -795,6 +796,7 @@ async fn forward(
         deadline,
         retry_method,
         hash,
+        set_hint,
     };
     let forwarded = upstream
         .forward(outgoing, plan, &stats)

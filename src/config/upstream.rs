@@ -228,6 +228,19 @@ pub struct SetSpec {
     /// Its share of traffic relative to the other sets (0 drains it).
     #[serde(default = "hundred")]
     pub weight: u32,
+    /// Requests with this header value go to this set whatever the
+    /// weights say (a canary): `{ name = "x-canary", value = "1" }`.
+    pub match_header: Option<Spanned<HeaderMatch>>,
+}
+
+/// A request header and the value it must have.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name.
+    pub name: String,
+    /// Exact value.
+    pub value: String,
 }
 
 fn hundred() -> u32 {

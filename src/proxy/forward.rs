@@ -62,6 +62,8 @@ pub struct Plan {
     pub retry_method: bool,
     /// The key for `balance = "hash"`.
     pub hash: Option<u64>,
+    /// The set the request's header asks for.
+    pub set_hint: Option<usize>,
 }
 
 /// A response head from a target.
@@ -192,7 +194,7 @@ impl Upstream {
                 None => false,
             };
             let done = tried.get(..n as usize).unwrap_or(&[]);
-            let Some(idx) = self.pick(&members, plan.hash, done) else {
+            let Some(idx) = self.pick(&members, plan.hash, plan.set_hint, done) else {
                 if let (Some(spec), true) = (&self.breaker, probe) {
                     self.state.breaker_record(spec, true, true);
                 }

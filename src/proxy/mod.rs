@@ -169,6 +169,7 @@ pub struct Upstream {
     pub name: Arc<str>,
     members: ArcSwap<Members>,
     set_weights: Vec<AtomicU32>,
+    set_headers: Vec<(usize, http::HeaderName, http::HeaderValue)>,
     cursor: AtomicUsize,
     client: HttpClient,
     /// Connect timeout.
@@ -311,6 +312,7 @@ impl Upstream {
         let state = registry.upstream(name);
         let mut set_names: Vec<Arc<str>> = Vec::new();
         let mut set_weights = Vec::new();
+        let mut set_headers = Vec::new();
         let mut members = Vec::new();
         let mut add =
             |targets: &[toml::Spanned<TargetSpec>], set: usize, problems: &mut Vec<Problem>| {
@@ -415,6 +417,19 @@ impl Upstream {
                 }
                 set_names.push(n.as_str().into());
                 set_weights.push(AtomicU32::new(set.weight));
+                if let Some(m) = &set.match_header {
+                    let h = m.get_ref();
+                    match (
+                        http::HeaderName::from_bytes(h.name.as_bytes()),
+                        http::HeaderValue::from_str(&h.value),
+                    ) {
+                        (Ok(name), Ok(value)) => set_headers.push((i, name, value)),
+                        _ => problems.push(
+                            source
+                                .problem(m.span(), "`match_header` needs a header name and value"),
+                        ),
+                    }
+                }
                 add(&set.targets, i, &mut problems);
             }
             if spec.sets.iter().all(|s| s.weight == 0) {
@@ -494,6 +509,7 @@ impl Upstream {
             name: name.into(),
             members: ArcSwap::from_pointee(Members::new(members, &set_names)),
             set_weights,
+            set_headers,
             cursor: AtomicUsize::new(0),
             client,
             connect_timeout,
@@ -561,9 +577,24 @@ impl Upstream {
         }
     }
 
+    /// The set a request's header asks for (`match_header`), if any.
+    pub fn set_hint(&self, headers: &http::HeaderMap) -> Option<usize> {
+        self.set_headers
+            .iter()
+            .find(|(_, name, value)| headers.get(name) == Some(value))
+            .map(|(i, _, _)| *i)
+    }
+
     /// Picks a target not in `tried` if one is available, else any
-    /// available one, else (panic mode) any undrained one.
-    fn pick(&self, members: &Members, hash: Option<u64>, tried: &[usize]) -> Option<usize> {
+    /// available one, else (panic mode) any undrained one. A set named by
+    /// the request's header is tried first, whatever its weight.
+    fn pick(
+        &self,
+        members: &Members,
+        hash: Option<u64>,
+        hint: Option<usize>,
+        tried: &[usize],
+    ) -> Option<usize> {
         let now = self.state.now_ms();
         let fresh = |i: usize| !tried.contains(&i);
         let available = |m: &Member| m.state.is_available(now);
@@ -577,6 +608,14 @@ impl Upstream {
             WhenAllUnhealthy::TryAnyway => 4,
             WhenAllUnhealthy::Fail => 2,
         };
+        if let Some(set) = hint
+            && let Some(i) = levels
+                .iter()
+                .take(2)
+                .find_map(|ok| members.pick_in(set, self.balance, &self.cursor, hash, *ok))
+        {
+            return Some(i);
+        }
         if let [only] = self.set_weights.as_slice() {
             // One set (the common case): no set choice, no allocation.
             if only.load(Ordering::Relaxed) == 0 {

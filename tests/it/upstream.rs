@@ -1026,3 +1026,35 @@ async fn decisions_are_counted_in_the_metrics_registry() {
     );
     assert!(text.contains("# HELP gatehouse_upstream_retries_total"));
 }
+
+#[tokio::test]
+async fn a_canary_header_picks_its_set_whatever_the_weights() {
+    let (stable, canary) = (Flaky::start("stable").await, Flaky::start("canary").await);
+    let gw = gateway(&policy(
+        &format!(
+            "[[upstream.set]]\nname = \"stable\"\ntargets = {}\n\
+             [[upstream.set]]\nname = \"canary\"\ntargets = {}\nweight = 0\n\
+             match_header = {{ name = \"x-canary\", value = \"1\" }}",
+            targets(&[&stable]),
+            targets(&[&canary])
+        ),
+        "",
+    ))
+    .await;
+    for (header, want) in [
+        (None, "stable"),
+        (Some("1"), "canary"),
+        (Some("0"), "stable"),
+    ] {
+        for _ in 0..3 {
+            let mut req = client().get(gw.url("/x"));
+            if let Some(v) = header {
+                req = req.header("x-canary", v);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["x-target"], want, "x-canary: {header:?}");
+        }
+    }
+    assert_eq!((stable.hits(), canary.hits()), (6, 3));
+}
