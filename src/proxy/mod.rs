@@ -934,4 +934,90 @@ mod tests {
             }
         }
     }
+
+    fn build(text: &str) -> Result<Upstream, Vec<Problem>> {
+        let spec: UpstreamSpec = toml::from_str(text).unwrap();
+        let source = SourceFile {
+            path: "p.toml".into(),
+            text: text.to_owned(),
+        };
+        let registry = UpstreamRegistry::new(Arc::new(crate::telemetry::Metrics::new().unwrap()));
+        Upstream::build(
+            &spec,
+            &Defaults::default(),
+            Path::new("/"),
+            &source,
+            &registry,
+        )
+    }
+
+    #[test]
+    fn hash_keys() {
+        let cases = [
+            ("client ip", "client_ip", Ok(HashOn::ClientIp)),
+            (
+                "header",
+                "header:x-user",
+                Ok(HashOn::Header(http::HeaderName::from_static("x-user"))),
+            ),
+            ("cookie", "cookie:sid", Ok(HashOn::Cookie("sid".into()))),
+            ("empty cookie", "cookie:", Err(())),
+            ("bad header", "header:a b", Err(())),
+            ("unknown", "path", Err(())),
+        ];
+        for (name, input, want) in cases {
+            assert_eq!(HashOn::parse(input).map_err(|_| ()), want, "{name}");
+        }
+        let u = build(
+            "name = \"u\"\ntargets = [\"http://a:1\"]\nbalance = \"hash\"\nhash_on = \"cookie:sid\"",
+        )
+        .unwrap();
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        assert_eq!(u.hash_key(&h, ip), None, "no cookie: round robin");
+        h.insert(http::header::COOKIE, "a=1; sid=abc".parse().unwrap());
+        let k1 = u.hash_key(&h, ip);
+        h.insert(http::header::COOKIE, "sid=abc".parse().unwrap());
+        assert!(k1.is_some());
+        assert_eq!(u.hash_key(&h, ip), k1, "same cookie, same key");
+    }
+
+    #[test]
+    fn shifts_and_drains() {
+        let u = build(
+            "name = \"u\"\n[[set]]\nname = \"blue\"\ntargets = [\"http://a:1\"]\n\
+             [[set]]\nname = \"green\"\ntargets = [\"http://b:1/\"]\nweight = 0",
+        )
+        .unwrap();
+        let to = |pairs: &[(&str, u32)]| -> std::collections::BTreeMap<String, u32> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let cases = [
+            (
+                "unknown set",
+                to(&[("red", 1)]),
+                Err(ChangeError::UnknownSet("red".into())),
+            ),
+            ("all zero", to(&[("blue", 0)]), Err(ChangeError::AllZero)),
+            ("to green", to(&[("green", 100)]), Ok((0, 100))),
+            ("split", to(&[("green", 10), ("blue", 90)]), Ok((90, 10))),
+        ];
+        for (name, weights, want) in cases {
+            let got = u.shift(&weights).map(|()| {
+                let st = u.status();
+                (st.sets[0].weight, st.sets[1].weight)
+            });
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(
+            u.drain("http://c:1", true),
+            Err(ChangeError::UnknownTarget("http://c:1".into()))
+        );
+        assert_eq!(
+            u.drain("http://b:1/", true),
+            Ok(()),
+            "trailing slash ignored"
+        );
+        assert!(u.status().targets[1].drained);
+    }
 }
