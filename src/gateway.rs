@@ -798,23 +798,22 @@ async fn forward(
         hash,
         set_hint,
     };
-    let forwarded = upstream
-        .forward(outgoing, plan, &stats)
-        .await
-        .map_err(|e| match e {
-            ForwardError::Timeout => GatewayError::UpstreamTimeout,
-            ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
-                limit: route.max_body,
-            },
-            ForwardError::BodyTimeout => GatewayError::RequestTimeout,
-            ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
-            ForwardError::NoTarget => GatewayError::NoTarget,
-            ForwardError::Unavailable { retry_after } => GatewayError::UpstreamUnavailable {
-                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-            },
-            ForwardError::InvalidPath => GatewayError::InvalidPath("path cannot be forwarded"),
-        })?;
-    ctx.record.target = Some(forwarded.target.to_string());
+    let mut tried = None;
+    let result = upstream.forward(outgoing, plan, &stats, &mut tried).await;
+    ctx.record.target = tried.map(|t| t.to_string());
+    let forwarded = result.map_err(|e| match e {
+        ForwardError::Timeout => GatewayError::UpstreamTimeout,
+        ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
+            limit: route.max_body,
+        },
+        ForwardError::BodyTimeout => GatewayError::RequestTimeout,
+        ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
+        ForwardError::NoTarget => GatewayError::NoTarget,
+        ForwardError::Unavailable { retry_after } => GatewayError::UpstreamUnavailable {
+            retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        },
+        ForwardError::InvalidPath => GatewayError::InvalidPath("path cannot be forwarded"),
+    })?;
     let mut resp = forwarded.response;
 
     // 12. Finish.

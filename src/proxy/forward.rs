@@ -107,12 +107,15 @@ impl Drop for Pending<'_> {
 }
 
 impl Upstream {
-    /// Forwards `out`: picks a target, sends, retries as allowed.
+    /// Forwards `out`: picks a target, sends, retries as allowed. The last
+    /// target tried is left in `last_target` (for the access log, also
+    /// when every try failed).
     pub async fn forward(
         &self,
         out: Outgoing,
         plan: Plan,
         stats: &BodyStats,
+        last_target: &mut Option<Arc<str>>,
     ) -> Result<Forwarded, ForwardError> {
         let Outgoing {
             method,
@@ -235,6 +238,7 @@ impl Upstream {
                 .insert(X_REQUEST_DEADLINE.clone(), HeaderValue::from(left as u64));
             let guard = InFlight::start(&self.state, &member.state);
             let label = member.state.url.clone();
+            *last_target = Some(label.clone());
             made = n + 1;
             let started = tokio::time::Instant::now();
             let result = {
