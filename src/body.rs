@@ -237,7 +237,7 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(record) = this.record.take() {
+            if let Some(mut record) = this.record.take() {
                 // hyper drops a body that is already at its end (204, HEAD,
                 // redirects) without polling it: that is complete, not cut.
                 record.finish(*this.bytes, this.inner.is_end_stream());
@@ -282,20 +282,20 @@ impl Body for ResponseBody {
                 }
                 // hyper stops polling once the body says it has ended.
                 if this.inner.is_end_stream()
-                    && let Some(record) = this.record.take()
+                    && let Some(mut record) = this.record.take()
                 {
                     record.finish(*this.bytes, true);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(record) = this.record.take() {
+                if let Some(mut record) = this.record.take() {
                     record.finish(*this.bytes, false);
                 }
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                if let Some(record) = this.record.take() {
+                if let Some(mut record) = this.record.take() {
                     record.finish(*this.bytes, true);
                 }
                 Poll::Ready(None)

@@ -34,7 +34,9 @@ use crate::ratelimit::quota::QuotaCounter;
 use crate::ratelimit::{self, Decision, Limit, Limiter};
 use crate::route::{Action, Lookup, Route};
 use crate::snapshot::Snapshot;
-use crate::telemetry::{AccessRecord, Metrics};
+use crate::telemetry::access::InFlight;
+use crate::telemetry::trace::{Kind as SpanKind, RequestTrace, Value as TraceValue};
+use crate::telemetry::{AccessRecord, Telemetry};
 use crate::validate::{self, Refusal, Verdicts};
 
 /// What the server knows about the connection a request came on.
@@ -74,7 +76,7 @@ pub struct Gateway {
     quota_fail_open: bool,
     clock: Arc<dyn Clock>,
     in_flight: Arc<tokio::sync::Semaphore>,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// What a [`Gateway`] is built from.
@@ -96,7 +98,7 @@ pub struct GatewayDeps {
     /// Requests handled at once; beyond it, 503 at once.
     pub max_in_flight: usize,
     /// Where requests are counted.
-    pub metrics: Arc<Metrics>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Per-request state carried through the steps.
@@ -111,6 +113,28 @@ struct RequestCtx {
     principal: Option<Principal>,
     /// `RateLimit-Policy` / `RateLimit` headers for the answer.
     rate_headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The request's trace, when tracing is on.
+    trace: Option<RequestTrace>,
+}
+
+impl RequestCtx {
+    /// The start time of a child span (0 when not recording).
+    fn clock(&self) -> u64 {
+        self.trace.as_ref().map_or(0, RequestTrace::clock)
+    }
+
+    /// Records a child span from `start` to now.
+    fn span(&mut self, name: &'static str, start: u64, outcome: Result<(), &GatewayError>) {
+        if let Some(trace) = &mut self.trace
+            && trace.sampled()
+        {
+            let attributes = match outcome {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![("error.type", TraceValue::Str(e.code().to_owned()))],
+            };
+            trace.child(name, start, attributes, outcome.is_err());
+        }
+    }
 }
 
 /// Host as routed on (lower case, no port) and as received.
@@ -131,13 +155,8 @@ impl Gateway {
             quota_fail_open: deps.quota_fail_open,
             clock: deps.clock,
             in_flight: Arc::new(tokio::sync::Semaphore::new(deps.max_in_flight)),
-            metrics: deps.metrics,
+            telemetry: deps.telemetry,
         }
-    }
-
-    /// The registry requests are counted in.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// Handles one request from start to finish. Never fails: every error
@@ -146,6 +165,11 @@ impl Gateway {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
         let request_id = request_id(req.headers());
+        let trace = self
+            .telemetry
+            .tracer
+            .as_ref()
+            .map(|t| t.start(req.headers()));
         let record = AccessRecord {
             request_id: request_id.to_str().unwrap_or("-").to_owned(),
             method: req.method().clone(),
@@ -165,6 +189,12 @@ impl Gateway {
             body: Arc::new(BodyStats::default()),
             consumer: None,
             auth: None,
+            refused: false,
+            trace_id: trace.as_ref().map(RequestTrace::trace_id),
+            meters: self.telemetry.unrouted.clone(),
+            telemetry: self.telemetry.clone(),
+            in_flight: InFlight::new(&self.telemetry.meters.in_flight),
+            trace: None,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
@@ -174,6 +204,7 @@ impl Gateway {
             route: None,
             principal: None,
             rate_headers: Vec::new(),
+            trace,
         };
         // Exactly the guard's rule: after any `Upgrade` header or CONNECT it
         // stops reading the connection as HTTP.
@@ -200,8 +231,16 @@ impl Gateway {
                 if let GatewayError::UpstreamFailed { source } = &e {
                     tracing::warn!(request_id = %ctx.record.request_id, error = %source, "upstream failed");
                 }
-                ctx.record.error = Some(e.code());
+                let code = e.code();
+                ctx.record.error = Some(code);
                 ctx.record.reason = Some(e.to_string());
+                ctx.record.refused = true;
+                self.telemetry.meters.refused(code);
+                self.telemetry.history.refused(
+                    ctx.record.client,
+                    code,
+                    crate::telemetry::access::unix_now(),
+                );
                 (e.to_response(&ctx.record.request_id), None)
             }
         };
@@ -224,6 +263,7 @@ impl Gateway {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        ctx.record.trace = ctx.trace.take();
         response.map(|body| ResponseBody::new(body, deadline, ctx.record).boxed())
     }
 }
@@ -298,6 +338,7 @@ async fn process(
         && let Some(policy) = &route.cors
     {
         ctx.record.route = Some(route.name.clone());
+        ctx.record.meters = route.meters.clone();
         route.rules.ip.check(client)?;
         return Ok((policy.answer(&p, route.methods.as_deref())?, None));
     }
@@ -307,6 +348,7 @@ async fn process(
         Lookup::NotFound => return Err(GatewayError::RouteNotFound),
     };
     ctx.record.route = Some(route.name.clone());
+    ctx.record.meters = route.meters.clone();
     ctx.route = Some(route.clone());
 
     // 7 (address part). Route client-address rules.
@@ -328,24 +370,48 @@ async fn process(
 
     // 5–7. Authenticate and authorise. The per-client failure gate runs
     // inside the API-key check before any hashing.
-    if let Some(principal) = authenticate(
+    let auth_started = ctx.clock();
+    let authenticated = authenticate(
         req.headers(),
         &route.auth,
         &ctx.snapshot,
         &gw.api_keys,
         client,
     )
-    .await?
-    {
-        ctx.record.consumer = Some(principal.subject.clone());
-        ctx.record.auth = Some(principal.method.as_str());
-        authorize(&route.auth, &principal)?;
-        ctx.principal = Some(principal);
+    .await;
+    if route.auth.api_key || route.auth.jwt {
+        ctx.span("auth", auth_started, authenticated.as_ref().map(|_| ()));
+    }
+    let meters = &gw.telemetry.meters;
+    match authenticated {
+        Ok(Some(principal)) => {
+            let method = principal.method.as_str();
+            ctx.record.consumer = Some(principal.subject.clone());
+            ctx.record.auth = Some(method);
+            if let Err(e) = authorize(&route.auth, &principal) {
+                meters.auth(method, e.code());
+                return Err(e);
+            }
+            meters.auth(method, "success");
+            ctx.principal = Some(principal);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            meters.auth(accepted_methods(&route.auth), e.code());
+            return Err(e);
+        }
     }
 
     // 8. Rate limits: per consumer, else per client address.
-    rate_limit(req.headers(), route, ctx, gw.limiter.as_ref(), client).await?;
-    charge_quotas(req.headers(), route, ctx, gw, client).await?;
+    if !route.rate_limits.is_empty() {
+        let started = ctx.clock();
+        let mut limited = rate_limit(req.headers(), route, ctx, gw.limiter.as_ref(), client).await;
+        if limited.is_ok() {
+            limited = charge_quotas(req.headers(), route, ctx, gw, client).await;
+        }
+        ctx.span("rate_limit", started, limited.as_ref().map(|_| ()));
+        limited?;
+    }
 
     match &route.action {
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
@@ -353,6 +419,16 @@ async fn process(
             ctx.record.upstream = Some(upstream.name.clone());
             forward(req, conn, ctx, route, upstream, &host, &path, &params).await
         }
+    }
+}
+
+/// The credential kinds a route accepts, as the auth metric names them.
+fn accepted_methods(auth: &RouteAuth) -> &'static str {
+    match (auth.api_key, auth.jwt) {
+        (true, true) => "api_key_or_jwt",
+        (true, false) => "api_key",
+        (false, true) => "jwt",
+        (false, false) => "none",
     }
 }
 
@@ -423,20 +499,28 @@ async fn rate_limit(
         let decision = match limiter.check(&key, limit).await {
             Ok(d) => d,
             Err(e) if policy.shadow => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "rate limiter unavailable for a shadow policy; ignoring it");
                 continue;
             }
             Err(e) => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "rate limiter unavailable; refusing");
                 return Err(GatewayError::RateLimiterUnavailable);
             }
         };
-        if !decision.allowed {
+        if decision.allowed {
+            policy.meters.allowed.increment(1);
+        } else {
             let secs = ratelimit::retry_after_secs(&decision);
             if policy.shadow {
+                policy.meters.shadow_limited.increment(1);
                 log_shadow_refusal(ctx, policy, route, client, "rate", secs);
-            } else if refused.is_none_or(|(_, s)| secs > s) {
-                refused = Some((&policy.name, secs));
+            } else {
+                policy.meters.limited.increment(1);
+                if refused.is_none_or(|(_, s)| secs > s) {
+                    refused = Some((&policy.name, secs));
+                }
             }
         }
         if !policy.shadow {
@@ -505,18 +589,22 @@ async fn charge_quotas(
                     .unwrap_or(1)
                     .max(1);
                 if policy.shadow {
+                    policy.meters.shadow_quota_exceeded.increment(1);
                     log_shadow_refusal(ctx, policy, route, client, "quota", retry_after_secs);
                     continue;
                 }
+                policy.meters.quota_exceeded.increment(1);
                 return Err(GatewayError::QuotaExceeded {
                     policy: policy.name.clone(),
                     retry_after_secs,
                 });
             }
             Err(e) if gw.quota_fail_open || policy.shadow => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "quota counter unavailable; letting the request pass");
             }
             Err(e) => {
+                policy.meters.errors.increment(1);
                 tracing::warn!(request_id = %ctx.record.request_id, policy = %policy.name, error = %e, "quota counter unavailable; refusing");
                 return Err(GatewayError::RateLimiterUnavailable);
             }
@@ -744,6 +832,23 @@ async fn forward(
             parts.headers.insert(name, value);
         }
     }
+    // Trace context for the backend: ours (naming the upstream span as
+    // the parent) replaces whatever the client sent.
+    let upstream_span = match &ctx.trace {
+        Some(trace) => {
+            let (id, traceparent, tracestate) = trace.outgoing();
+            match traceparent {
+                Some(v) => parts.headers.insert("traceparent", v),
+                None => parts.headers.remove("traceparent"),
+            };
+            match tracestate {
+                Some(v) => parts.headers.insert("tracestate", v),
+                None => parts.headers.remove("tracestate"),
+            };
+            Some(id)
+        }
+        None => None,
+    };
     let stats = ctx.record.body.clone();
     let body = RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone());
     // 9. Body schema: only routes with one buffer the body (bounded by
@@ -785,6 +890,7 @@ async fn forward(
 
     // 11. Forward.
     let started = tokio::time::Instant::now();
+    let span_started = ctx.clock();
     let request_timeout = route.request_timeout.unwrap_or(upstream.request_timeout);
     let deadline = started + request_timeout;
     let first_byte = route
@@ -800,6 +906,47 @@ async fn forward(
     };
     let mut tried = None;
     let result = upstream.forward(outgoing, plan, &stats, &mut tried).await;
+    route.meters.upstream_took(started.elapsed().as_secs_f64());
+    if let (Some(trace), Some(id)) = (&mut ctx.trace, upstream_span) {
+        let mut attributes = vec![
+            (
+                "server.address",
+                TraceValue::Str(tried.as_deref().unwrap_or("-").to_owned()),
+            ),
+            (
+                "gatehouse.upstream",
+                TraceValue::Str(upstream.name.to_string()),
+            ),
+        ];
+        let failed = match &result {
+            Ok(f) => {
+                let status = f.response.status();
+                attributes.push((
+                    "http.response.status_code",
+                    TraceValue::Int(i64::from(status.as_u16())),
+                ));
+                if f.attempts > 1 {
+                    attributes.push((
+                        "gatehouse.upstream.attempts",
+                        TraceValue::Int(i64::from(f.attempts)),
+                    ));
+                }
+                status.is_server_error()
+            }
+            Err(e) => {
+                attributes.push(("error.type", TraceValue::Str(e.to_string())));
+                true
+            }
+        };
+        trace.child_with_id(
+            "upstream",
+            SpanKind::Client,
+            id,
+            span_started,
+            attributes,
+            failed,
+        );
+    }
     ctx.record.target = tried.map(|t| t.to_string());
     let forwarded = result.map_err(|e| match e {
         ForwardError::Timeout => GatewayError::UpstreamTimeout,

@@ -100,6 +100,8 @@ pub struct Route {
     pub first_byte_timeout: Option<std::time::Duration>,
     /// Overrides the upstream's time for the whole exchange.
     pub request_timeout: Option<std::time::Duration>,
+    /// Its request meters.
+    pub meters: Arc<crate::telemetry::requests::RouteMetrics>,
 }
 
 impl Route {
@@ -432,6 +434,9 @@ mod tests {
             retry_non_idempotent: false,
             first_byte_timeout: None,
             request_timeout: None,
+            meters: Arc::new(crate::telemetry::requests::RouteMetrics::unrouted(
+                &Arc::new(crate::telemetry::Metrics::new().unwrap()),
+            )),
         }
     }
 

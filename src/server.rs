@@ -46,7 +46,9 @@ use crate::ratelimit::quota::{QuotaCounter, RedisQuotas, StoreQuotas};
 use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{self, KeyStore, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::process::{TlsMeters, handshake_failure_reason};
+use crate::telemetry::trace::{TraceSettings, Tracer, spawn_exporter};
+use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::{self, CertInfo};
 use crate::validate::{FramingGuard, HeadLimits, Verdicts};
 
@@ -73,6 +75,9 @@ pub enum StartError {
     /// The JWKS client could not be built.
     #[error("cannot set up JWKS fetching: {0}")]
     Jwks(#[from] crate::auth::jwks::JwksError),
+    /// The OpenTelemetry settings are invalid.
+    #[error("tracing: {0}")]
+    Tracing(String),
     /// The metrics registry could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] crate::telemetry::metrics::MetricsError),
@@ -121,6 +126,19 @@ pub struct Shared {
     metrics: Arc<Metrics>,
     upstreams: UpstreamRegistry,
     stop: watch::Receiver<bool>,
+    telemetry: Arc<Telemetry>,
+    listeners: std::sync::OnceLock<Vec<ListenerSummary>>,
+}
+
+/// A bound listener, as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerSummary {
+    /// Its name.
+    pub name: String,
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    /// Whether it terminates TLS.
+    pub tls: bool,
 }
 
 impl Shared {
@@ -163,6 +181,16 @@ impl Shared {
     /// Upstream runtime state (health, ejections, drains).
     pub fn upstreams(&self) -> &UpstreamRegistry {
         &self.upstreams
+    }
+
+    /// The public listeners, once bound.
+    pub fn listeners(&self) -> &[ListenerSummary] {
+        self.listeners.get().map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Meters and recent history.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// The clock expiry checks use.
@@ -215,6 +243,13 @@ impl Shared {
                     }
                 }
                 let routes = built.snapshot.routes.len();
+                self.telemetry.config.reloaded();
+                self.telemetry.config.loaded(
+                    generation,
+                    &built.snapshot.config_hash,
+                    unix_secs(built.snapshot.loaded_at),
+                    &built.certs,
+                );
                 let snapshot = Arc::new(built.snapshot);
                 self.snapshot.store(snapshot.clone());
                 self.upstreams.apply(&snapshot.upstreams, &self.stop);
@@ -224,6 +259,7 @@ impl Shared {
                 Ok(generation)
             }
             Err(problems) => {
+                self.telemetry.config.reload_failed();
                 for p in &problems.0 {
                     tracing::error!(problem = %p, "reload rejected; keeping the running configuration");
                 }
@@ -231,6 +267,27 @@ impl Shared {
             }
         }
     }
+}
+
+/// Folds recorded histogram samples every five seconds, so they do not
+/// pile up between scrapes (or when nothing scrapes).
+fn spawn_metrics_upkeep(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => metrics.upkeep(),
+            }
+        }
+    })
+}
+
+fn unix_secs(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn whole(path: &Path, message: String) -> Problem {
@@ -514,8 +571,20 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let path = opts.config_path.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let jwks = JwksRegistry::new()?;
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(match opts.env.get("GATEHOUSE_METRICS").as_deref() {
+        Some("off" | "false" | "0") => Metrics::disabled(),
+        _ => Metrics::new()?,
+    });
     let upstreams = UpstreamRegistry::new(metrics.clone());
+    let trace_settings = TraceSettings::from_env(&opts.env).map_err(StartError::Tracing)?;
+    let (tracer, trace_rx) = match &trace_settings {
+        Some(settings) => {
+            let (tracer, rx) = Tracer::new(settings.sampler, &metrics);
+            (Some(tracer), Some(rx))
+        }
+        None => (None, None),
+    };
+    let telemetry = Arc::new(Telemetry::new(metrics.clone(), tracer));
     let built = {
         let (env, jwks, clock, metrics, upstreams) = (
             opts.env.clone(),
@@ -544,6 +613,12 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     } = built;
     let server = loaded.config.server.clone();
     let server = &server;
+    telemetry.config.loaded(
+        1,
+        &snapshot.config_hash,
+        unix_secs(snapshot.loaded_at),
+        &certs,
+    );
 
     // The key store: opened (created, migrated) before anything listens, so
     // a bad store URL starts nothing. Keys are served from memory.
@@ -583,6 +658,8 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         upstreams: upstreams.clone(),
         stop: stop_rx.clone(),
+        telemetry: telemetry.clone(),
+        listeners: std::sync::OnceLock::new(),
     });
 
     // Bind everything before serving anything: a bind error starts nothing.
@@ -637,12 +714,13 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         quota_fail_open: rl.on_redis_failure == config::RedisFailure::Local,
         clock: clock.clone(),
         max_in_flight: server.max_concurrent_requests,
-        metrics: metrics.clone(),
+        telemetry: telemetry.clone(),
     });
     let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config)
         .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let mut listeners = Vec::new();
+    let mut summaries = Vec::new();
     let mut tasks = Vec::new();
     for (l, listener) in bound {
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -658,6 +736,11 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         let tls_mode = if tls.is_some() { "https" } else { "http" };
         tracing::info!(listener = %l.name, %addr, mode = tls_mode, redirect_https_port = l.redirect_https_port.unwrap_or(0), "listening");
         listeners.push((l.name.clone(), addr));
+        summaries.push(ListenerSummary {
+            name: l.name.clone(),
+            addr,
+            tls: tls.is_some(),
+        });
         let effective = l.limits.apply(server);
         let acceptor = Acceptor {
             name: l.name.as_str().into(),
@@ -667,6 +750,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             http: Arc::new(http_builder(&effective)),
             limit: limit.clone(),
             handshake_timeout: server.tls_handshake_timeout.0,
+            tls_meters: Arc::new(TlsMeters::new(&metrics, &l.name)),
             head_limits: HeadLimits {
                 max_head_bytes: usize::try_from(effective.max_header_bytes.0).unwrap_or(usize::MAX),
                 max_headers: effective.max_header_count,
@@ -678,7 +762,15 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(acceptor.run(listener, stop_rx.clone())));
     }
 
+    let _ = shared.listeners.set(summaries);
     tracing::info!(%admin_addr, "admin listening");
+    tasks.push(spawn_metrics_upkeep(metrics.clone(), stop_rx.clone()));
+    if let (Some(settings), Some(rx)) = (trace_settings, trace_rx) {
+        tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, sampler = ?settings.sampler, "exporting traces over OTLP/HTTP");
+        let exporter = spawn_exporter(settings, rx, &metrics, stop_rx.clone())
+            .map_err(|e| StartError::Tracing(e.to_string()))?;
+        tasks.push(exporter);
+    }
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
     tasks.push(jwks.spawn_refresh(stop_rx.clone()));
@@ -772,6 +864,7 @@ struct Acceptor {
     http: Arc<auto::Builder<TokioExecutor>>,
     limit: Arc<Semaphore>,
     handshake_timeout: Duration,
+    tls_meters: Arc<TlsMeters>,
     head_limits: HeadLimits,
     header_read_timeout: Duration,
     shared: Arc<Shared>,
@@ -838,10 +931,13 @@ impl Acceptor {
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        tracing::debug!(listener = %self.name, client = %peer, error = %e, "TLS handshake failed");
+                        let reason = handshake_failure_reason(&e);
+                        self.tls_meters.failed(reason);
+                        tracing::debug!(listener = %self.name, client = %peer, reason, error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        self.tls_meters.failed("timeout");
                         tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
                         return;
                     }
@@ -851,6 +947,7 @@ impl Acceptor {
                     Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                     _ => "TLS",
                 };
+                self.tls_meters.completed(version);
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                     let info = self.conn_info(peer, Some(version), None);
                     self.serve(TokioIo::new(stream), info, watcher).await;

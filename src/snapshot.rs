@@ -30,6 +30,11 @@ use crate::route::{
     RouteTableBuilder, parse_rewrite,
 };
 use crate::telemetry::Metrics;
+use crate::telemetry::requests::RouteMetrics;
+
+/// Consumers counted by name on a route with `consumer_metrics = true`;
+/// the rest share one `other` series.
+pub const CONSUMER_SERIES_CAP: usize = 100;
 use crate::validate::{IpRules, QueryRules, RequestRules, parse_net};
 
 /// One generation of the configuration.
@@ -39,6 +44,10 @@ pub struct Snapshot {
     pub generation: u64,
     /// When it was built.
     pub loaded_at: SystemTime,
+    /// Hex SHA-256 over the main file and the policy files, in order.
+    pub config_hash: String,
+    /// The routes as configured, in file order (for the status page).
+    pub route_list: Vec<RouteSummary>,
     /// The routes.
     pub routes: RouteTable,
     /// The upstreams, by name.
@@ -58,6 +67,21 @@ pub struct Snapshot {
     /// Headers only the gateway may send upstream (identity and claim
     /// headers): removed from every client request.
     pub identity_headers: Vec<HeaderName>,
+}
+
+/// A route as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteSummary {
+    /// Its name.
+    pub name: String,
+    /// The host it is limited to, if any.
+    pub host: Option<String>,
+    /// Its path (`*` after a prefix).
+    pub path: String,
+    /// Its methods (empty: all).
+    pub methods: Vec<String>,
+    /// The upstream it forwards to, unless it answers itself.
+    pub upstream: Option<String>,
 }
 
 /// What building a snapshot needs besides the files.
@@ -87,7 +111,7 @@ impl Snapshot {
         let mut problems = Vec::new();
         let defaults = &loaded.config.defaults;
         let (jwt, identity_headers) = compile_issuers(loaded, deps, &mut problems);
-        let rate_index = compile_rate_limits(loaded, &mut problems);
+        let rate_index = compile_rate_limits(loaded, deps.metrics, &mut problems);
         let issuer_names: Vec<String> = loaded
             .config
             .jwt_issuers
@@ -152,6 +176,7 @@ impl Snapshot {
         // Routes.
         let mut builder = RouteTableBuilder::default();
         let mut route_places: HashMap<String, String> = HashMap::new();
+        let mut route_list = Vec::new();
         for policy in &loaded.policies {
             let source = &policy.source;
             for spec in &policy.file.route {
@@ -173,9 +198,25 @@ impl Snapshot {
                     merge_slashes: loaded.config.server.merge_slashes,
                     issuers: &issuer_names,
                     rate: &rate_index,
+                    metrics: deps.metrics,
                 };
                 match compile_route(r, spec.span(), &ctx) {
                     Ok((host, path, route)) => {
+                        route_list.push(RouteSummary {
+                            name: route.name.to_string(),
+                            host: host.clone(),
+                            path: match &path {
+                                PathMatch::Exact(p) => p.clone(),
+                                PathMatch::Prefix(p) => format!("{p}*"),
+                                PathMatch::Template(p) => p.clone(),
+                            },
+                            methods: route
+                                .methods
+                                .as_ref()
+                                .map(|ms| ms.iter().map(ToString::to_string).collect())
+                                .unwrap_or_default(),
+                            upstream: r.upstream.as_ref().map(|u| u.get_ref().clone()),
+                        });
                         let place = Place {
                             source: source.clone(),
                             span: spec.span(),
@@ -199,6 +240,8 @@ impl Snapshot {
             Some(routes) if problems.is_empty() => Ok(Snapshot {
                 generation,
                 loaded_at: SystemTime::now(),
+                config_hash: config_hash(loaded),
+                route_list,
                 routes,
                 upstreams,
                 merge_slashes: loaded.config.server.merge_slashes,
@@ -417,6 +460,7 @@ struct RouteCtx<'a> {
     merge_slashes: bool,
     issuers: &'a [String],
     rate: &'a RateIndex,
+    metrics: &'a Arc<Metrics>,
 }
 /// Every rate-limit policy, and which routes each applies to.
 #[derive(Debug, Default)]
@@ -443,7 +487,11 @@ fn compile_limit(rate: &str, burst: Option<u32>) -> Result<Limit, String> {
 }
 
 /// Compiles every `[[rate_limit]]` of every policy file.
-fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateIndex {
+fn compile_rate_limits(
+    loaded: &Loaded,
+    metrics: &Metrics,
+    problems: &mut Vec<Problem>,
+) -> RateIndex {
     let route_names: std::collections::HashSet<&str> = loaded
         .policies
         .iter()
@@ -554,6 +602,7 @@ fn compile_rate_limits(loaded: &Loaded, problems: &mut Vec<Problem>) -> RateInde
                 key,
                 shadow: r.shadow,
                 quota,
+                meters: crate::telemetry::requests::PolicyMeters::new(metrics, name.as_str()),
             });
             if r.global {
                 index.global.push(compiled.clone());
@@ -699,6 +748,7 @@ fn compile_route(
         }
     }
 
+    let upstream_label = r.upstream.as_ref().map(|u| u.get_ref().clone());
     let action = match (&r.upstream, &r.respond) {
         (Some(u), None) => match upstreams.get(u.get_ref()) {
             Some(up) => Some(Action::Forward(up.clone())),
@@ -859,10 +909,32 @@ fn compile_route(
                 retry_non_idempotent: r.retry_non_idempotent,
                 first_byte_timeout: r.first_byte_timeout.map(|d| d.0),
                 request_timeout: r.request_timeout.map(|d| d.0),
+                meters: Arc::new(RouteMetrics::new(
+                    ctx.metrics,
+                    name,
+                    upstream_label.as_deref(),
+                    r.consumer_metrics.then_some(CONSUMER_SERIES_CAP),
+                )),
             },
         )),
         _ => Err(problems),
     }
+}
+
+/// Hex SHA-256 over every file of a configuration: each path and text,
+/// length-prefixed, main file first, then policies in their sorted order.
+fn config_hash(loaded: &Loaded) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let files = std::iter::once(&loaded.source).chain(loaded.policies.iter().map(|p| &p.source));
+    for f in files {
+        let path = f.path.to_string_lossy();
+        for part in [path.as_bytes(), f.text.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Names of the `{name}` / `{*name}` parameters of a template.

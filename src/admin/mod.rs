@@ -8,10 +8,16 @@
 //! written to the audit trail (store table and the `gatehouse::audit` log
 //! target) with who, what, when and the outcome — never a secret. It never
 //! serves proxied traffic.
+//!
+//! Also here (see [`status`]): `/metrics` (Prometheus; open by default,
+//! token with `[admin] metrics_require_token`) and the status page at `/`
+//! (with `/status.json`), behind the admin token like `/v1/`; a browser
+//! sends it as the password of HTTP Basic auth.
 
 pub mod api;
 pub mod client;
 pub mod ops;
+mod status;
 mod token;
 
 use std::net::SocketAddr;
@@ -38,6 +44,7 @@ pub struct AdminState {
     token: Option<Arc<AdminToken>>,
     argon2: Argon2Settings,
     rotation_grace: Duration,
+    metrics_require_token: bool,
 }
 
 impl AdminState {
@@ -53,6 +60,7 @@ impl AdminState {
             token,
             argon2: config.api_keys.argon2(),
             rotation_grace: config.api_keys.rotation_grace.0,
+            metrics_require_token: config.admin.metrics_require_token,
         })
     }
 }
@@ -63,6 +71,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api::router(state.clone()))
+        .merge(status::router())
         .with_state(state)
 }
 

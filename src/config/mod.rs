@@ -395,6 +395,10 @@ pub struct AdminConfig {
     /// prints one). Without it the consumer and key endpoints are refused.
     #[serde(default)]
     pub token_hash: Option<Spanned<String>>,
+    /// Require the admin token for `/metrics` too. Off by default: a
+    /// Prometheus server scrapes the loopback admin port without one.
+    #[serde(default)]
+    pub metrics_require_token: bool,
 }
 
 impl Default for AdminConfig {
@@ -402,6 +406,7 @@ impl Default for AdminConfig {
         AdminConfig {
             addr: default_admin_addr(),
             token_hash: None,
+            metrics_require_token: false,
         }
     }
 }
@@ -715,6 +720,11 @@ pub struct RouteSpec {
     pub first_byte_timeout: Option<Dur>,
     /// Overrides the upstream's time for the whole exchange.
     pub request_timeout: Option<Dur>,
+    /// Count this route's requests per consumer on `/metrics`
+    /// (`gatehouse_consumer_requests_total`; at most 100 consumers by name,
+    /// the rest as `other`).
+    #[serde(default)]
+    pub consumer_metrics: bool,
 }
 
 /// A route's `auth`: one method or a list of accepted methods.

@@ -552,6 +552,15 @@ impl Upstream {
         self.members.store(Arc::new(Members::new(new, &set_names)));
     }
 
+    /// The targets' URLs as configured or discovered (for the status page).
+    pub fn target_labels(&self) -> Vec<String> {
+        self.members()
+            .members
+            .iter()
+            .map(|m| m.state.url.to_string())
+            .collect()
+    }
+
     /// The current targets.
     pub fn members(&self) -> Arc<Members> {
         self.members.load_full()

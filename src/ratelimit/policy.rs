@@ -83,6 +83,8 @@ pub struct RatePolicy {
     pub shadow: bool,
     /// A count per day or month on the same key.
     pub quota: Option<super::quota::Quota>,
+    /// Its decisions, counted.
+    pub meters: crate::telemetry::requests::PolicyMeters,
 }
 
 impl RatePolicy {
@@ -169,6 +171,10 @@ mod tests {
             key,
             shadow: false,
             quota: None,
+            meters: crate::telemetry::requests::PolicyMeters::new(
+                &crate::telemetry::Metrics::new().unwrap(),
+                "p",
+            ),
         }
     }
 

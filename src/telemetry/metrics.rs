@@ -37,8 +37,8 @@ pub struct MetricsError(#[source] metrics_exporter_prometheus::BuildError);
 
 /// The registry of one running gateway.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
+    /// `None` when metrics are off: every handle is a no-op.
+    inner: Option<(PrometheusRecorder, PrometheusHandle)>,
 }
 
 impl fmt::Debug for Metrics {
@@ -66,54 +66,246 @@ impl Metrics {
             .map_err(MetricsError)?
             .build_recorder();
         let handle = recorder.handle();
-        Ok(Metrics { recorder, handle })
+        Ok(Metrics {
+            inner: Some((recorder, handle)),
+        })
+    }
+
+    /// A registry that records nothing (`GATEHOUSE_METRICS=off`): every
+    /// handle is a no-op and `/metrics` is empty. For measuring what
+    /// metrics cost.
+    pub fn disabled() -> Metrics {
+        Metrics { inner: None }
+    }
+
+    /// Whether anything is recorded.
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
     }
 
     /// The counter `name{labels}` (created on first registration; the same
     /// series on every later one).
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.recorder
-            .register_counter(&key(name, labels), &METADATA)
+        match &self.inner {
+            Some((r, _)) => r.register_counter(&key(name, labels), &METADATA),
+            None => Counter::noop(),
+        }
     }
 
     /// The gauge `name{labels}`.
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        self.recorder.register_gauge(&key(name, labels), &METADATA)
+        match &self.inner {
+            Some((r, _)) => r.register_gauge(&key(name, labels), &METADATA),
+            None => Gauge::noop(),
+        }
     }
 
     /// The histogram `name{labels}` (values in seconds for `_seconds`
     /// names, bytes for `_bytes`).
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
+        match &self.inner {
+            Some((r, _)) => r.register_histogram(&key(name, labels), &METADATA),
+            None => Histogram::noop(),
+        }
     }
 
     /// Sets the `# HELP` text of a counter.
     pub fn describe_counter(&self, name: &'static str, help: &'static str) {
-        self.recorder
-            .describe_counter(name.into(), None, SharedString::const_str(help));
+        if let Some((r, _)) = &self.inner {
+            r.describe_counter(name.into(), None, SharedString::const_str(help));
+        }
     }
 
     /// Sets the `# HELP` text of a gauge.
     pub fn describe_gauge(&self, name: &'static str, help: &'static str) {
-        self.recorder
-            .describe_gauge(name.into(), None, SharedString::const_str(help));
+        if let Some((r, _)) = &self.inner {
+            r.describe_gauge(name.into(), None, SharedString::const_str(help));
+        }
     }
 
     /// Sets the `# HELP` text of a histogram.
     pub fn describe_histogram(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
-        self.recorder
-            .describe_histogram(name.into(), unit, SharedString::const_str(help));
+        if let Some((r, _)) = &self.inner {
+            r.describe_histogram(name.into(), unit, SharedString::const_str(help));
+        }
     }
 
     /// The Prometheus text exposition of everything recorded so far.
     pub fn render(&self) -> String {
-        self.handle.render()
+        self.inner
+            .as_ref()
+            .map(|(_, h)| h.render())
+            .unwrap_or_default()
     }
 
     /// Folds recorded histogram samples into their buckets. Run it every
     /// few seconds (a scrape does it too) so samples do not pile up.
     pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+        if let Some((_, h)) = &self.inner {
+            h.run_upkeep();
+        }
+    }
+}
+
+/// Counters of one metric keyed by a label value, registered on first use
+/// and read without a lock afterwards (an `ArcSwap` of the map, replaced
+/// whole on the rare insert). At most `cap` distinct values get their own
+/// series; later ones share the `other` series, so a flood of new values
+/// cannot grow the exposition.
+pub struct CounterSet {
+    metrics: std::sync::Arc<Metrics>,
+    name: &'static str,
+    label: &'static str,
+    fixed: Vec<(&'static str, String)>,
+    cap: usize,
+    map: arc_swap::ArcSwap<std::collections::HashMap<String, Counter>>,
+}
+
+impl fmt::Debug for CounterSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CounterSet")
+            .field("name", &self.name)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The label value that values past a [`CounterSet`]'s cap share.
+pub const OTHER: &str = "other";
+
+impl CounterSet {
+    /// Counters `name{fixed…, label=value}`, at most `cap` values.
+    pub fn new(
+        metrics: &std::sync::Arc<Metrics>,
+        name: &'static str,
+        fixed: &[(&'static str, &str)],
+        label: &'static str,
+        cap: usize,
+    ) -> CounterSet {
+        CounterSet {
+            metrics: metrics.clone(),
+            name,
+            label,
+            fixed: fixed.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            cap,
+            map: arc_swap::ArcSwap::from_pointee(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Adds `n` to the series of `value`.
+    pub fn add(&self, value: &str, n: u64) {
+        if let Some(c) = self.map.load().get(value) {
+            c.increment(n);
+            return;
+        }
+        self.insert(value).increment(n);
+    }
+
+    fn insert(&self, value: &str) -> Counter {
+        let map = self.map.load();
+        let value = if map.len() >= self.cap && value != OTHER {
+            if let Some(c) = map.get(OTHER) {
+                return c.clone();
+            }
+            OTHER
+        } else {
+            value
+        };
+        let mut labels: Vec<(&'static str, &str)> =
+            self.fixed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        labels.push((self.label, value));
+        let counter = self.metrics.counter(self.name, &labels);
+        let value = value.to_owned();
+        self.map.rcu(|m| {
+            let mut m = std::collections::HashMap::clone(m);
+            m.entry(value.clone()).or_insert_with(|| counter.clone());
+            m
+        });
+        counter
+    }
+}
+
+/// The Prometheus text exposition rewritten as OpenMetrics text 1.0:
+/// counter families are named without their `_total` suffix in `# TYPE`
+/// and `# HELP` lines, blank lines are dropped, and the text ends with
+/// `# EOF`. (Prometheus asks for OpenMetrics first.)
+pub fn to_openmetrics(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    // OpenMetrics has no blank lines between families.
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let rewritten = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let is_counter_type = *prefix == "# TYPE " && tail == "counter";
+            let base = name.strip_suffix("_total")?;
+            let is_counter_help =
+                *prefix == "# HELP " && text.contains(&format!("# TYPE {name} counter"));
+            (is_counter_type || is_counter_help).then(|| format!("{prefix}{base} {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn counter_sets_cap_their_series() {
+        let m = Arc::new(Metrics::new().unwrap());
+        let set = CounterSet::new(&m, "gatehouse_test_total", &[("route", "r")], "who", 2);
+        for (who, n) in [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("d", 5)] {
+            set.add(who, n);
+        }
+        let text = m.render();
+        let series = |who: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "gatehouse_test_total{{route=\"r\",who=\"{who}\"}}"
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(series("a").as_deref(), Some("4"));
+        assert_eq!(series("b").as_deref(), Some("2"));
+        assert_eq!(
+            series("other").as_deref(),
+            Some("9"),
+            "c and d share `other`"
+        );
+        assert_eq!(series("c"), None);
+    }
+
+    #[test]
+    fn openmetrics_conversion() {
+        let cases = [
+            (
+                "counter",
+                "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"1\"} 3\n\n",
+                "# HELP x Things.\n# TYPE x counter\nx_total{a=\"1\"} 3\n# EOF\n",
+            ),
+            (
+                "gauge kept",
+                "# TYPE g gauge\ng 1\n",
+                "# TYPE g gauge\ng 1\n# EOF\n",
+            ),
+            (
+                "gauge named _total is not a counter",
+                "# HELP g_total G.\n# TYPE g_total gauge\ng_total 1\n",
+                "# HELP g_total G.\n# TYPE g_total gauge\ng_total 1\n# EOF\n",
+            ),
+        ];
+        for (name, input, want) in cases {
+            assert_eq!(to_openmetrics(input), want, "{name}");
+        }
     }
 }

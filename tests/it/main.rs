@@ -9,6 +9,7 @@ mod auth;
 mod cluster;
 mod hostile;
 mod lifecycle;
+mod observability;
 mod proxy;
 mod ratelimit;
 mod rules;
