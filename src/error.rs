@@ -270,6 +270,45 @@ impl GatewayError {
         }
     }
 
+    /// Whether the fault is on the gateway's or the upstream's side rather
+    /// than a refusal of the client's request (the status page ranks
+    /// refused clients without these).
+    pub fn is_server_fault(&self) -> bool {
+        match self {
+            GatewayError::UpstreamFailed { .. }
+            | GatewayError::UpstreamTimeout
+            | GatewayError::NoTarget
+            | GatewayError::AuthUnavailable
+            | GatewayError::RateLimiterUnavailable
+            | GatewayError::Internal(_) => true,
+            GatewayError::InvalidPath(_)
+            | GatewayError::MalformedRequest(_)
+            | GatewayError::UriTooLong
+            | GatewayError::HeadersTooLarge
+            | GatewayError::AmbiguousFraming(_)
+            | GatewayError::InvalidHost(_)
+            | GatewayError::MissingHeader(_)
+            | GatewayError::UnsupportedMediaType
+            | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidJson
+            | GatewayError::SchemaViolation(_)
+            | GatewayError::IpDenied
+            | GatewayError::CorsRejected
+            | GatewayError::RouteNotFound
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::RequestTimeout
+            | GatewayError::MissingCredentials { .. }
+            | GatewayError::InvalidCredentials { .. }
+            | GatewayError::InsufficientScope { .. }
+            | GatewayError::RoleRequired
+            | GatewayError::AuthThrottled { .. }
+            | GatewayError::RateLimited { .. }
+            | GatewayError::QuotaExceeded { .. }
+            | GatewayError::Overloaded => false,
+        }
+    }
+
     /// Whether the client connection should be closed after the answer
     /// (the framing of the rest of the stream cannot be trusted).
     pub fn closes_connection(&self) -> bool {

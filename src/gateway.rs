@@ -234,13 +234,15 @@ impl Gateway {
                 let code = e.code();
                 ctx.record.error = Some(code);
                 ctx.record.reason = Some(e.to_string());
-                ctx.record.refused = true;
                 self.telemetry.meters.refused(code);
-                self.telemetry.history.refused(
-                    ctx.record.client,
-                    code,
-                    crate::telemetry::access::unix_now(),
-                );
+                if !e.is_server_fault() {
+                    ctx.record.refused = true;
+                    self.telemetry.history.refused(
+                        ctx.record.client,
+                        code,
+                        crate::telemetry::access::unix_now(),
+                    );
+                }
                 (e.to_response(&ctx.record.request_id), None)
             }
         };

@@ -284,6 +284,25 @@ fn spawn_metrics_upkeep(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) 
     })
 }
 
+/// Repeats the under-14-days certificate warning every six hours, so a
+/// gateway that is never reloaded still says so while time passes.
+fn spawn_expiry_warnings(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = Duration::from_secs(6 * 3600);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    for info in shared.certs().iter() {
+                        warn_if_expiring(info);
+                    }
+                }
+            }
+        }
+    })
+}
+
 fn unix_secs(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -765,6 +784,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     let _ = shared.listeners.set(summaries);
     tracing::info!(%admin_addr, "admin listening");
     tasks.push(spawn_metrics_upkeep(metrics.clone(), stop_rx.clone()));
+    tasks.push(spawn_expiry_warnings(shared.clone(), stop_rx.clone()));
     if let (Some(settings), Some(rx)) = (trace_settings, trace_rx) {
         tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, sampler = ?settings.sampler, "exporting traces over OTLP/HTTP");
         let exporter = spawn_exporter(settings, rx, &metrics, stop_rx.clone())

@@ -65,7 +65,8 @@ pub struct AccessRecord {
     pub consumer: Option<Arc<str>>,
     /// How the caller authenticated (`api_key`, `jwt`).
     pub auth: Option<&'static str>,
-    /// The gateway answered itself with an error (a refusal).
+    /// The gateway refused the request (its own error answer, not an
+    /// upstream or internal fault).
     pub refused: bool,
     /// The W3C trace id, when the request is traced.
     pub trace_id: Option<String>,

@@ -63,7 +63,8 @@ pub struct Point {
     pub requests: u64,
     /// Of which answered 5xx.
     pub errors: u64,
-    /// Of which refused by the gateway (its own 4xx/5xx answers).
+    /// Of which refused by the gateway (validation, auth, limits, shedding;
+    /// not upstream failures).
     pub refused: u64,
     /// Mean latency, milliseconds.
     pub mean_ms: f64,

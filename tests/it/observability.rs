@@ -343,14 +343,18 @@ async fn status_json_shows_config_traffic_and_refused_clients() {
             .await;
     }
     let _ = c.get(gw.url("/ok")).send().await.unwrap().bytes().await;
+    // An upstream failure is an error, not a refusal of the client.
+    let dead = c.get(gw.url("/dead")).send().await.unwrap();
+    assert_eq!(dead.status(), 502);
     let admin = AdminApi::new(&gw, &token);
     let status = eventually(5, || async {
         let (s, v) = admin.get("/status.json").await;
         assert_eq!(s, 200);
-        (v["last_minute"]["requests"] == 4).then_some(v)
+        (v["last_minute"]["requests"] == 5).then_some(v)
     })
     .await
-    .expect("four requests counted");
+    .expect("five requests counted");
+    assert_eq!(status["last_minute"]["error_rate"], 0.2);
     assert_eq!(status["generation"], 1);
     assert_eq!(status["last_minute"]["refused"], 1);
     assert_eq!(status["traffic"].as_array().unwrap().len(), 90);
@@ -1007,4 +1011,65 @@ async fn tls_handshakes_and_certificate_expiry_are_measured() {
         "{expiry}"
     );
     gw.shutdown().await;
+}
+
+/// Every `gatehouse_*` metric name in `text`, without histogram suffixes.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("gatehouse_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        if boundary {
+            let name = &text[start..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(base.to_owned());
+        }
+        i = end.max(start + 1);
+    }
+    names
+}
+
+#[test]
+fn shipped_alerts_and_dashboard_use_only_metrics_gatehouse_exports() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut source = String::new();
+    let mut stack = vec![root.join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/gatehouse.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let used = metric_names(&text);
+        assert!(used.len() >= 5, "{file}: {used:?}");
+        for name in used {
+            assert!(
+                source.contains(&format!("\"{name}\"")),
+                "{file} uses `{name}`, which no code registers"
+            );
+        }
+    }
 }
