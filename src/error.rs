@@ -278,6 +278,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. }
             | GatewayError::UpstreamTimeout
             | GatewayError::NoTarget
+            | GatewayError::UpstreamUnavailable { .. }
             | GatewayError::AuthUnavailable
             | GatewayError::RateLimiterUnavailable
             | GatewayError::Internal(_) => true,
