@@ -156,12 +156,24 @@ free_port
 GH_TLS_PORT=$REPLY
 free_port
 ADMIN_PORT=$REPLY
+free_port
+BACKEND2_PORT=$REPLY
+free_port
+BACKEND3_PORT=$REPLY
 
 log "backend on $LOOPBACK:$BACKEND_PORT"
 "$BACKEND" "$LOOPBACK:$BACKEND_PORT" >"$WORK/backend.log" 2>&1 &
 BACKEND_PID=$!
 PIDS+=("$BACKEND_PID")
 wait_http backend "$BACKEND_PID" "http://$LOOPBACK:$BACKEND_PORT/"
+# Two more backends for the three-target upstream (idle in the other rows).
+BACKEND_PIDS=("$BACKEND_PID")
+for port in "$BACKEND2_PORT" "$BACKEND3_PORT"; do
+    "$BACKEND" "$LOOPBACK:$port" >"$WORK/backend-$port.log" 2>&1 &
+    BACKEND_PIDS+=("$!")
+    PIDS+=("$!")
+    wait_http "backend-$port" "$!" "http://$LOOPBACK:$port/"
+done
 
 # One dev certificate for localhost/127.0.0.1, used by nginx and gatehouse.
 "$GATEHOUSE" certs dev --dir "$WORK/certs" >"$WORK/certs.log" 2>&1 ||
@@ -243,6 +255,24 @@ targets = ["http://$LOOPBACK:$BACKEND_PORT"]
 name = "all"
 prefix = "/"
 upstream = "backend"
+
+# The three-target row: balancing, health checks, outlier detection and
+# retries on, against one target above.
+[[upstream]]
+name = "three"
+targets = ["http://$LOOPBACK:$BACKEND_PORT", "http://$LOOPBACK:$BACKEND2_PORT", "http://$LOOPBACK:$BACKEND3_PORT"]
+[upstream.health]
+path = "/"
+interval = "1s"
+[upstream.retry]
+attempts = 2
+[upstream.breaker]
+failure_threshold = 50
+
+[[route]]
+name = "three"
+prefix = "/three"
+upstream = "three"
 EOF
 
 GH_PID=
@@ -381,14 +411,14 @@ measure() {
     top_pid=$!
     PIDS+=("$top_pid")
     p0=$(proc_ticks "${proxy_pids[@]}")
-    b0=$(proc_ticks "$BACKEND_PID")
+    b0=$(proc_ticks "${BACKEND_PIDS[@]}")
     read -r m0 _ st0 si0 < <(machine_ticks)
     s0=$(date +%s.%N)
     local TIMEFORMAT='%U %S'
     { time timeout $((DURATION + 30)) "$WRK" -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out" 2>&1; } 2>"$WORK/time-$key.txt" || rc=$?
     s1=$(date +%s.%N)
     read -r m1 _ st1 si1 < <(machine_ticks)
-    b1=$(proc_ticks "$BACKEND_PID")
+    b1=$(proc_ticks "${BACKEND_PIDS[@]}")
     p1=$(proc_ticks "${proxy_pids[@]}")
     wait "$top_pid" 2>/dev/null || true
     forget_pid "$top_pid"
@@ -438,6 +468,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     measure direct "backend (direct)" "http://$LOOPBACK:$BACKEND_PORT/" none
     measure nginx "nginx, HTTP" "http://$LOOPBACK:$NGINX_PORT/" nginx
     measure gh "gatehouse, HTTP" "http://$LOOPBACK:$GH_PORT/" gatehouse
+    measure gh3 "gatehouse, HTTP, 3 targets" "http://$LOOPBACK:$GH_PORT/three/" gatehouse
     measure nginx_tls "nginx, HTTPS" "https://$LOOPBACK:$NGINX_TLS_PORT/" nginx
     measure gh_tls "gatehouse, HTTPS" "https://$LOOPBACK:$GH_TLS_PORT/" gatehouse
     if [[ $LOG_COMPARE == 1 ]]; then
@@ -658,6 +689,10 @@ machine (the "other" column below).
   listener (\`dev_certs\` certificate for localhost), default \`[server]\` and \`[defaults]\`
   limits, one upstream \`http://$LOOPBACK:<port>\` (default pool) and one route
   \`prefix = "/"\` to it. At \`warn\` no access line is written.$LOG_NOTE
+- "gatehouse, HTTP, 3 targets" goes to an upstream of three backend processes (round robin,
+  active health checks every 1 s, outlier detection, \`retry.attempts = 2\`, a breaker) on
+  \`/three/\`; compare its proxy CPU µs/req with "gatehouse, HTTP" (one target) for the cost
+  of balancing and health checking. The backend CPU column sums all three backends.
 - "× direct" is req/s divided by the direct run's; "× nginx" divides by the nginx run with the
   same scheme (HTTP or HTTPS).
 $ERROR_SECTION

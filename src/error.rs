@@ -90,6 +90,13 @@ pub enum GatewayError {
     /// The upstream has no target to send the request to.
     #[error("no upstream target available")]
     NoTarget,
+    /// The upstream's circuit breaker is open or its concurrency limits are
+    /// reached: answered at once, no target touched.
+    #[error("the upstream is temporarily unavailable")]
+    UpstreamUnavailable {
+        /// Seconds until a request may get through.
+        retry_after_secs: u64,
+    },
     /// The route needs credentials and the request carries none.
     #[error("authentication required")]
     MissingCredentials {
@@ -212,7 +219,9 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoTarget | GatewayError::UpstreamUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::MissingCredentials { .. } | GatewayError::InvalidCredentials { .. } => {
                 StatusCode::UNAUTHORIZED
             }
@@ -254,6 +263,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::UpstreamThrottled { .. } => "upstream_throttled",
             GatewayError::NoTarget => "no_upstream_target",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::MissingCredentials { .. } => "missing_credentials",
             GatewayError::InvalidCredentials { .. } => "invalid_credentials",
             GatewayError::InsufficientScope { .. } => "insufficient_scope",
@@ -277,6 +287,7 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout
             | GatewayError::UpstreamThrottled { .. }
             | GatewayError::NoTarget
+            | GatewayError::UpstreamUnavailable { .. }
             | GatewayError::AuthUnavailable
             | GatewayError::RateLimiterUnavailable
             | GatewayError::Internal(_) => true,
@@ -365,6 +376,7 @@ impl GatewayError {
             match self {
                 GatewayError::AuthThrottled { retry_after_secs }
                 | GatewayError::UpstreamThrottled { retry_after_secs }
+                | GatewayError::UpstreamUnavailable { retry_after_secs }
                 | GatewayError::RateLimited {
                     retry_after_secs, ..
                 }

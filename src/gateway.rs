@@ -791,12 +791,7 @@ async fn forward(
     params: &[(String, String)],
 ) -> Result<Done, GatewayError> {
     // 10. Rewrite.
-    let target = upstream.pick().ok_or(GatewayError::NoTarget)?;
-    ctx.record.target = Some(target.label().to_owned());
     let upstream_path = route.upstream_path(path, params);
-    let uri = target
-        .uri(&upstream_path, req.uri().query())
-        .map_err(|_| GatewayError::InvalidPath("path cannot be forwarded"))?;
     let upgrade = req.version() == Version::HTTP_11 && proxy::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -819,6 +814,8 @@ async fn forward(
         proto: conn.proto(),
         host: host.authority.as_deref(),
     };
+    let hash = upstream.hash_key(&parts.headers, ctx.record.client);
+    let set_hint = upstream.set_hint(&parts.headers);
     proxy::prepare_request_headers(
         &mut parts.headers,
         &fwd,
@@ -842,13 +839,18 @@ async fn forward(
         }
     }
     let upstream_span = inject_trace_context(ctx, &mut parts.headers);
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
     let stats = ctx.record.body.clone();
     let body = RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone());
     // 9. Body schema: only routes with one buffer the body (bounded by
-    // their limit); every other body streams.
-    let body = if route.rules.schema.is_some() {
+    // their limit). Bodies that may be retried are buffered too, when small
+    // (`retry.buffer_limit`); every other body streams and is sent once.
+    let retry_method = upstream.retry.attempts > 1
+        && !upgrade
+        && (route.retry_non_idempotent || proxy::is_idempotent(&parts.method));
+    let small = http_body::Body::is_end_stream(&body)
+        || validate::content_length(&parts.headers)
+            .is_some_and(|len| len <= upstream.retry.buffer_limit.0);
+    let body = if route.rules.schema.is_some() || (retry_method && small) {
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) if stats.too_large.load(Ordering::Relaxed) => {
@@ -861,40 +863,66 @@ async fn forward(
             }
             Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
         };
-        route.rules.check_body(&bytes)?;
-        full(bytes)
+        if route.rules.schema.is_some() {
+            route.rules.check_body(&bytes)?;
+        }
+        proxy::OutBody::Buffered(bytes)
     } else {
-        body.boxed()
+        proxy::OutBody::Streaming(body.boxed())
     };
-    let upstream_req = Request::from_parts(parts, body);
+    let outgoing = proxy::Outgoing {
+        method: parts.method,
+        headers: parts.headers,
+        path: upstream_path,
+        query: parts.uri.query().map(str::to_owned),
+        body,
+    };
 
     // 11. Forward.
     let started = tokio::time::Instant::now();
     let span_started = ctx.clock();
-    let deadline = started + upstream.request_timeout;
-    let first_byte = upstream.first_byte_timeout.min(upstream.request_timeout);
-    let resp = upstream
-        .send(upstream_req, first_byte, deadline, &stats)
-        .await;
+    let request_timeout = route.request_timeout.unwrap_or(upstream.request_timeout);
+    let deadline = started + request_timeout;
+    let first_byte = route
+        .first_byte_timeout
+        .unwrap_or(upstream.first_byte_timeout)
+        .min(request_timeout);
+    let plan = proxy::Plan {
+        first_byte,
+        deadline,
+        retry_method,
+        hash,
+        set_hint,
+    };
+    let mut tried = None;
+    let result = upstream.forward(outgoing, plan, &stats, &mut tried).await;
     route.meters.upstream_took(started.elapsed().as_secs_f64());
     record_upstream_span(
         ctx,
         upstream_span,
         span_started,
-        target.label(),
+        tried.as_deref().unwrap_or("-"),
         &upstream.name,
-        resp.as_ref()
-            .map(|r| r.status().as_u16())
-            .map_err(ToString::to_string),
+        match &result {
+            Ok(f) => Ok((f.response.status().as_u16(), f.attempts)),
+            Err(e) => Err(e.to_string()),
+        },
     );
-    let mut resp = resp.map_err(|e| match e {
+    ctx.record.target = tried.map(|t| t.to_string());
+    let forwarded = result.map_err(|e| match e {
         ForwardError::Timeout => GatewayError::UpstreamTimeout,
         ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
             limit: route.max_body,
         },
         ForwardError::BodyTimeout => GatewayError::RequestTimeout,
         ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
+        ForwardError::NoTarget => GatewayError::NoTarget,
+        ForwardError::Unavailable { retry_after } => GatewayError::UpstreamUnavailable {
+            retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        },
+        ForwardError::InvalidPath => GatewayError::InvalidPath("path cannot be forwarded"),
     })?;
+    let mut resp = forwarded.response;
 
     // 12. Finish.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -920,7 +948,6 @@ async fn forward(
     *resp.version_mut() = Version::HTTP_11;
     proxy::prepare_response_headers(resp.headers_mut(), &ctx.request_id, switching);
     route.response_headers.apply(resp.headers_mut());
-    let resp = resp.map(|b| b.map_err(|e| -> crate::BoxError { Box::new(e) }).boxed());
     Ok((resp, (!switching).then_some(deadline)))
 }
 
@@ -1009,7 +1036,7 @@ async fn forward_lambda(
         &function.name,
         match &invoked {
             Ok(Ok(i)) if i.function_error.is_some() => Err("function error".to_owned()),
-            Ok(Ok(_)) => Ok(200),
+            Ok(Ok(_)) => Ok((200, 1)),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".to_owned()),
         },
@@ -1076,7 +1103,7 @@ fn record_upstream_span(
     started: u64,
     target: &str,
     upstream: &str,
-    outcome: Result<u16, String>,
+    outcome: Result<(u16, u32), String>,
 ) {
     let (Some(trace), Some(id)) = (&mut ctx.trace, id) else {
         return;
@@ -1086,11 +1113,17 @@ fn record_upstream_span(
         ("gatehouse.upstream", TraceValue::Str(upstream.to_owned())),
     ];
     let failed = match outcome {
-        Ok(status) => {
+        Ok((status, attempts)) => {
             attributes.push((
                 "http.response.status_code",
                 TraceValue::Int(i64::from(status)),
             ));
+            if attempts > 1 {
+                attributes.push((
+                    "gatehouse.upstream.attempts",
+                    TraceValue::Int(i64::from(attempts)),
+                ));
+            }
             status >= 500
         }
         Err(why) => {

@@ -89,6 +89,14 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Upstreams of a running gateway, through its admin API: health,
+    /// ejections, breakers, traffic shifts between sets, drains.
+    Upstream {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        command: UpstreamCommand,
+    },
     /// Print the argon2id hash of a secret read from standard input (one
     /// line), for `[admin] token_hash`. With --generate, make a new random
     /// token and print it and its hash.
@@ -140,6 +148,69 @@ struct StoreTarget {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
+}
+
+/// Which running gateway an admin command talks to.
+#[derive(Debug, Args)]
+struct AdminTarget {
+    /// The admin API's base URL.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9901",
+        global = true
+    )]
+    admin_url: String,
+    /// The admin token (better in the environment than on the command line).
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+enum UpstreamCommand {
+    /// Every upstream with its targets' state.
+    List,
+    /// One upstream.
+    Show {
+        /// The upstream's name.
+        name: String,
+    },
+    /// Move traffic between target sets: `--to green=100` (sets not named get 0).
+    Shift {
+        /// The upstream's name.
+        name: String,
+        /// `SET=WEIGHT`, repeat or separate with commas.
+        #[arg(long, required = true, value_delimiter = ',')]
+        to: Vec<String>,
+        /// Wait until the sets left with weight 0 have no request in flight.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits at most.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        wait_timeout: Duration,
+    },
+    /// Stop sending new requests to a target (those in flight finish).
+    Drain {
+        /// The upstream's name.
+        name: String,
+        /// The target's URL as configured.
+        target: String,
+    },
+    /// Send requests to a drained target again.
+    Undrain {
+        /// The upstream's name.
+        name: String,
+        /// The target's URL as configured.
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -280,6 +351,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli_runtime()?.block_on(consumers(&target, command))
         }
         Command::Keys { target, command } => cli_runtime()?.block_on(keys(&target, command)),
+        Command::Upstream { target, command } => {
+            cli_runtime()?.block_on(upstream_cli(&target, command))
+        }
         Command::HashSecret { generate } => hash_secret(generate),
         Command::Token {
             config,
@@ -641,6 +715,141 @@ async fn keys(target: &StoreTarget, command: KeysCommand) -> anyhow::Result<Exit
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn upstream_cli(target: &AdminTarget, command: UpstreamCommand) -> anyhow::Result<ExitCode> {
+    use gatehouse::proxy::UpstreamStatus;
+    let token = target
+        .admin_token
+        .as_deref()
+        .context("the admin token is needed: --admin-token or GATEHOUSE_ADMIN_TOKEN")?;
+    let api = gatehouse::admin::client::AdminClient::new(&target.admin_url, token);
+    let json = target.output == Output::Json;
+    let answer = |(status, body): (http::StatusCode, serde_json::Value)| {
+        if status.is_success() {
+            Ok(body)
+        } else {
+            let code = body["error"].as_str().unwrap_or("error").to_owned();
+            let msg = body["message"].as_str().unwrap_or("").to_owned();
+            let fields = body
+                .get("fields")
+                .map(|f| f.to_string())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("{status}: {code}: {msg} {fields}"))
+        }
+    };
+    let one = |body: serde_json::Value| -> anyhow::Result<UpstreamStatus> {
+        Ok(serde_json::from_value(body["upstream"].clone())?)
+    };
+    match command {
+        UpstreamCommand::List => {
+            let body = answer(api.get("/v1/upstreams").await?)?;
+            let list: Vec<UpstreamStatus> = serde_json::from_value(body["upstreams"].clone())?;
+            show(json, &list, |l| l.iter().for_each(print_upstream))?;
+        }
+        UpstreamCommand::Show { name } => {
+            let u = one(answer(api.get(&format!("/v1/upstreams/{name}")).await?)?)?;
+            show(json, &u, print_upstream)?;
+        }
+        UpstreamCommand::Drain { name, target } => {
+            let path = format!("/v1/upstreams/{name}/targets/drain");
+            let u = one(answer(
+                api.post(&path, &serde_json::json!({"target": target}))
+                    .await?,
+            )?)?;
+            show(json, &u, print_upstream)?;
+        }
+        UpstreamCommand::Undrain { name, target } => {
+            let path = format!("/v1/upstreams/{name}/targets/undrain");
+            let u = one(answer(
+                api.post(&path, &serde_json::json!({"target": target}))
+                    .await?,
+            )?)?;
+            show(json, &u, print_upstream)?;
+        }
+        UpstreamCommand::Shift {
+            name,
+            to,
+            wait,
+            wait_timeout,
+        } => {
+            let mut weights = std::collections::BTreeMap::new();
+            for kv in &to {
+                let (set, w) = kv
+                    .split_once('=')
+                    .context("--to takes SET=WEIGHT, e.g. green=100")?;
+                let w: u32 = w.trim().parse().context("a weight is a whole number")?;
+                weights.insert(set.trim().to_owned(), w);
+            }
+            let path = format!("/v1/upstreams/{name}/shift");
+            let u = one(answer(
+                api.post(&path, &serde_json::json!({"to": weights})).await?,
+            )?)?;
+            if !wait {
+                show(json, &u, print_upstream)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let started = std::time::Instant::now();
+            loop {
+                let u = one(answer(api.get(&format!("/v1/upstreams/{name}")).await?)?)?;
+                let busy: u64 = u
+                    .sets
+                    .iter()
+                    .filter(|s| s.weight == 0)
+                    .map(|s| s.in_flight)
+                    .sum();
+                if busy == 0 {
+                    let idle: Vec<&str> = u
+                        .sets
+                        .iter()
+                        .filter(|s| s.weight == 0)
+                        .map(|s| s.name.as_str())
+                        .collect();
+                    show(json, &u, |u| {
+                        print_upstream(u);
+                        println!("idle: {}", idle.join(", "));
+                    })?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if started.elapsed() >= wait_timeout {
+                    eprintln!("gatehouse: {busy} requests still in flight after {wait_timeout:?}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_upstream(u: &gatehouse::proxy::UpstreamStatus) {
+    let sets: Vec<String> = u
+        .sets
+        .iter()
+        .map(|s| format!("{}={} ({} in flight)", s.name, s.weight, s.in_flight))
+        .collect();
+    println!(
+        "{}  breaker={}  in_flight={}  sets: {}",
+        u.name,
+        u.breaker,
+        u.in_flight,
+        sets.join(", ")
+    );
+    println!(
+        "  {:<32} {:<8} {:>6} {:<8} {:<10} {:<8} {:>9} {:>10}",
+        "TARGET", "SET", "WEIGHT", "HEALTHY", "EJECTED", "DRAINED", "IN_FLIGHT", "LATENCY_MS"
+    );
+    for t in &u.targets {
+        let ejected = if t.ejected {
+            format!("{}ms", t.ejected_for_ms)
+        } else {
+            "no".to_owned()
+        };
+        println!(
+            "  {:<32} {:<8} {:>6} {:<8} {:<10} {:<8} {:>9} {:>10.2}",
+            t.url, t.set, t.weight, t.healthy, ejected, t.drained, t.in_flight, t.latency_ewma_ms
+        );
+    }
 }
 
 fn hash_secret(generate: bool) -> anyhow::Result<ExitCode> {

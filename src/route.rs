@@ -106,6 +106,12 @@ pub struct Route {
     pub auth: crate::auth::policy::RouteAuth,
     /// Rate-limit policies, checked in order; the strictest decides.
     pub rate_limits: Vec<Arc<crate::ratelimit::policy::RatePolicy>>,
+    /// Retry non-idempotent methods too.
+    pub retry_non_idempotent: bool,
+    /// Overrides the upstream's time to the response head.
+    pub first_byte_timeout: Option<std::time::Duration>,
+    /// Overrides the upstream's time for the whole exchange.
+    pub request_timeout: Option<std::time::Duration>,
     /// Its request meters.
     pub meters: Arc<crate::telemetry::requests::RouteMetrics>,
 }
@@ -438,6 +444,9 @@ mod tests {
             cors: None,
             auth: crate::auth::policy::RouteAuth::default(),
             rate_limits: Vec::new(),
+            retry_non_idempotent: false,
+            first_byte_timeout: None,
+            request_timeout: None,
             meters: Arc::new(crate::telemetry::requests::RouteMetrics::unrouted(
                 &Arc::new(crate::telemetry::Metrics::new().unwrap()),
             )),

@@ -39,6 +39,7 @@ use crate::body::GwBody;
 use crate::config::{self, Environment, Loaded, Problem, Problems, ServerConfig};
 use crate::error;
 use crate::gateway::{ConnInfo, Gateway, GatewayDeps};
+use crate::proxy::UpstreamRegistry;
 use crate::ratelimit::Limiter;
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::quota::{QuotaCounter, RedisQuotas, StoreQuotas};
@@ -123,6 +124,8 @@ pub struct Shared {
     store: Arc<dyn KeyStore>,
     api_keys: Arc<ApiKeyAuth>,
     metrics: Arc<Metrics>,
+    upstreams: UpstreamRegistry,
+    stop: watch::Receiver<bool>,
     telemetry: Arc<Telemetry>,
     listeners: std::sync::OnceLock<Vec<ListenerSummary>>,
 }
@@ -175,6 +178,11 @@ impl Shared {
         &self.metrics
     }
 
+    /// Upstream runtime state (health, ejections, drains).
+    pub fn upstreams(&self) -> &UpstreamRegistry {
+        &self.upstreams
+    }
+
     /// The public listeners, once bound.
     pub fn listeners(&self) -> &[ListenerSummary] {
         self.listeners.get().map(Vec::as_slice).unwrap_or(&[])
@@ -200,6 +208,7 @@ impl Shared {
         let jwks = self.jwks.clone();
         let clock = self.clock.clone();
         let metrics = self.metrics.clone();
+        let upstreams = self.upstreams.clone();
         let previous: Vec<(String, Arc<rustls::ServerConfig>)> = self
             .tls
             .iter()
@@ -211,6 +220,7 @@ impl Shared {
                 jwks: &jwks,
                 clock: &clock,
                 metrics: &metrics,
+                upstreams: &upstreams,
             };
             build_all(&path, generation, &previous, false, deps)
         })
@@ -240,7 +250,9 @@ impl Shared {
                     unix_secs(built.snapshot.loaded_at),
                     &built.certs,
                 );
-                self.snapshot.store(Arc::new(built.snapshot));
+                let snapshot = Arc::new(built.snapshot);
+                self.snapshot.store(snapshot.clone());
+                self.upstreams.apply(&snapshot.upstreams, &self.stop);
                 self.certs.store(Arc::new(built.certs));
                 self.generation.store(generation, Ordering::Relaxed);
                 tracing::info!(generation, routes, "configuration reloaded");
@@ -491,11 +503,13 @@ pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Pr
             format!("cannot set up metrics: {e}"),
         )])
     })?);
+    let upstreams = UpstreamRegistry::new(metrics.clone());
     let deps = BuildDeps {
         env,
         jwks: &jwks,
         clock: &clock,
         metrics: &metrics,
+        upstreams: &upstreams,
     };
     let built = build_all(config_path, 1, &[], false, deps)?;
     Ok((
@@ -567,6 +581,7 @@ impl Running {
         if let Some(q) = &self.store_quotas {
             q.flush().await;
         }
+        self.shared.upstreams.stop();
         self.admin_task.abort();
         tracing::info!(drained, "stopped");
         drained
@@ -582,6 +597,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         Some("off" | "false" | "0") => Metrics::disabled(),
         _ => Metrics::new()?,
     });
+    let upstreams = UpstreamRegistry::new(metrics.clone());
     let trace_settings = TraceSettings::from_env(&opts.env).map_err(StartError::Tracing)?;
     let (tracer, trace_rx) = match &trace_settings {
         Some(settings) => {
@@ -592,11 +608,12 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     };
     let telemetry = Arc::new(Telemetry::new(metrics.clone(), tracer));
     let built = {
-        let (env, jwks, clock, metrics) = (
+        let (env, jwks, clock, metrics, upstreams) = (
             opts.env.clone(),
             jwks.clone(),
             clock.clone(),
             metrics.clone(),
+            upstreams.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let deps = BuildDeps {
@@ -604,6 +621,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
                 jwks: &jwks,
                 clock: &clock,
                 metrics: &metrics,
+                upstreams: &upstreams,
             };
             build_all(&path, 1, &[], true, deps)
         })
@@ -634,6 +652,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     ));
     api_keys.refresh().await?;
 
+    let (stop_tx, stop_rx) = watch::channel(false);
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let tls_slots: Vec<Arc<TlsSlot>> = tls_configs
         .into_iter()
@@ -659,6 +678,8 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         store: store.clone(),
         api_keys: api_keys.clone(),
         metrics: metrics.clone(),
+        upstreams: upstreams.clone(),
+        stop: stop_rx.clone(),
         telemetry: telemetry.clone(),
         listeners: std::sync::OnceLock::new(),
     });
@@ -691,7 +712,6 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             source,
         })?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (limiter, local_limiter) = build_limiter(&loaded.config.rate_limits).await?;
     let rl = &loaded.config.rate_limits;
     let (quotas, store_quotas): (Arc<dyn QuotaCounter>, Option<Arc<StoreQuotas>>) =
@@ -787,6 +807,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         let watch_shared = shared.clone();
         tasks.push(crate::watch::spawn(watch_shared, loaded, stop_rx.clone()));
     }
+    upstreams.apply(&shared.snapshot().upstreams, &stop_rx);
     shared.ready.store(true, Ordering::Relaxed);
     Ok(Running {
         listeners,

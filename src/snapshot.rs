@@ -22,8 +22,8 @@ use crate::config::{
     AuthSpec, Defaults, Environment, Loaded, Problem, Problems, RouteSpec, SourceFile,
 };
 use crate::cors::Cors;
-use crate::proxy::Upstream;
 use crate::proxy::lambda::{self, LambdaFunction};
+use crate::proxy::{Upstream, UpstreamRegistry};
 use crate::ratelimit::policy::{KeyKind, RatePolicy};
 use crate::ratelimit::{Limit, Rate};
 use crate::route::{
@@ -98,6 +98,9 @@ pub struct BuildDeps<'a> {
     pub clock: &'a Arc<dyn Clock>,
     /// Where routes, upstreams and policies register their metrics.
     pub metrics: &'a Arc<Metrics>,
+    /// Upstream runtime state (health, ejections, drains), kept across
+    /// reloads.
+    pub upstreams: &'a UpstreamRegistry,
 }
 
 impl Snapshot {
@@ -174,7 +177,8 @@ impl Snapshot {
                     continue;
                 }
                 problems.extend(lambda::http_spec_problems(spec_ref, source));
-                match Upstream::build(spec_ref, defaults, &loaded.base_dir, source) {
+                match Upstream::build(spec_ref, defaults, &loaded.base_dir, source, deps.upstreams)
+                {
                     Ok(u) => {
                         upstreams.insert(name, Arc::new(u));
                     }
@@ -940,6 +944,9 @@ fn compile_route(
                 cors,
                 auth,
                 rate_limits,
+                retry_non_idempotent: r.retry_non_idempotent,
+                first_byte_timeout: r.first_byte_timeout.map(|d| d.0),
+                request_timeout: r.request_timeout.map(|d| d.0),
                 meters: Arc::new(RouteMetrics::new(
                     ctx.metrics,
                     name,

@@ -13,6 +13,11 @@
 //! | `POST /v1/keys/{id}/revoke` | revoke at once |
 //! | `POST /v1/keys/{id}/rotate` `{grace?}` | new key; the old one works for the grace period (201) |
 //! | `GET /v1/audit?limit=N` | newest audit entries |
+//! | `GET /v1/upstreams` | every upstream: sets, targets, health, ejection, breaker, in-flight, latency |
+//! | `GET /v1/upstreams/{name}` | one upstream |
+//! | `POST /v1/upstreams/{name}/shift` `{to: {set: weight}}` | move traffic between sets (unnamed sets get 0) |
+//! | `POST /v1/upstreams/{name}/targets/drain` `{target: url}` | no new requests to the target |
+//! | `POST /v1/upstreams/{name}/targets/undrain` `{target: url}` | requests again |
 //!
 //! Errors are `{"error": code, "message": text, "fields": {...}}`; 400 with
 //! field-level messages for bad input. After a write the gateway's
@@ -35,6 +40,7 @@ use serde_json::{Value, json};
 use super::AdminState;
 use super::ops::{self, NewConsumer, NewKey, OpError, RotateKey};
 use super::token::TokenRefusal;
+use crate::proxy::{ChangeError, Upstream};
 use crate::store::AuditEntry;
 
 /// The `/v1/` routes, behind the admin token.
@@ -52,6 +58,11 @@ pub(super) fn router(state: AdminState) -> Router<AdminState> {
         .route("/v1/keys/{id}/revoke", post(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/audit", get(audit))
+        .route("/v1/upstreams", get(list_upstreams))
+        .route("/v1/upstreams/{name}", get(show_upstream))
+        .route("/v1/upstreams/{name}/shift", post(shift_upstream))
+        .route("/v1/upstreams/{name}/targets/drain", post(drain_target))
+        .route("/v1/upstreams/{name}/targets/undrain", post(undrain_target))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -210,6 +221,11 @@ fn action_name(method: &str, path: &str) -> &'static str {
         ("POST", ["keys", _, "revoke"]) => "key.revoke",
         ("POST", ["keys", _, "rotate"]) => "key.rotate",
         ("GET", ["audit"]) => "audit.list",
+        ("GET", ["upstreams"]) => "upstream.list",
+        ("GET", ["upstreams", _]) => "upstream.show",
+        ("POST", ["upstreams", _, "shift"]) => "upstream.shift",
+        ("POST", ["upstreams", _, "targets", "drain"]) => "upstream.drain",
+        ("POST", ["upstreams", _, "targets", "undrain"]) => "upstream.undrain",
         _ => "unknown",
     }
 }
@@ -531,6 +547,109 @@ async fn audit(
     finish(&state, &caller, None, StatusCode::OK, result).await
 }
 
+fn upstream(state: &AdminState, name: &str) -> Result<std::sync::Arc<Upstream>, OpError> {
+    state
+        .shared
+        .snapshot()
+        .upstreams
+        .get(name)
+        .cloned()
+        .ok_or(OpError::NotFound("upstream"))
+}
+
+fn invalid(field: &str, e: &ChangeError) -> OpError {
+    OpError::Invalid(BTreeMap::from([(field.to_owned(), vec![e.to_string()])]))
+}
+
+async fn list_upstreams(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Answer {
+    let snapshot = state.shared.snapshot();
+    let mut list: Vec<_> = snapshot.upstreams.values().map(|u| u.status()).collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let result: Result<_, OpError> = Ok(json!({"upstreams": list}));
+    finish(&state, &caller, None, StatusCode::OK, result).await
+}
+
+async fn show_upstream(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+) -> Answer {
+    let result = upstream(&state, &name).map(|u| json!({"upstream": u.status()}));
+    finish(&state, &caller, Some(&name), StatusCode::OK, result).await
+}
+
+/// `POST /v1/upstreams/{name}/shift`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Shift {
+    to: BTreeMap<String, u32>,
+}
+
+async fn shift_upstream(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+    input: Result<Json<Shift>, JsonRejection>,
+) -> Answer {
+    let input = match body(input) {
+        Ok(i) => i,
+        Err(answer) => return answer,
+    };
+    let result = upstream(&state, &name).and_then(|u| {
+        u.shift(&input.to).map_err(|e| invalid("to", &e))?;
+        Ok(json!({"upstream": u.status()}))
+    });
+    finish(&state, &caller, Some(&name), StatusCode::OK, result).await
+}
+
+/// `POST /v1/upstreams/{name}/targets/drain` and `undrain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetRef {
+    target: String,
+}
+
+async fn drain_target(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+    input: Result<Json<TargetRef>, JsonRejection>,
+) -> Answer {
+    set_drain(state, caller, name, input, true).await
+}
+
+async fn undrain_target(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+    input: Result<Json<TargetRef>, JsonRejection>,
+) -> Answer {
+    set_drain(state, caller, name, input, false).await
+}
+
+async fn set_drain(
+    state: AdminState,
+    caller: Caller,
+    name: String,
+    input: Result<Json<TargetRef>, JsonRejection>,
+    drained: bool,
+) -> Answer {
+    let input = match body(input) {
+        Ok(i) => i,
+        Err(answer) => return answer,
+    };
+    let result = upstream(&state, &name).and_then(|u| {
+        u.drain(&input.target, drained)
+            .map_err(|e| invalid("target", &e))?;
+        Ok(json!({"upstream": u.status()}))
+    });
+    let object = format!("{name} {}", input.target);
+    finish(&state, &caller, Some(&object), StatusCode::OK, result).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +662,8 @@ mod tests {
             ("POST", "/v1/consumers/acme/keys", "key.create"),
             ("POST", "/v1/keys/abc/revoke", "key.revoke"),
             ("POST", "/v1/keys/abc/rotate", "key.rotate"),
+            ("POST", "/v1/upstreams/api/shift", "upstream.shift"),
+            ("POST", "/v1/upstreams/api/targets/drain", "upstream.drain"),
             ("DELETE", "/v1/keys/abc", "unknown"),
         ];
         for (method, path, want) in cases {

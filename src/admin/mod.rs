@@ -15,6 +15,7 @@
 //! sends it as the password of HTTP Basic auth.
 
 pub mod api;
+pub mod client;
 pub mod ops;
 mod status;
 mod token;

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::AdminState;
 use super::token::TokenRefusal;
+use crate::proxy::UpstreamStatus;
 use crate::server::ListenerSummary;
 use crate::snapshot::RouteSummary;
 use crate::telemetry::access::unix_now;
@@ -170,7 +171,8 @@ struct Status {
     listeners: Vec<ListenerSummary>,
     certificates: Vec<Certificate>,
     routes: Vec<RouteSummary>,
-    upstreams: Vec<UpstreamView>,
+    upstreams: Vec<UpstreamStatus>,
+    functions: Vec<FunctionView>,
     /// Ten-second slots, oldest first, ending now.
     traffic: Vec<Point>,
     last_minute: Rates,
@@ -186,10 +188,11 @@ struct Certificate {
     days_left: i64,
 }
 
+/// A Lambda function upstream.
 #[derive(Debug, Serialize)]
-struct UpstreamView {
+struct FunctionView {
     name: String,
-    targets: Vec<String>,
+    function: String,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -240,14 +243,17 @@ fn status(state: &AdminState) -> Status {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
         .unwrap_or(0);
-    let mut upstreams: Vec<UpstreamView> = snapshot
-        .upstreams
+    let mut upstreams: Vec<UpstreamStatus> =
+        snapshot.upstreams.values().map(|u| u.status()).collect();
+    let mut functions: Vec<FunctionView> = snapshot
+        .functions
         .iter()
-        .map(|(name, u)| UpstreamView {
+        .map(|(name, f)| FunctionView {
             name: name.clone(),
-            targets: u.target_labels().into_iter().map(str::to_owned).collect(),
+            function: f.label().to_owned(),
         })
         .collect();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     Status {
         generation: snapshot.generation,
@@ -267,6 +273,7 @@ fn status(state: &AdminState) -> Status {
             .collect(),
         routes: snapshot.route_list.clone(),
         upstreams,
+        functions,
         last_minute: rates(&traffic, 6),
         last_five_minutes: rates(&traffic, 30),
         traffic,
@@ -457,11 +464,52 @@ fn render(s: &Status) -> String {
             esc(r.upstream.as_deref().unwrap_or("(answers itself)")),
         );
     }
-    h.push_str("</table><h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>target</th></tr>");
+    h.push_str("</table><h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>breaker</th><th>set</th><th>target</th><th>health</th><th>in flight</th><th>latency (EWMA)</th><th>requests</th></tr>");
     for u in &s.upstreams {
+        let breaker_class = if u.breaker == "closed" { "ok" } else { "warn" };
         for t in &u.targets {
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", esc(&u.name), esc(t));
+            let health = if t.drained {
+                "<span class=\"muted\">drained</span>".to_owned()
+            } else if t.ejected {
+                format!(
+                    "<span class=\"warn\">ejected ({} s left)</span>",
+                    t.ejected_for_ms.div_ceil(1000)
+                )
+            } else if t.healthy {
+                "<span class=\"ok\">healthy</span>".to_owned()
+            } else {
+                "<span class=\"warn\">unhealthy</span>".to_owned()
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"{breaker_class}\">{}</td><td>{} ({})</td><td>{}</td><td>{health}</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{:.1} ms</td><td class=\"num\">{}</td></tr>",
+                esc(&u.name),
+                esc(&u.breaker),
+                esc(&t.set),
+                t.weight,
+                esc(&t.url),
+                t.in_flight,
+                t.latency_ewma_ms,
+                t.requests,
+            );
         }
+        if u.targets.is_empty() {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"{breaker_class}\">{}</td><td colspan=\"6\" class=\"warn\">no targets (answers 503)</td></tr>",
+                esc(&u.name),
+                esc(&u.breaker)
+            );
+        }
+    }
+    for f in &s.functions {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>-</td><td>-</td><td>{}</td><td>AWS Lambda</td><td></td><td></td><td></td></tr>",
+            esc(&f.name),
+            esc(&f.function)
+        );
     }
     h.push_str("</table><h2>Clients refused most</h2><table id=\"refused\"><tr><th>client</th><th>refusals</th><th>last reason</th><th>last at</th></tr>");
     for c in &s.refused_clients {

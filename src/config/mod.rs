@@ -10,6 +10,7 @@
 mod jwt;
 mod load;
 pub mod units;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use validator::Validate;
 pub use jwt::*;
 pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load, parse_policy};
 pub use units::{ByteSize, Dur};
+pub use upstream::*;
 
 /// The main config file.
 #[derive(Debug, Deserialize)]
@@ -576,10 +578,40 @@ pub struct UpstreamSpec {
     /// What the upstream is: HTTP targets (default) or an AWS Lambda function.
     #[serde(default)]
     pub kind: UpstreamKind,
-    /// Base URLs (`http://host:port[/base]` or `https://…`), used in turn
-    /// (`http` upstreams only).
+    /// Base URLs (`http://host:port[/base]` or `https://…`), or
+    /// `{ url, weight }` tables (`http` upstreams only).
     #[serde(default)]
-    pub targets: Vec<Spanned<String>>,
+    pub targets: Vec<Spanned<TargetSpec>>,
+    /// Targets from a DNS name: `{ name, port, scheme, min_ttl, max_ttl,
+    /// hosts_file }`, re-resolved in the background.
+    pub dns: Option<DnsSpec>,
+    /// Targets from a JSON or TOML list (relative to the config file),
+    /// re-read when it changes, without a reload.
+    pub targets_file: Option<Spanned<PathBuf>>,
+    /// How often `targets_file` is checked for changes.
+    #[serde(default = "default_targets_file_poll")]
+    pub targets_file_poll: Dur,
+    /// Named target sets with traffic shares (blue/green, canary).
+    #[serde(default, rename = "set")]
+    pub sets: Vec<SetSpec>,
+    /// How a target is picked.
+    #[serde(default)]
+    pub balance: Balance,
+    /// For `balance = "hash"`: `client_ip`, `header:NAME` or `cookie:NAME`.
+    pub hash_on: Option<Spanned<String>>,
+    /// Active health checks (off unless set).
+    pub health: Option<HealthSpec>,
+    /// Passive outlier detection (on by default).
+    #[serde(default)]
+    pub outlier: OutlierSpec,
+    /// Retries (none by default).
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Circuit breaker (off unless set).
+    pub breaker: Option<BreakerSpec>,
+    /// When every target is unhealthy: `try_anyway` (default) or `fail`.
+    #[serde(default)]
+    pub when_all_unhealthy: WhenAllUnhealthy,
     /// Protocol towards the targets.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -709,6 +741,13 @@ pub struct RouteSpec {
     /// and those that list it.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+    /// Retry non-idempotent methods (POST, PATCH) too.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+    /// Overrides the upstream's time to the response head.
+    pub first_byte_timeout: Option<Dur>,
+    /// Overrides the upstream's time for the whole exchange.
+    pub request_timeout: Option<Dur>,
     /// Count this route's requests per consumer on `/metrics`
     /// (`gatehouse_consumer_requests_total`; at most 100 consumers by name,
     /// the rest as `other`).

@@ -192,6 +192,22 @@ impl LambdaFunction {
                 format!("{label}: `tls_ca` is only for http upstreams"),
             ));
         }
+        let http_only = [
+            ("dns", spec.dns.is_some()),
+            ("targets_file", spec.targets_file.is_some()),
+            ("set", !spec.sets.is_empty()),
+            ("health", spec.health.is_some()),
+            ("breaker", spec.breaker.is_some()),
+            ("hash_on", spec.hash_on.is_some()),
+        ];
+        for (key, present) in http_only {
+            if present {
+                problems.push(source.problem(
+                    spec.name.span(),
+                    format!("{label}: `{key}` is only for http upstreams (this one is kind = \"lambda\")"),
+                ));
+            }
+        }
         let Some(function) = &spec.function else {
             problems.push(source.problem(
                 spec.name.span(),

@@ -714,6 +714,11 @@ async fn bad_lambda_config_is_refused_with_its_place() {
             "`targets` is only for http upstreams",
         ),
         (
+            "health checks on lambda",
+            "[[upstream]]\nname = \"u\"\nkind = \"lambda\"\nfunction = \"f\"\nregion = \"eu-west-1\"\n[upstream.health]\npath = \"/h\"\n",
+            "`health` is only for http upstreams",
+        ),
+        (
             "missing region",
             "[[upstream]]\nname = \"u\"\nkind = \"lambda\"\nfunction = \"f\"\n",
             "needs `region`",

@@ -15,3 +15,4 @@ mod proxy;
 mod ratelimit;
 mod rules;
 mod tls;
+mod upstream;

@@ -366,7 +366,12 @@ async fn status_json_shows_config_traffic_and_refused_clients() {
         .collect();
     assert_eq!(routes, ["ok", "keyed", "limited", "dead"]);
     assert_eq!(status["upstreams"][0]["name"], "gone");
-    assert_eq!(status["upstreams"][1]["targets"][0], backend.url());
+    assert_eq!(status["upstreams"][1]["name"], "good");
+    let target = &status["upstreams"][1]["targets"][0];
+    assert_eq!(target["url"], backend.url());
+    assert_eq!(target["healthy"], true);
+    assert_eq!(target["ejected"], false);
+    assert_eq!(status["upstreams"][1]["breaker"], "closed");
     assert_eq!(status["refused_clients"][0]["client"], "127.0.0.1");
     assert_eq!(status["refused_clients"][0]["last_reason"], "rate_limited");
     assert_eq!(status["listeners"][0]["name"], "http");

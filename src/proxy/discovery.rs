@@ -1,0 +1,368 @@
+//! Service discovery: target sets from a DNS name (re-resolved in the
+//! background) or from a targets file (a JSON or TOML list any deploy tool
+//! can write), swapped in without a config reload.
+//!
+//! A failed resolution or an unreadable file keeps the last good set and
+//! logs why; an empty list is a valid answer (requests then get 503). Names
+//! are resolved through the [`Resolve`] seam: the system resolver, or a
+//! hosts-style file named in the config (tests, and deployments that want
+//! overrides without touching the machine's DNS).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::Upstream;
+use super::state::LOG_TARGET;
+use crate::config::{DnsSpec, TargetSpec};
+
+/// Why a name or file gave no targets.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The resolver failed.
+    #[error("cannot resolve {name}")]
+    Resolve {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name has no address.
+    #[error("{0} has no address")]
+    NoAddress(String),
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a list of targets.
+    #[error("{path} is not a target list: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A target in the file is not a valid URL.
+    #[error("{path}: {reason}")]
+    Target {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Addresses of a name, and how long they may be kept when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The addresses.
+    pub addrs: Vec<IpAddr>,
+    /// The record TTL, when the resolver knows it.
+    pub ttl: Option<Duration>,
+}
+
+/// Turns a host name into addresses.
+#[async_trait::async_trait]
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    /// The addresses of `name`.
+    async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError>;
+}
+
+/// The system resolver (`getaddrinfo`; no TTL is known, so names are
+/// re-resolved every `min_ttl`).
+#[derive(Debug)]
+pub struct SystemResolver;
+
+#[async_trait::async_trait]
+impl Resolve for SystemResolver {
+    async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError> {
+        let addrs =
+            tokio::net::lookup_host((name, 0))
+                .await
+                .map_err(|source| DiscoveryError::Resolve {
+                    name: name.to_owned(),
+                    source,
+                })?;
+        let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+        ips.sort();
+        ips.dedup();
+        Ok(Resolved {
+            addrs: ips,
+            ttl: None,
+        })
+    }
+}
+
+/// A hosts-style file (`ADDRESS NAME [NAME…]` per line, `#` comments),
+/// read on every resolution.
+#[derive(Debug)]
+pub struct HostsFile(pub PathBuf);
+
+#[async_trait::async_trait]
+impl Resolve for HostsFile {
+    async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError> {
+        let text =
+            tokio::fs::read_to_string(&self.0)
+                .await
+                .map_err(|source| DiscoveryError::Read {
+                    path: self.0.clone(),
+                    source,
+                })?;
+        Ok(Resolved {
+            addrs: hosts_lookup(&text, name),
+            ttl: None,
+        })
+    }
+}
+
+fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            words.any(|w| w.eq_ignore_ascii_case(name)).then_some(ip)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The URLs of a DNS answer.
+pub fn dns_targets(spec: &DnsSpec, addrs: &[IpAddr]) -> Vec<(String, u32)> {
+    addrs
+        .iter()
+        .map(|ip| {
+            let host = match ip {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            };
+            (format!("{}://{host}:{}", spec.scheme, spec.port), 1)
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TargetList {
+    List(Vec<TargetSpec>),
+    Table { targets: Vec<TargetSpec> },
+}
+
+/// Reads a targets file: a JSON array (or `{"targets": [...]}`), or TOML
+/// `targets = [...]`; entries are URLs or `{url, weight}`.
+pub fn read_targets_file(path: &Path) -> Result<Vec<(String, u32)>, DiscoveryError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DiscoveryError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_targets(path, &text)
+}
+
+fn parse_targets(path: &Path, text: &str) -> Result<Vec<(String, u32)>, DiscoveryError> {
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    let list: TargetList = if is_toml {
+        toml::from_str(text).map_err(|e| DiscoveryError::Parse {
+            path: path.to_path_buf(),
+            reason: e.message().to_owned(),
+        })?
+    } else {
+        serde_json::from_str(text).map_err(|e| DiscoveryError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+    };
+    let list = match list {
+        TargetList::List(l) | TargetList::Table { targets: l } => l,
+    };
+    list.iter()
+        .map(|t| {
+            super::Target::parse(t.url())
+                .map(|_| (t.url().trim_end_matches('/').to_owned(), t.weight()))
+                .map_err(|reason| DiscoveryError::Target {
+                    path: path.to_path_buf(),
+                    reason,
+                })
+        })
+        .collect()
+}
+
+/// Where an upstream's targets come from, besides its config.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A DNS name.
+    Dns {
+        /// The spec.
+        spec: DnsSpec,
+        /// How names are resolved.
+        resolver: Arc<dyn Resolve>,
+    },
+    /// A watched file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// How often it is looked at.
+        every: Duration,
+    },
+}
+
+/// Keeps `upstream`'s targets in step with its source until `stop`.
+pub(crate) async fn run(upstream: Arc<Upstream>, source: Source, mut stop: watch::Receiver<bool>) {
+    let mut last: Option<Vec<(String, u32)>> = upstream.state.discovered();
+    loop {
+        let (found, wait) = match &source {
+            Source::Dns { spec, resolver } => {
+                let r = resolver.resolve(&spec.name).await.and_then(|r| {
+                    if r.addrs.is_empty() {
+                        Err(DiscoveryError::NoAddress(spec.name.clone()))
+                    } else {
+                        Ok(r)
+                    }
+                });
+                let wait = r
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.ttl)
+                    .unwrap_or(spec.min_ttl.0)
+                    .clamp(spec.min_ttl.0, spec.max_ttl.0.max(spec.min_ttl.0));
+                (r.map(|r| dns_targets(spec, &r.addrs)), wait)
+            }
+            Source::File { path, every } => {
+                let path = path.clone();
+                let r = tokio::task::spawn_blocking(move || read_targets_file(&path))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(DiscoveryError::Parse {
+                            path: PathBuf::new(),
+                            reason: e.to_string(),
+                        })
+                    });
+                (r, *every)
+            }
+        };
+        match found {
+            Ok(list) if last.as_ref() != Some(&list) => {
+                tracing::info!(target: LOG_TARGET, upstream = %upstream.name, targets = list.len(), "discovered targets changed");
+                upstream.replace_targets(&list);
+                upstream.state.set_discovered(list.clone());
+                last = Some(list);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, upstream = %upstream.name, error = %e, "discovery failed; keeping the last good targets");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_files() {
+        let text = "# comment\n10.0.0.1 api.internal other\n10.0.0.2\tAPI.internal # second\n\
+                    ::1 api.internal\nbad line\n10.0.0.9 elsewhere\n";
+        let cases = [
+            (
+                "three addresses",
+                "api.internal",
+                vec!["10.0.0.1", "10.0.0.2", "::1"],
+            ),
+            ("alias", "other", vec!["10.0.0.1"]),
+            ("missing", "nope", vec![]),
+        ];
+        for (name, host, want) in cases {
+            let want: Vec<IpAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
+            assert_eq!(hosts_lookup(text, host), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn target_files() {
+        let cases = [
+            (
+                "json list",
+                "t.json",
+                r#"["http://a:1", {"url": "http://b:2/", "weight": 3}]"#,
+                Ok(vec![("http://a:1", 1), ("http://b:2", 3)]),
+            ),
+            (
+                "json table",
+                "t.json",
+                r#"{"targets": ["http://a:1"]}"#,
+                Ok(vec![("http://a:1", 1)]),
+            ),
+            (
+                "toml",
+                "t.toml",
+                "targets = [\"http://a:1\", { url = \"http://b:2\", weight = 2 }]",
+                Ok(vec![("http://a:1", 1), ("http://b:2", 2)]),
+            ),
+            ("empty", "t.json", "[]", Ok(vec![])),
+            (
+                "not a list",
+                "t.json",
+                r#"{"x": 1}"#,
+                Err("not a target list"),
+            ),
+            (
+                "bad url",
+                "t.json",
+                r#"["ftp://a"]"#,
+                Err("only http and https"),
+            ),
+        ];
+        for (name, file, text, want) in cases {
+            let got = parse_targets(Path::new(file), text);
+            match (got, want) {
+                (Ok(got), Ok(want)) => {
+                    let want: Vec<(String, u32)> =
+                        want.iter().map(|(u, w)| (u.to_string(), *w)).collect();
+                    assert_eq!(got, want, "{name}");
+                }
+                (Err(e), Err(part)) => assert!(e.to_string().contains(part), "{name}: {e}"),
+                (got, _) => panic!("{name}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn dns_answers_become_urls() {
+        let spec = DnsSpec {
+            name: "api".into(),
+            port: 8080,
+            scheme: "http".into(),
+            min_ttl: crate::config::Dur(Duration::from_secs(1)),
+            max_ttl: crate::config::Dur(Duration::from_secs(60)),
+            hosts_file: None,
+        };
+        let addrs: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(
+            dns_targets(&spec, &addrs),
+            vec![
+                ("http://10.0.0.1:8080".to_owned(), 1),
+                ("http://[::1]:8080".to_owned(), 1)
+            ]
+        );
+    }
+}
