@@ -649,6 +649,7 @@ async fn the_status_page_works_in_a_real_browser() {
         upstreams.contains("good") && upstreams.contains(&backend.url()),
         "{upstreams}"
     );
+    assert!(upstreams.contains("healthy"), "{upstreams}");
     let before: u64 = wd.text_of("#requests-5m").await.parse().unwrap();
 
     for _ in 0..5 {
