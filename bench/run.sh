@@ -14,6 +14,9 @@
 #                      (highest req/s) is reported               (default 2)
 #   BENCH_LOG_COMPARE  1: one extra gatehouse plain run at --log-level info
 #                      to price the access log               (default 1)
+#   BENCH_TELEMETRY_COMPARE 1: two extra gatehouse plain runs, one with
+#                      metrics off (GATEHOUSE_METRICS=off) and one with
+#                      metrics and OTLP traces, 10% sampled  (default 1)
 #   BENCH_QUIET_WAIT   seconds, in all, to wait for an idle machine before
 #                      measuring (default 60; 0 skips the check)
 #   BENCH_OUTPUT       report file            (default BENCHMARKS.md at the repo root)
@@ -33,6 +36,7 @@ THREADS="${BENCH_THREADS:-2}"
 WARMUP="${BENCH_WARMUP:-2}"
 ROUNDS="${BENCH_ROUNDS:-2}"
 LOG_COMPARE="${BENCH_LOG_COMPARE:-1}"
+TELEMETRY_COMPARE="${BENCH_TELEMETRY_COMPARE:-1}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-60}"
 OUTPUT="${BENCH_OUTPUT:-$ROOT/BENCHMARKS.md}"
 KEEP="${BENCH_KEEP:-0}"
@@ -276,11 +280,13 @@ upstream = "three"
 EOF
 
 GH_PID=
+# Extra environment for the next gatehouse start (telemetry rows).
+GH_ENV=()
 # start_gatehouse LEVEL LOGNAME
 start_gatehouse() {
     local level=$1 name=$2
-    log "gatehouse (--log-level $level) on $LOOPBACK:$GH_PORT, https $GH_TLS_PORT, admin $ADMIN_PORT"
-    "$GATEHOUSE" serve --config "$WORK/gh/gatehouse.toml" --no-watch --log-level "$level" \
+    log "gatehouse (--log-level $level${GH_ENV[*]:+, ${GH_ENV[*]}}) on $LOOPBACK:$GH_PORT, https $GH_TLS_PORT, admin $ADMIN_PORT"
+    env "${GH_ENV[@]}" "$GATEHOUSE" serve --config "$WORK/gh/gatehouse.toml" --no-watch --log-level "$level" \
         >"$WORK/$name.log" 2>&1 &
     GH_PID=$!
     PIDS+=("$GH_PID")
@@ -471,6 +477,18 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     measure gh3 "gatehouse, HTTP, 3 targets" "http://$LOOPBACK:$GH_PORT/three/" gatehouse
     measure nginx_tls "nginx, HTTPS" "https://$LOOPBACK:$NGINX_TLS_PORT/" nginx
     measure gh_tls "gatehouse, HTTPS" "https://$LOOPBACK:$GH_TLS_PORT/" gatehouse
+    if [[ $TELEMETRY_COMPARE == 1 ]]; then
+        GH_ENV=(GATEHOUSE_METRICS=off)
+        restart_gatehouse warn "gatehouse-nometrics-$ROUND"
+        measure gh_nometrics "gatehouse, HTTP, metrics off" "http://$LOOPBACK:$GH_PORT/" gatehouse
+        # The third backend doubles as the OTLP collector: it answers 200
+        # to the span exports (its CPU shows in the backend column).
+        GH_ENV=("OTEL_EXPORTER_OTLP_ENDPOINT=http://$LOOPBACK:$BACKEND3_PORT"
+            OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)
+        restart_gatehouse warn "gatehouse-traced-$ROUND"
+        measure gh_traced "gatehouse, HTTP, metrics + traces 10%" "http://$LOOPBACK:$GH_PORT/" gatehouse
+        GH_ENV=()
+    fi
     if [[ $LOG_COMPARE == 1 ]]; then
         restart_gatehouse info "gatehouse-info-$ROUND"
         measure gh_info "gatehouse, HTTP, log info" "http://$LOOPBACK:$GH_PORT/" gatehouse
@@ -624,8 +642,26 @@ those two runs, so the throughput ratio is skewed by them; the CPU per request i
     fi
 fi
 
+if [[ $TELEMETRY_COMPARE == 1 ]]; then
+    OFF_US=$(per_req proxy gh_nometrics)
+    TRACED_US=$(per_req proxy gh_traced)
+    LIMITS+="
+
+Metrics and traces: with metrics off (\`GATEHOUSE_METRICS=off\`) gatehouse spent $OFF_US µs of CPU
+per request and served $(fmt_rps "${RPS[gh_nometrics]}") req/s; with metrics on (the default, the
+\"gatehouse, HTTP\" row) $GH_US µs and $(fmt_rps "${RPS[gh]}") req/s
+($(ratio "${RPS[gh]}" "${RPS[gh_nometrics]}")× the throughput without metrics); with metrics and OTLP
+traces for 10% of requests $TRACED_US µs and $(fmt_rps "${RPS[gh_traced]}") req/s
+($(ratio "${RPS[gh_traced]}" "${RPS[gh_nometrics]}")×)."
+fi
+
 LOG_NOTE=""
-[[ $LOG_COMPARE == 1 ]] && LOG_NOTE="
+[[ $TELEMETRY_COMPARE == 1 ]] && LOG_NOTE+="
+- \"gatehouse, HTTP, metrics off\" is \"gatehouse, HTTP\" started with \`GATEHOUSE_METRICS=off\`
+  (every metric handle a no-op); \"metrics + traces 10%\" adds \`OTEL_EXPORTER_OTLP_ENDPOINT\`
+  (the third backend, answering 200 to the exports) and \`OTEL_TRACES_SAMPLER=traceidratio\` with
+  \`OTEL_TRACES_SAMPLER_ARG=0.1\`."
+[[ $LOG_COMPARE == 1 ]] && LOG_NOTE+="
 - \"gatehouse, HTTP, log info\" is the same as \"gatehouse, HTTP\" but started with
   \`--log-level info\` (JSON access log on stdout, redirected to a file), to price the access log."
 
