@@ -195,6 +195,7 @@ impl Gateway {
             telemetry: self.telemetry.clone(),
             in_flight: InFlight::new(&self.telemetry.meters.in_flight),
             trace: None,
+            finished: false,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut ctx = RequestCtx {
@@ -896,7 +897,11 @@ async fn forward(
     };
     let mut tried = None;
     let result = upstream.forward(outgoing, plan, &stats, &mut tried).await;
-    route.meters.upstream_took(started.elapsed().as_secs_f64());
+    if tried.is_some() {
+        // Only when a target was tried: a breaker or an empty set answers
+        // without any upstream time.
+        route.meters.upstream_took(started.elapsed().as_secs_f64());
+    }
     record_upstream_span(
         ctx,
         upstream_span,
@@ -1028,17 +1033,25 @@ async fn forward_lambda(
     let deadline = started + function.request_timeout;
     let invoked = tokio::time::timeout_at(deadline, function.invoke(payload.into())).await;
     route.meters.upstream_took(started.elapsed().as_secs_f64());
+    // The function's answer, parsed once: the span records its status.
+    let parsed = match &invoked {
+        Ok(Ok(i)) if i.function_error.is_none() => {
+            Some(lambda::answer(function.format, &i.payload))
+        }
+        _ => None,
+    };
     record_upstream_span(
         ctx,
         upstream_span,
         span_started,
         function.label(),
         &function.name,
-        match &invoked {
-            Ok(Ok(i)) if i.function_error.is_some() => Err("function error".to_owned()),
-            Ok(Ok(_)) => Ok((200, 1)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".to_owned()),
+        match (&invoked, &parsed) {
+            (_, Some(Ok(a))) => Ok((a.status.as_u16(), 1)),
+            (_, Some(Err(_))) => Err("malformed answer".to_owned()),
+            (Ok(Ok(_)), None) => Err("function error".to_owned()),
+            (Ok(Err(e)), None) => Err(e.to_string()),
+            (Err(_), None) => Err("timed out".to_owned()),
         },
     );
     let invoked = invoked
@@ -1058,12 +1071,14 @@ async fn forward_lambda(
     if let Some(kind) = invoked.function_error {
         return Err(failed(LambdaError::Function { kind, request_id }));
     }
-    let answer = lambda::answer(function.format, &invoked.payload).map_err(|why| {
-        failed(LambdaError::Malformed {
-            why,
-            request_id: request_id.clone(),
-        })
-    })?;
+    let answer = parsed
+        .unwrap_or_else(|| lambda::answer(function.format, &invoked.payload))
+        .map_err(|why| {
+            failed(LambdaError::Malformed {
+                why,
+                request_id: request_id.clone(),
+            })
+        })?;
     tracing::debug!(request_id = %ctx.record.request_id, lambda_request_id = request_id.as_deref().unwrap_or("-"), "function answered");
     let body = if parts.method == Method::HEAD {
         empty()

@@ -789,7 +789,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     tasks.push(spawn_metrics_upkeep(metrics.clone(), stop_rx.clone()));
     tasks.push(spawn_expiry_warnings(shared.clone(), stop_rx.clone()));
     if let (Some(settings), Some(rx)) = (trace_settings, trace_rx) {
-        tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, sampler = ?settings.sampler, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint = %crate::telemetry::trace::endpoint_for_logs(&settings.endpoint), service = %settings.service_name, sampler = ?settings.sampler, "exporting traces over OTLP/HTTP");
         let exporter = spawn_exporter(settings, rx, &metrics, stop_rx.clone())
             .map_err(|e| StartError::Tracing(e.to_string()))?;
         tasks.push(exporter);

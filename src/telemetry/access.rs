@@ -78,6 +78,26 @@ pub struct AccessRecord {
     pub in_flight: InFlight,
     /// Its trace, ended with the record.
     pub trace: Option<RequestTrace>,
+    /// Set by [`AccessRecord::finish`]; a record dropped unfinished (the
+    /// request's future was dropped: the client went away or reset the
+    /// stream before the answer, or a panic unwound) finishes on drop.
+    pub finished: bool,
+}
+
+/// The status logged for a request whose client left before the answer
+/// was ready (nginx's convention; never sent).
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        if !self.finished {
+            if self.status == 0 {
+                self.status = CLIENT_CLOSED;
+                self.error = Some("client_closed");
+            }
+            self.finish(0, false);
+        }
+    }
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -99,7 +119,7 @@ impl Drop for InFlight {
 }
 
 impl AccessRecord {
-    fn end_trace(&self, tracer: &Tracer, trace: RequestTrace, bytes_out: u64) {
+    fn end_trace(&self, tracer: &Tracer, trace: RequestTrace, bytes_out: u64, complete: bool) {
         let mut attributes = vec![
             ("http.request.method", Value::Str(self.method.to_string())),
             ("url.path", Value::Str(self.path.clone())),
@@ -131,12 +151,19 @@ impl AccessRecord {
             Some(route) => format!("{} {route}", self.method),
             None => self.method.to_string(),
         };
-        tracer.finish(trace, name, attributes, self.status >= 500);
+        if !complete {
+            attributes.push((
+                "gatehouse.response.complete",
+                Value::Str("false".to_owned()),
+            ));
+        }
+        tracer.finish(trace, name, attributes, self.status >= 500 || !complete);
     }
 
     /// Emits the log line. `complete` is false when the body stream ended
     /// early (client went away, upstream broke, deadline).
     pub fn finish(&mut self, bytes_out: u64, complete: bool) {
+        self.finished = true;
         let elapsed = self.started.elapsed();
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bytes_in = self.body.bytes.load(Ordering::Relaxed);
@@ -147,9 +174,10 @@ impl AccessRecord {
             bytes_in,
             bytes_out,
             consumer: self.consumer.as_deref(),
+            complete,
         });
         if let (Some(trace), Some(tracer)) = (self.trace.take(), &self.telemetry.tracer) {
-            self.end_trace(tracer, trace, bytes_out);
+            self.end_trace(tracer, trace, bytes_out, complete);
         }
         self.telemetry.history.record(Sample {
             now: unix_now(),
@@ -182,5 +210,74 @@ impl AccessRecord {
             trace_id = self.trace_id.as_deref().unwrap_or("-"),
             "access"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Metrics;
+
+    fn record(telemetry: &Arc<Telemetry>, meters: &Arc<RouteMetrics>) -> AccessRecord {
+        AccessRecord {
+            request_id: "r1".into(),
+            method: http::Method::GET,
+            path: "/x".into(),
+            route: Some("r".into()),
+            upstream: Some("u".into()),
+            target: None,
+            status: 0,
+            error: None,
+            reason: None,
+            started: Instant::now(),
+            client: IpAddr::from([192, 0, 2, 1]),
+            peer: "192.0.2.1:5000".parse().unwrap(),
+            listener: "http".into(),
+            tls_version: None,
+            http_version: http::Version::HTTP_11,
+            body: Arc::new(BodyStats::default()),
+            consumer: None,
+            auth: None,
+            refused: false,
+            trace_id: None,
+            meters: meters.clone(),
+            telemetry: telemetry.clone(),
+            in_flight: InFlight::new(&telemetry.meters.in_flight),
+            trace: None,
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn a_record_dropped_unfinished_counts_as_client_closed() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let telemetry = Arc::new(Telemetry::new(metrics.clone(), None));
+        let meters = Arc::new(RouteMetrics::new(&metrics, "r", Some("u"), None));
+        let mut done = record(&telemetry, &meters);
+        done.status = 200;
+        done.finish(10, true);
+        drop(done);
+        let abandoned = record(&telemetry, &meters);
+        assert_eq!(
+            metrics
+                .render()
+                .lines()
+                .find(|l| l.starts_with("gatehouse_requests_in_flight"))
+                .map(str::to_owned),
+            Some("gatehouse_requests_in_flight 1".to_owned())
+        );
+        drop(abandoned);
+        let text = metrics.render();
+        for want in [
+            "gatehouse_requests_total{route=\"r\",upstream=\"u\",method=\"GET\",status_class=\"2xx\"} 1",
+            "gatehouse_requests_total{route=\"r\",upstream=\"u\",method=\"GET\",status_class=\"4xx\"} 1",
+            "gatehouse_responses_incomplete_total{route=\"r\",upstream=\"u\"} 1",
+            "gatehouse_requests_in_flight 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
+        }
     }
 }

@@ -39,6 +39,9 @@ pub struct MetricsError(#[source] metrics_exporter_prometheus::BuildError);
 pub struct Metrics {
     /// `None` when metrics are off: every handle is a no-op.
     inner: Option<(PrometheusRecorder, PrometheusHandle)>,
+    /// Counter sets by metric and fixed labels, kept across config
+    /// reloads so that their caps hold for the process, not per snapshot.
+    sets: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<CounterSet>>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -68,6 +71,7 @@ impl Metrics {
         let handle = recorder.handle();
         Ok(Metrics {
             inner: Some((recorder, handle)),
+            sets: std::sync::Mutex::default(),
         })
     }
 
@@ -75,7 +79,10 @@ impl Metrics {
     /// handle is a no-op and `/metrics` is empty. For measuring what
     /// metrics cost.
     pub fn disabled() -> Metrics {
-        Metrics { inner: None }
+        Metrics {
+            inner: None,
+            sets: std::sync::Mutex::default(),
+        }
     }
 
     /// Whether anything is recorded.
@@ -130,6 +137,32 @@ impl Metrics {
         }
     }
 
+    /// The [`CounterSet`] of `name{fixed…}` by `label`, the same one for
+    /// every caller in this process (called when snapshots are built, not
+    /// per request).
+    pub fn counter_set(
+        self: &std::sync::Arc<Self>,
+        name: &'static str,
+        fixed: &[(&'static str, &str)],
+        label: &'static str,
+        cap: usize,
+    ) -> std::sync::Arc<CounterSet> {
+        let mut id = String::from(name);
+        for (k, v) in fixed {
+            id.push('|');
+            id.push_str(k);
+            id.push('=');
+            id.push_str(v);
+        }
+        let mut sets = self
+            .sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sets.entry(id)
+            .or_insert_with(|| std::sync::Arc::new(CounterSet::new(self, name, fixed, label, cap)))
+            .clone()
+    }
+
     /// The Prometheus text exposition of everything recorded so far.
     pub fn render(&self) -> String {
         self.inner
@@ -153,7 +186,8 @@ impl Metrics {
 /// series; later ones share the `other` series, so a flood of new values
 /// cannot grow the exposition.
 pub struct CounterSet {
-    metrics: std::sync::Arc<Metrics>,
+    /// Weak: the registry keeps its counter sets.
+    metrics: std::sync::Weak<Metrics>,
     name: &'static str,
     label: &'static str,
     fixed: Vec<(&'static str, String)>,
@@ -183,7 +217,7 @@ impl CounterSet {
         cap: usize,
     ) -> CounterSet {
         CounterSet {
-            metrics: metrics.clone(),
+            metrics: std::sync::Arc::downgrade(metrics),
             name,
             label,
             fixed: fixed.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
@@ -214,7 +248,10 @@ impl CounterSet {
         let mut labels: Vec<(&'static str, &str)> =
             self.fixed.iter().map(|(k, v)| (*k, v.as_str())).collect();
         labels.push((self.label, value));
-        let counter = self.metrics.counter(self.name, &labels);
+        let counter = match self.metrics.upgrade() {
+            Some(m) => m.counter(self.name, &labels),
+            None => Counter::noop(),
+        };
         let value = value.to_owned();
         self.map.rcu(|m| {
             let mut m = std::collections::HashMap::clone(m);

@@ -50,7 +50,8 @@ pub struct RouteMetrics {
     upstream_duration: Histogram,
     bytes_in: Counter,
     bytes_out: Counter,
-    per_consumer: Option<CounterSet>,
+    incomplete: Counter,
+    per_consumer: Option<Arc<CounterSet>>,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -82,9 +83,9 @@ impl RouteMetrics {
             upstream_duration: metrics.histogram("gatehouse_upstream_duration_seconds", &labels),
             bytes_in: metrics.counter("gatehouse_request_bytes_total", &labels),
             bytes_out: metrics.counter("gatehouse_response_bytes_total", &labels),
+            incomplete: metrics.counter("gatehouse_responses_incomplete_total", &labels),
             per_consumer: per_consumer.map(|cap| {
-                CounterSet::new(
-                    metrics,
+                metrics.counter_set(
                     "gatehouse_consumer_requests_total",
                     &[("route", route)],
                     "consumer",
@@ -122,6 +123,9 @@ impl RouteMetrics {
         self.duration.record(done.seconds);
         self.bytes_in.increment(done.bytes_in);
         self.bytes_out.increment(done.bytes_out);
+        if !done.complete {
+            self.incomplete.increment(1);
+        }
         if let (Some(set), Some(consumer)) = (&self.per_consumer, done.consumer) {
             set.add(consumer, 1);
         }
@@ -148,6 +152,8 @@ pub struct Finished<'a> {
     pub bytes_out: u64,
     /// The consumer, when authenticated.
     pub consumer: Option<&'a str>,
+    /// Whether the response body was sent whole.
+    pub complete: bool,
 }
 
 /// Meters of the whole gateway (not per route).
@@ -264,6 +270,10 @@ pub fn describe(metrics: &Metrics) {
         "Response body bytes sent to clients.",
     );
     metrics.describe_counter(
+        "gatehouse_responses_incomplete_total",
+        "Requests whose response did not finish: the body broke, hit the deadline, or the client left first (logged with status 499).",
+    );
+    metrics.describe_counter(
         "gatehouse_consumer_requests_total",
         "Requests per consumer on routes that opt in (capped; the rest count as `other`).",
     );
@@ -319,6 +329,7 @@ mod tests {
             bytes_in: 10,
             bytes_out: 100,
             consumer: Some("c1"),
+            complete: status != 502,
         };
         r.record(&done(&Method::GET, 200));
         r.record(&done(&Method::GET, 204));
@@ -330,6 +341,7 @@ mod tests {
             "gatehouse_response_bytes_total{route=\"orders\",upstream=\"api\"} 300",
             "gatehouse_consumer_requests_total{route=\"orders\",consumer=\"c1\"} 3",
             "gatehouse_request_duration_seconds_count{route=\"orders\",upstream=\"api\"} 3",
+            "gatehouse_responses_incomplete_total{route=\"orders\",upstream=\"api\"} 1",
             "gatehouse_request_duration_seconds_bucket{route=\"orders\",upstream=\"api\",le=\"0.0025\"} 3",
             "gatehouse_request_duration_seconds_bucket{route=\"orders\",upstream=\"api\",le=\"0.001\"} 0",
         ];

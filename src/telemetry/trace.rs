@@ -47,6 +47,8 @@ pub const QUEUE: usize = 4096;
 pub const BATCH: usize = 256;
 /// Longest wait for one export.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the last flush at shutdown may take, all exports together.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// Longest `tracestate` passed on.
 const MAX_TRACESTATE: usize = 512;
 
@@ -508,8 +510,10 @@ pub fn spawn_exporter(
     );
     let ok = metrics.counter("gatehouse_trace_exports_total", &[("result", "success")]);
     let failed = metrics.counter("gatehouse_trace_exports_total", &[("result", "failure")]);
+    let dropped = metrics.counter("gatehouse_trace_spans_dropped_total", &[]);
     let resource = resource(&settings.service_name);
     let endpoint = settings.endpoint.clone();
+    let shown = endpoint_for_logs(&endpoint);
     Ok(tokio::spawn(async move {
         let mut batch: Vec<Finished> = Vec::with_capacity(BATCH);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -532,13 +536,24 @@ pub fn spawn_exporter(
                 }
             }
             if flush && !batch.is_empty() {
+                // The last flush at shutdown gets FINAL_FLUSH in all, so a
+                // dead collector cannot hold the process.
+                let until = stopping.then(|| tokio::time::Instant::now() + FINAL_FLUSH);
                 for chunk in std::mem::take(&mut batch).chunks(BATCH) {
+                    let timeout = match until {
+                        Some(at) => at.saturating_duration_since(tokio::time::Instant::now()),
+                        None => EXPORT_TIMEOUT,
+                    };
+                    if timeout.is_zero() {
+                        dropped.increment(chunk.len() as u64);
+                        continue;
+                    }
                     let body = encode(&resource, chunk);
-                    match export(&client, &endpoint, body).await {
+                    match export(&client, &endpoint, body, timeout).await {
                         Ok(()) => ok.increment(1),
                         Err(why) => {
                             failed.increment(1);
-                            tracing::warn!(target: "gatehouse::trace", endpoint = %endpoint, error = %why, requests = chunk.len(), "span export failed; dropping the batch");
+                            tracing::warn!(target: "gatehouse::trace", endpoint = %shown, error = %why, requests = chunk.len(), "span export failed; dropping the batch");
                         }
                     }
                 }
@@ -550,16 +565,28 @@ pub fn spawn_exporter(
     }))
 }
 
+/// The endpoint without its query (which may carry a collector key), for
+/// log lines.
+pub fn endpoint_for_logs(uri: &Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map_or("", |a| a.as_str()),
+        uri.path()
+    )
+}
+
 async fn export(
     client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     endpoint: &Uri,
     body: Vec<u8>,
+    timeout: Duration,
 ) -> Result<(), String> {
     let req = Request::post(endpoint.clone())
         .header(http::header::CONTENT_TYPE, "application/x-protobuf")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await {
+    match tokio::time::timeout(timeout, client.request(req)).await {
         Err(_) => Err("timed out".to_owned()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
@@ -847,6 +874,8 @@ mod tests {
         ]))
         .unwrap();
         assert!(disabled.is_none());
+        let keyed: Uri = "http://c:4318/v1/traces?api-key=s3cret".parse().unwrap();
+        assert_eq!(endpoint_for_logs(&keyed), "http://c:4318/v1/traces");
         for bad in ["ftp://x", "not a url", "http://user:pw@host:1"] {
             let e = TraceSettings::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]));
             assert!(e.is_err(), "{bad}");
