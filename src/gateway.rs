@@ -889,6 +889,7 @@ async fn forward(
         .unwrap_or(upstream.first_byte_timeout)
         .min(request_timeout);
     let plan = proxy::Plan {
+        connect_timeout: route.connect_timeout,
         first_byte,
         deadline,
         retry_method,

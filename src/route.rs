@@ -110,6 +110,8 @@ pub struct Route {
     pub retry_non_idempotent: bool,
     /// Overrides the upstream's time to the response head.
     pub first_byte_timeout: Option<std::time::Duration>,
+    /// Overrides the upstream's connect timeout.
+    pub connect_timeout: Option<std::time::Duration>,
     /// Overrides the upstream's time for the whole exchange.
     pub request_timeout: Option<std::time::Duration>,
     /// Its request meters.
@@ -446,6 +448,7 @@ mod tests {
             rate_limits: Vec::new(),
             retry_non_idempotent: false,
             first_byte_timeout: None,
+            connect_timeout: None,
             request_timeout: None,
             meters: Arc::new(crate::telemetry::requests::RouteMetrics::unrouted(
                 &Arc::new(crate::telemetry::Metrics::new().unwrap()),

@@ -143,6 +143,21 @@ impl Snapshot {
             ),
         };
 
+        // Connect timeouts that routes ask of each upstream (each distinct
+        // one gets its own client).
+        let mut route_connects: HashMap<String, Vec<std::time::Duration>> = HashMap::new();
+        for policy in &loaded.policies {
+            for spec in &policy.file.route {
+                let r = spec.get_ref();
+                if let (Some(u), Some(t)) = (&r.upstream, r.connect_timeout) {
+                    route_connects
+                        .entry(u.get_ref().clone())
+                        .or_default()
+                        .push(t.0);
+                }
+            }
+        }
+
         // Upstreams, with duplicate names refused naming both places.
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         let mut upstream_places: HashMap<String, String> = HashMap::new();
@@ -177,8 +192,15 @@ impl Snapshot {
                     continue;
                 }
                 problems.extend(lambda::http_spec_problems(spec_ref, source));
-                match Upstream::build(spec_ref, defaults, &loaded.base_dir, source, deps.upstreams)
-                {
+                let connects = route_connects.get(&name).map_or(&[][..], Vec::as_slice);
+                match Upstream::build(
+                    spec_ref,
+                    defaults,
+                    &loaded.base_dir,
+                    source,
+                    deps.upstreams,
+                    connects,
+                ) {
                     Ok(u) => {
                         upstreams.insert(name, Arc::new(u));
                     }
@@ -946,6 +968,7 @@ fn compile_route(
                 rate_limits,
                 retry_non_idempotent: r.retry_non_idempotent,
                 first_byte_timeout: r.first_byte_timeout.map(|d| d.0),
+                connect_timeout: r.connect_timeout.map(|d| d.0),
                 request_timeout: r.request_timeout.map(|d| d.0),
                 meters: Arc::new(RouteMetrics::new(
                     ctx.metrics,

@@ -744,6 +744,9 @@ pub struct RouteSpec {
     /// Retry non-idempotent methods (POST, PATCH) too.
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// Overrides the upstream's connect timeout (such a route gets its own
+    /// connection pool to the upstream's targets).
+    pub connect_timeout: Option<Dur>,
     /// Overrides the upstream's time to the response head.
     pub first_byte_timeout: Option<Dur>,
     /// Overrides the upstream's time for the whole exchange.

@@ -64,6 +64,8 @@ pub struct Plan {
     pub hash: Option<u64>,
     /// The set the request's header asks for.
     pub set_hint: Option<usize>,
+    /// The route's own connect timeout, if it overrides the upstream's.
+    pub connect_timeout: Option<Duration>,
 }
 
 /// A response head from a target.
@@ -243,7 +245,7 @@ impl Upstream {
             let started = tokio::time::Instant::now();
             let result = {
                 let _pending = Pending::start(&self.state.pending);
-                self.send(req, plan.first_byte, plan.deadline, stats).await
+                self.send(req, &plan, stats).await
             };
             match result {
                 Ok(resp) => {

@@ -173,6 +173,8 @@ pub struct Upstream {
     set_headers: Vec<(usize, http::HeaderName, http::HeaderValue)>,
     cursor: AtomicUsize,
     client: HttpClient,
+    /// Clients for routes with their own `connect_timeout`.
+    route_clients: Vec<(Duration, HttpClient)>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Time to the response head.
@@ -200,6 +202,35 @@ pub struct Upstream {
     /// Where targets are discovered, if anywhere.
     pub discovery: Option<discovery::Source>,
     state: Arc<UpstreamState>,
+}
+
+/// The pooled client of an upstream, connecting within `connect_timeout`.
+fn pooled_client(
+    spec: &UpstreamSpec,
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = match spec.protocol {
+        UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(http),
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(spec.pool_idle_timeout.0)
+        .pool_max_idle_per_host(spec.pool_max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(spec.protocol == UpstreamProtocol::H2)
+        .http2_adaptive_window(true)
+        .build(connector)
 }
 
 /// Why forwarding failed.
@@ -307,6 +338,7 @@ impl Upstream {
         base_dir: &Path,
         source: &SourceFile,
         registry: &UpstreamRegistry,
+        route_connect_timeouts: &[Duration],
     ) -> Result<Upstream, Vec<Problem>> {
         let mut problems = Vec::new();
         let name = spec.name.get_ref().as_str();
@@ -485,27 +517,15 @@ impl Upstream {
             return Err(problems);
         }
         let connect_timeout = spec.connect_timeout.unwrap_or(defaults.connect_timeout).0;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let connector = match spec.protocol {
-            UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
-            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-            UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(http),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(spec.pool_idle_timeout.0)
-            .pool_max_idle_per_host(spec.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(spec.protocol == UpstreamProtocol::H2)
-            .http2_adaptive_window(true)
-            .build(connector);
+        let client = pooled_client(spec, tls.clone(), connect_timeout);
+        // Routes that override the connect timeout get a client (and a
+        // connection pool) of their own per distinct value.
+        let mut route_clients: Vec<(Duration, HttpClient)> = Vec::new();
+        for t in route_connect_timeouts {
+            if *t != connect_timeout && !route_clients.iter().any(|(d, _)| d == t) {
+                route_clients.push((*t, pooled_client(spec, tls.clone(), *t)));
+            }
+        }
         Ok(Upstream {
             name: name.into(),
             members: ArcSwap::from_pointee(Members::new(members, &set_names)),
@@ -513,6 +533,7 @@ impl Upstream {
             set_headers,
             cursor: AtomicUsize::new(0),
             client,
+            route_clients,
             connect_timeout,
             first_byte_timeout: spec
                 .first_byte_timeout
@@ -772,11 +793,15 @@ impl Upstream {
     async fn send(
         &self,
         req: Request<GwBody>,
-        first_byte: Duration,
-        deadline: tokio::time::Instant,
+        plan: &Plan,
         body: &BodyStats,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let response = self.client.request(req);
+        let (first_byte, deadline) = (plan.first_byte, plan.deadline);
+        let client = plan
+            .connect_timeout
+            .and_then(|t| self.route_clients.iter().find(|(d, _)| *d == t))
+            .map_or(&self.client, |(_, c)| c);
+        let response = client.request(req);
         let result = if body.is_sent() {
             // No body to wait for (the common case): one timer.
             let at = deadline.min(tokio::time::Instant::now() + first_byte);
@@ -958,6 +983,7 @@ mod tests {
             Path::new("/"),
             &source,
             &registry,
+            &[],
         )
     }
 

@@ -1058,3 +1058,55 @@ async fn a_canary_header_picks_its_set_whatever_the_weights() {
     }
     assert_eq!((stable.hits(), canary.hits()), (6, 3));
 }
+
+#[tokio::test]
+async fn a_route_connect_timeout_overrides_the_upstreams() {
+    // A loopback listener whose accept queue is full and never drained:
+    // Linux then drops new SYNs, so connecting hangs until the timeout.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(c);
+        }
+    }
+    let probe = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    if probe.is_ok() {
+        println!("SKIPPED: this kernel accepts connections past a full accept queue");
+        return;
+    }
+    let gw = GatewayBuilder::new()
+        .policy(
+            "a.toml",
+            &format!(
+                "[[upstream]]\nname = \"stuck\"\ntargets = [\"http://{addr}\"]\nconnect_timeout = \"20s\"\n\
+                 [[route]]\nname = \"quick\"\nprefix = \"/quick\"\nupstream = \"stuck\"\n\
+                 connect_timeout = \"200ms\"\nrequest_timeout = \"20s\"\n"
+            ),
+        )
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let resp = client().get(gw.url("/quick")).send().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(error_code(resp).await, "upstream_timeout");
+    // The upstream's own 20 s connect timeout and the route's 20 s
+    // deadline would both take 20 s: the route's 200 ms one answered.
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    drop(fillers);
+    drop(listener);
+    gw.shutdown().await;
+}
