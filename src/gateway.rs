@@ -797,48 +797,17 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let peer = validate::canonical(conn.peer.ip());
-    let trusted_peer = ctx
-        .snapshot
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(&peer));
-    let chain = if trusted_peer {
-        forwarded_chain(&parts.headers)
-    } else {
-        None
-    };
-    let fwd = ForwardedFor {
-        client: ctx.record.client,
-        peer,
-        chain: chain.as_deref(),
-        proto: conn.proto(),
-        host: host.authority.as_deref(),
-    };
     let hash = upstream.hash_key(&parts.headers, ctx.record.client);
     let set_hint = upstream.set_hint(&parts.headers);
-    proxy::prepare_request_headers(
+    outgoing_headers(
         &mut parts.headers,
-        &fwd,
-        &ctx.request_id,
+        conn,
+        ctx,
+        route,
+        host,
         upgrade,
         upstream.preserve_host,
     );
-    route.request_headers.apply(&mut parts.headers);
-    // Identity headers are the gateway's to set: a client's own are removed
-    // on every route, then the authenticated caller's are added.
-    for name in &ctx.snapshot.identity_headers {
-        parts.headers.remove(name);
-    }
-    if let Some(principal) = &ctx.principal {
-        if !route.auth.forward_authorization {
-            parts.headers.remove(header::AUTHORIZATION);
-            parts.headers.remove(&route.auth.key_header);
-        }
-        for (name, value) in policy::identity_headers(principal) {
-            parts.headers.insert(name, value);
-        }
-    }
     let upstream_span = inject_trace_context(ctx, &mut parts.headers);
     let stats = ctx.record.body.clone();
     let body = RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone());
@@ -981,7 +950,9 @@ async fn forward_lambda(
     }
     let version = req.version();
     let (mut parts, body) = req.into_parts();
-    outgoing_headers(&mut parts.headers, conn, ctx, route, host);
+    // The client's Host stays: API Gateway events carry it, and functions
+    // (lambda_http) build the request URI from it.
+    outgoing_headers(&mut parts.headers, conn, ctx, route, host, false, true);
     let upstream_span = inject_trace_context(ctx, &mut parts.headers);
     let stats = ctx.record.body.clone();
     let body = RequestBody::new(body, limit, ctx.snapshot.body_pace, stats.clone());
@@ -1157,17 +1128,20 @@ fn record_upstream_span(
     );
 }
 
-/// The outgoing request headers of a forwarded request: hop-by-hop removed,
-/// `X-Forwarded-*`, the request id, the route's edits, identity headers (the
-/// client's own removed) and credentials stripped unless the route forwards
-/// them. The same steps as [`forward`] (which keeps its own copy until the
-/// upstream rework lands), except that the client's Host is kept.
+/// The outgoing request headers of a forwarded request (to an upstream or
+/// a function): hop-by-hop removed (kept for an `upgrade`),
+/// `X-Forwarded-*`, the request id, the route's edits, identity headers
+/// (the client's own removed) and credentials stripped unless the route
+/// forwards them. Identity headers are the gateway's to set: a client's own
+/// are removed on every route, then the authenticated caller's are added.
 fn outgoing_headers(
     headers: &mut http::HeaderMap,
     conn: &ConnInfo,
     ctx: &RequestCtx,
     route: &Route,
     host: &Host,
+    upgrade: bool,
+    preserve_host: bool,
 ) {
     let peer = validate::canonical(conn.peer.ip());
     let trusted_peer = ctx
@@ -1187,9 +1161,7 @@ fn outgoing_headers(
         proto: conn.proto(),
         host: host.authority.as_deref(),
     };
-    // The client's Host stays: API Gateway events carry it, and functions
-    // (lambda_http) build the request URI from it.
-    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, false, true);
+    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, upgrade, preserve_host);
     route.request_headers.apply(headers);
     for name in &ctx.snapshot.identity_headers {
         headers.remove(name);
