@@ -176,7 +176,10 @@ impl AccessRecord {
             consumer: self.consumer.as_deref(),
             complete,
         });
-        if let (Some(trace), Some(tracer)) = (self.trace.take(), &self.telemetry.tracer) {
+        // Unsampled traces export nothing: build no attributes for them.
+        if let Some(trace) = self.trace.take().filter(RequestTrace::sampled)
+            && let Some(tracer) = &self.telemetry.tracer
+        {
             self.end_trace(tracer, trace, bytes_out, complete);
         }
         self.telemetry.history.record(Sample {

@@ -162,8 +162,13 @@ pub struct GatewayMeters {
     /// Requests being handled (head received, response not finished).
     pub in_flight: Gauge,
     refusals: CounterSet,
-    auth: CounterSet,
+    /// Auth outcomes by result, one set per method in [`AUTH_METHODS`].
+    auth: [CounterSet; AUTH_METHODS.len()],
 }
+
+/// The `method` label values of `gatehouse_auth_total`: how the caller
+/// authenticated, or what the route accepts when it failed.
+pub const AUTH_METHODS: [&str; 4] = ["api_key", "jwt", "api_key_or_jwt", "none"];
 
 /// How many distinct values the fixed-set counters may hold: refusal
 /// codes and auth outcomes are enums, this only guards against a mistake.
@@ -181,13 +186,15 @@ impl GatewayMeters {
                 "reason",
                 FIXED_SET_CAP,
             ),
-            auth: CounterSet::new(
-                metrics,
-                "gatehouse_auth_total",
-                &[],
-                "outcome",
-                FIXED_SET_CAP,
-            ),
+            auth: AUTH_METHODS.map(|method| {
+                CounterSet::new(
+                    metrics,
+                    "gatehouse_auth_total",
+                    &[("method", method)],
+                    "result",
+                    FIXED_SET_CAP,
+                )
+            }),
         }
     }
 
@@ -196,14 +203,16 @@ impl GatewayMeters {
         self.refusals.add(code, 1);
     }
 
-    /// Counts an authentication outcome: `method/result`, e.g.
-    /// `api_key/success`, `jwt/invalid_credentials`.
-    pub fn auth(&self, method: &'static str, result: &'static str) {
-        let mut key = String::with_capacity(method.len() + 1 + result.len());
-        key.push_str(method);
-        key.push('/');
-        key.push_str(result);
-        self.auth.add(&key, 1);
+    /// Counts an authentication outcome: `method` (one of
+    /// [`AUTH_METHODS`]) and `result` (`success` or the error code).
+    pub fn auth(&self, method: &str, result: &'static str) {
+        let i = AUTH_METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(AUTH_METHODS.len() - 1);
+        if let Some(set) = self.auth.get(i) {
+            set.add(result, 1);
+        }
     }
 }
 
@@ -287,7 +296,7 @@ pub fn describe(metrics: &Metrics) {
     );
     metrics.describe_counter(
         "gatehouse_auth_total",
-        "Authentication outcomes as method/result.",
+        "Authentication outcomes by method (how the caller authenticated, or what the route accepts) and result (success or the error code).",
     );
     metrics.describe_counter(
         "gatehouse_ratelimit_decisions_total",

@@ -120,7 +120,7 @@ async fn metrics_count_a_known_mix_exactly() {
         (r#"gatehouse_refusals_total{reason="rate_limited"}"#, 1.0),
         (r#"gatehouse_refusals_total{reason="upstream_failed"}"#, 1.0),
         (
-            r#"gatehouse_auth_total{outcome="api_key/missing_credentials"}"#,
+            r#"gatehouse_auth_total{method="api_key",result="missing_credentials"}"#,
             1.0,
         ),
         (
@@ -1078,4 +1078,49 @@ fn shipped_alerts_and_dashboard_use_only_metrics_gatehouse_exports() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_certificate_close_to_expiry_is_warned_about_and_exported() {
+    let builder = GatewayBuilder::new();
+    let dir = builder.path().to_path_buf();
+    let ca = TestCa::new(&dir);
+    let pair = ca.ca.issue(&["localhost"], 5).unwrap();
+    let (cert, key) = (dir.join("soon.pem"), dir.join("soon-key.pem"));
+    gatehouse::tls::write_pair(&pair, &cert, &key).unwrap();
+    let builder = builder.main(&format!(
+            "[[listener]]\nname = \"tls\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ));
+    // The builder owns the temp dir: it lives until the end of the test.
+    let config = builder.write();
+    let mut proc = Proc::spawn(&["serve", "--no-watch", "--config", config.to_str().unwrap()]);
+    // Written while the config loads, before anything listens.
+    let warning = proc.wait_for("certificate expires in under 14 days").await;
+    let admin = proc.wait_for("admin listening").await["admin_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let days = warning["days_left"].as_i64().unwrap();
+    assert!((3..=5).contains(&days), "{warning}");
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expiry = text
+        .lines()
+        .find(|l| l.starts_with("gatehouse_certificate_expiry_timestamp_seconds{cert=\"soon.pem\""))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .expect("expiry gauge");
+    let left = expiry - unix_now() as f64;
+    assert!(left > 3.0 * 86_400.0 && left < 6.0 * 86_400.0, "{left}");
+    proc.signal("-TERM");
+    let (status, _) = proc.finish().await;
+    assert!(status.success());
 }
