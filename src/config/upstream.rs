@@ -266,13 +266,23 @@ pub struct DnsSpec {
     #[serde(default = "max_ttl")]
     pub max_ttl: Dur,
     /// Resolve with this hosts-style file (`ADDRESS NAME…` lines, relative
-    /// to the config file, read on every resolution) instead of the system
-    /// resolver.
+    /// to the config file, read on every resolution) instead of DNS.
     pub hosts_file: Option<std::path::PathBuf>,
+    /// Ask these DNS servers (`ip`, `ip:port`, `[ipv6]:port`) instead of
+    /// those of `/etc/resolv.conf` (no search list is applied then).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// How long one nameserver gets to answer one query.
+    #[serde(default = "dns_timeout")]
+    pub timeout: Dur,
 }
 
 fn http_scheme() -> String {
     "http".into()
+}
+
+fn dns_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
 }
 
 fn min_ttl() -> Dur {

@@ -4,9 +4,12 @@
 //!
 //! A failed resolution or an unreadable file keeps the last good set and
 //! logs why; an empty list is a valid answer (requests then get 503). Names
-//! are resolved through the [`Resolve`] seam: the system resolver, or a
-//! hosts-style file named in the config (tests, and deployments that want
-//! overrides without touching the machine's DNS).
+//! are resolved through the [`Resolve`] seam: our DNS stub resolver
+//! ([`super::dns`], which reports record TTLs: the next resolution is due
+//! when the answer expires, clamped to `min_ttl..max_ttl`) asking the
+//! configured nameservers or those of `/etc/resolv.conf`, or a hosts-style
+//! file named in the config (tests, and deployments that want overrides
+//! without touching the machine's DNS).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,14 @@ pub enum DiscoveryError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// DNS gave no usable answer.
+    #[error("cannot resolve {name}: {reason}")]
+    Dns {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// The name has no address.
     #[error("{0} has no address")]
@@ -78,8 +89,9 @@ pub trait Resolve: Send + Sync + std::fmt::Debug {
     async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError>;
 }
 
-/// The system resolver (`getaddrinfo`; no TTL is known, so names are
-/// re-resolved every `min_ttl`).
+/// The C library's resolver (`getaddrinfo`; no TTL is known, so names are
+/// re-resolved every `min_ttl`): the fallback when resolv.conf names no
+/// nameserver.
 #[derive(Debug)]
 pub struct SystemResolver;
 
@@ -125,7 +137,7 @@ impl Resolve for HostsFile {
     }
 }
 
-fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
+pub(crate) fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = text
         .lines()
         .map(|l| l.split('#').next().unwrap_or(""))
@@ -218,6 +230,14 @@ pub enum Source {
     },
 }
 
+/// When to resolve again: when the answer expires, but no sooner than
+/// `min_ttl` (a zero or tiny TTL must not turn into a query storm) and no
+/// later than `max_ttl` (a day-long TTL must not pin a dead address); every
+/// `min_ttl` when the TTL is unknown or the resolution failed.
+pub fn next_resolution(ttl: Option<Duration>, min_ttl: Duration, max_ttl: Duration) -> Duration {
+    ttl.unwrap_or(min_ttl).clamp(min_ttl, max_ttl.max(min_ttl))
+}
+
 /// Keeps `upstream`'s targets in step with its source until `stop`.
 pub(crate) async fn run(upstream: Arc<Upstream>, source: Source, mut stop: watch::Receiver<bool>) {
     let mut last: Option<Vec<(String, u32)>> = upstream.state.discovered();
@@ -231,12 +251,11 @@ pub(crate) async fn run(upstream: Arc<Upstream>, source: Source, mut stop: watch
                         Ok(r)
                     }
                 });
-                let wait = r
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.ttl)
-                    .unwrap_or(spec.min_ttl.0)
-                    .clamp(spec.min_ttl.0, spec.max_ttl.0.max(spec.min_ttl.0));
+                let ttl = r.as_ref().ok().and_then(|r| r.ttl);
+                let wait = next_resolution(ttl, spec.min_ttl.0, spec.max_ttl.0);
+                tracing::debug!(target: LOG_TARGET, upstream = %upstream.name, name = %spec.name,
+                    ttl_ms = ttl.map(|t| t.as_millis() as u64), next_in_ms = wait.as_millis() as u64,
+                    "resolved");
                 (r.map(|r| dns_targets(spec, &r.addrs)), wait)
             }
             Source::File { path, every } => {
@@ -347,6 +366,20 @@ mod tests {
     }
 
     #[test]
+    fn the_ttl_sets_the_next_resolution_within_floor_and_ceiling() {
+        let s = Duration::from_secs;
+        let cases = [
+            ("ttl inside", Some(s(30)), s(30)),
+            ("zero ttl: floor", Some(s(0)), s(5)),
+            ("long ttl: ceiling", Some(s(86_400)), s(300)),
+            ("unknown: floor", None, s(5)),
+        ];
+        for (name, ttl, want) in cases {
+            assert_eq!(next_resolution(ttl, s(5), s(300)), want, "{name}");
+        }
+    }
+
+    #[test]
     fn dns_answers_become_urls() {
         let spec = DnsSpec {
             name: "api".into(),
@@ -355,6 +388,8 @@ mod tests {
             min_ttl: crate::config::Dur(Duration::from_secs(1)),
             max_ttl: crate::config::Dur(Duration::from_secs(60)),
             hosts_file: None,
+            nameservers: Vec::new(),
+            timeout: crate::config::Dur(Duration::from_secs(2)),
         };
         let addrs: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         assert_eq!(

@@ -47,11 +47,15 @@ pub(crate) async fn run(
 async fn check(upstream: &Upstream, m: &Member, spec: &HealthSpec) {
     let ok = match m.target.uri(&spec.path, None) {
         Ok(uri) => {
-            let req = Request::builder()
+            let mut req = Request::builder()
                 .method(Method::GET)
                 .uri(uri)
-                .header(header::USER_AGENT, "gatehouse-health-check")
-                .body(empty());
+                .header(header::USER_AGENT, "gatehouse-health-check");
+            // Checks reach the same virtual host as requests do.
+            if let Some(host) = &upstream.host_header {
+                req = req.header(header::HOST, host.clone());
+            }
+            let req = req.body(empty());
             match req {
                 Ok(req) => {
                     match tokio::time::timeout(spec.timeout.0, upstream.client.request(req)).await {

@@ -12,6 +12,7 @@
 
 mod balance;
 pub mod discovery;
+pub mod dns;
 mod forward;
 mod headers;
 mod health;
@@ -183,6 +184,9 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// Send the client's Host instead of the target's.
     pub preserve_host: bool,
+    /// The Host sent instead of the target's address (DNS-discovered
+    /// upstreams send their name).
+    pub host_header: Option<http::HeaderValue>,
     /// The protocol towards the targets.
     pub protocol: UpstreamProtocol,
     /// How targets are picked.
@@ -204,6 +208,26 @@ pub struct Upstream {
     state: Arc<UpstreamState>,
 }
 
+/// The TLS server name of a DNS-discovered `https` upstream.
+fn dns_server_name(spec: &UpstreamSpec) -> Option<rustls::pki_types::ServerName<'static>> {
+    let dns = spec.dns.as_ref().filter(|d| d.scheme == "https")?;
+    rustls::pki_types::ServerName::try_from(dns.name.trim_end_matches('.').to_owned()).ok()
+}
+
+/// The Host of a DNS-discovered upstream's requests: its name, with the
+/// port unless it is the scheme's default.
+fn dns_host(spec: &UpstreamSpec) -> Option<http::HeaderValue> {
+    let dns = spec.dns.as_ref()?;
+    let name = dns.name.trim_end_matches('.');
+    let default_port = if dns.scheme == "https" { 443 } else { 80 };
+    let host = if dns.port == default_port {
+        name.to_owned()
+    } else {
+        format!("{name}:{}", dns.port)
+    };
+    http::HeaderValue::from_str(&host).ok()
+}
+
 /// The pooled client of an upstream, connecting within `connect_timeout`.
 fn pooled_client(
     spec: &UpstreamSpec,
@@ -215,9 +239,15 @@ fn pooled_client(
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+    let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
+    // Discovered targets are addresses; their certificates name the DNS
+    // name, which is what TLS must send (SNI) and verify.
+    if let Some(name) = dns_server_name(spec) {
+        builder =
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    }
     let connector = match spec.protocol {
         UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
         UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
@@ -370,9 +400,36 @@ impl Upstream {
                 None
             }
             (Some(dns), None) => {
+                let mut nameservers = Vec::new();
+                for ns in &dns.nameservers {
+                    match dns::parse_nameserver(ns) {
+                        Ok(addr) => nameservers.push(addr),
+                        Err(msg) => problems.push(source.problem(spec.name.span(), msg)),
+                    }
+                }
+                if let Err(e) = dns::check_name(&dns.name) {
+                    problems.push(source.problem(spec.name.span(), format!("`dns.name`: {e}")));
+                }
+                if dns.min_ttl.0 > dns.max_ttl.0 {
+                    problems.push(source.problem(
+                        spec.name.span(),
+                        "`dns.min_ttl` is longer than `dns.max_ttl`",
+                    ));
+                }
                 let resolver: Arc<dyn discovery::Resolve> = match &dns.hosts_file {
+                    Some(_) if !nameservers.is_empty() => {
+                        problems.push(source.problem(
+                            spec.name.span(),
+                            "use either `dns.hosts_file` or `dns.nameservers`",
+                        ));
+                        Arc::new(dns::DnsResolver::system())
+                    }
                     Some(p) => Arc::new(discovery::HostsFile(resolve_path(base_dir, p))),
-                    None => Arc::new(discovery::SystemResolver),
+                    None if nameservers.is_empty() => Arc::new(dns::DnsResolver::system()),
+                    None => Arc::new(dns::DnsResolver::with_nameservers(
+                        nameservers,
+                        dns.timeout.0.max(Duration::from_millis(10)),
+                    )),
                 };
                 if !matches!(dns.scheme.as_str(), "http" | "https") {
                     problems.push(
@@ -541,6 +598,7 @@ impl Upstream {
                 .0,
             request_timeout: spec.request_timeout.unwrap_or(defaults.request_timeout).0,
             preserve_host: spec.preserve_host,
+            host_header: dns_host(spec),
             protocol: spec.protocol,
             balance: spec.balance,
             hash_on,

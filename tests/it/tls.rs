@@ -749,6 +749,57 @@ async fn upstream_tls_trusts_the_configured_ca_and_not_more() {
     );
 }
 
+#[tokio::test]
+async fn a_dns_discovered_https_upstream_verifies_the_name_not_the_address() {
+    // The backend's certificate names only `api.internal`; the targets the
+    // gateway discovers are addresses. TLS must send and verify the name,
+    // and HTTP/1.1 must carry it in Host.
+    let b = GatewayBuilder::new();
+    let ca = TestCa::new(b.path());
+    let backend = TlsBackend::start(&ca.ca.issue(&["api.internal"], 30).unwrap()).await;
+    let port = backend.addr.port();
+    std::fs::write(b.path().join("hosts"), "127.0.0.1 api.internal\n").unwrap();
+    let mut policy = String::new();
+    for (name, extra) in [("h1", "protocol = \"http1\"\n"), ("h2", "")] {
+        policy.push_str(&format!(
+            "[[upstream]]\nname = \"{name}\"\ntls_ca = {}\n{extra}\
+             dns = {{ name = \"api.internal\", port = {port}, scheme = \"https\", hosts_file = \"hosts\", min_ttl = \"50ms\" }}\n\n\
+             [[route]]\nname = \"{name}\"\nprefix = \"/{name}\"\nstrip_prefix = \"/{name}\"\nupstream = \"{name}\"\n\n",
+            toml_str(&ca.ca_path())
+        ));
+    }
+    let gw = b.policy("a.toml", &policy).start().await;
+    for (name, version, host) in [
+        ("h1", "HTTP/1.1", Some(format!("api.internal:{port}"))),
+        ("h2", "HTTP/2.0", Some(format!("api.internal:{port}"))),
+    ] {
+        let echo = eventually(5, || async {
+            let resp = client()
+                .get(gw.url(&format!("/{name}/x")))
+                .send()
+                .await
+                .unwrap();
+            if resp.status() != 200 {
+                return None;
+            }
+            Some(resp.json::<Echo>().await.unwrap())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: no 200 through the discovered https target"));
+        assert_eq!(echo.version, version, "{name}");
+        assert_eq!(
+            echo.header("host").map(str::to_owned),
+            host,
+            "{name}: Host names the name"
+        );
+    }
+    assert_eq!(
+        backend.failed_handshakes.load(Ordering::SeqCst),
+        0,
+        "every handshake verified against api.internal"
+    );
+}
+
 /// A client config trusting `ca_pem` and presenting `identity`, with
 /// rustls' default session resumption (an in-memory ticket cache).
 fn client_with_identity(ca_pem: &str, identity: &PemPair) -> Arc<rustls::ClientConfig> {

@@ -793,18 +793,15 @@ weight = 0",
     );
 }
 
-#[tokio::test]
-async fn a_dns_name_follows_the_resolver_answer() {
-    // Two backends on two loopback addresses, same port: the hosts-style
-    // file (the test's resolver) decides which one the name points at.
+/// Two backends, "a" on 127.0.0.1 and "b" on 127.0.0.2, on the same port
+/// (so a name's answer alone decides which one gets traffic); `None` where
+/// 127.0.0.2 cannot be bound.
+async fn two_loopback_backends() -> Option<(Flaky, Flaky, u16)> {
     let one = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = one.local_addr().unwrap().port();
-    let Ok(two) = TcpListener::bind(("127.0.0.2", port)).await else {
-        // 127.0.0.2 is not routable here; nothing to test.
-        return;
-    };
-    let mut a = Flaky {
-        name: "a",
+    let two = TcpListener::bind(("127.0.0.2", port)).await.ok()?;
+    let idle = |name| Flaky {
+        name,
         addr: "127.0.0.1:0".parse().unwrap(),
         mode: Arc::new(AtomicU8::new(OK)),
         health: Arc::new(AtomicU8::new(OK)),
@@ -813,18 +810,20 @@ async fn a_dns_name_follows_the_resolver_answer() {
         delay_ms: Arc::new(AtomicU64::new(0)),
         tasks: None,
     };
-    let mut b = Flaky {
-        name: "b",
-        addr: "127.0.0.1:0".parse().unwrap(),
-        mode: Arc::new(AtomicU8::new(OK)),
-        health: Arc::new(AtomicU8::new(OK)),
-        hits: Arc::new(AtomicUsize::new(0)),
-        checks: Arc::new(AtomicUsize::new(0)),
-        delay_ms: Arc::new(AtomicU64::new(0)),
-        tasks: None,
-    };
+    let (mut a, mut b) = (idle("a"), idle("b"));
     a.serve(one);
     b.serve(two);
+    Some((a, b, port))
+}
+
+#[tokio::test]
+async fn a_dns_name_follows_the_resolver_answer() {
+    // The hosts-style file (the test's resolver) decides which backend the
+    // name points at.
+    let Some((_a, b, port)) = two_loopback_backends().await else {
+        println!("skipped: 127.0.0.2 cannot be bound here");
+        return;
+    };
     let builder = GatewayBuilder::new().policy(
         "u.toml",
         &policy(
@@ -856,6 +855,175 @@ async fn a_dns_name_follows_the_resolver_answer() {
         assert_eq!(get(&gw, "/x").await, (200, "b".to_owned()));
     }
     assert_eq!(b.hits(), b_hits + 10);
+}
+
+/// A DNS server on a loopback UDP port for one name: its A answer (address
+/// and TTL) is set by the test, AAAA gets "no data", other names NXDOMAIN;
+/// the time of every A query is logged.
+struct DnsServer {
+    addr: SocketAddr,
+    answer: Arc<std::sync::Mutex<([u8; 4], u32)>>,
+    queries: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DnsServer {
+    async fn start(name: &str, ip: [u8; 4], ttl: u32) -> DnsServer {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let answer = Arc::new(std::sync::Mutex::new((ip, ttl)));
+        let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut wire = Vec::new();
+        for label in name.split('.') {
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label.as_bytes());
+        }
+        wire.push(0);
+        let (ans, log) = (answer.clone(), queries.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let q = &buf[..n];
+                let qname = &q[12..12 + wire.len()];
+                let qtype = u16::from_be_bytes([q[12 + wire.len()], q[13 + wire.len()]]);
+                let end = 12 + wire.len() + 4;
+                let ours = qname.eq_ignore_ascii_case(&wire);
+                // Header: same id, QR + RD + RA, NXDOMAIN unless ours.
+                let mut reply = q[0..2].to_vec();
+                reply.extend_from_slice(&[0x81, if ours { 0x80 } else { 0x83 }]);
+                let a = ours && qtype == 1;
+                reply.extend_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+                reply.extend_from_slice(&q[12..end]);
+                if a {
+                    log.lock().unwrap().push(tokio::time::Instant::now());
+                    let (ip, ttl) = *ans.lock().unwrap();
+                    reply.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+                    reply.extend_from_slice(&ttl.to_be_bytes());
+                    reply.extend_from_slice(&[0, 4]);
+                    reply.extend_from_slice(&ip);
+                }
+                let _ = sock.send_to(&reply, from).await;
+            }
+        });
+        DnsServer {
+            addr,
+            answer,
+            queries,
+            task,
+        }
+    }
+
+    fn set(&self, ip: [u8; 4], ttl: u32) {
+        *self.answer.lock().unwrap() = (ip, ttl);
+    }
+
+    fn queries(&self) -> Vec<tokio::time::Instant> {
+        self.queries.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `secs`) for more than `n` A queries; returns them all.
+    async fn wait_for_queries(&self, n: usize, secs: u64) -> Vec<tokio::time::Instant> {
+        eventually(secs, || async {
+            let q = self.queries();
+            (q.len() > n).then_some(q)
+        })
+        .await
+        .unwrap_or_else(|| panic!("fewer than {} DNS queries in {secs}s", n + 1))
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
+    let Some((a, b, port)) = two_loopback_backends().await else {
+        println!("skipped: 127.0.0.2 cannot be bound here");
+        return;
+    };
+    let dns = DnsServer::start("api.internal", [127, 0, 0, 1], 2).await;
+    let gw = gateway(&policy(
+        &format!(
+            "dns = {{ name = \"api.internal\", port = {port}, nameservers = [\"{}\"], \
+             min_ttl = \"200ms\", max_ttl = \"3s\" }}",
+            dns.addr
+        ),
+        "",
+    ))
+    .await;
+    let first = eventually(5, || async {
+        (get(&gw, "/x").await == (200, "a".to_owned())).then_some(())
+    })
+    .await;
+    assert!(
+        first.is_some(),
+        "the name resolved to a through our DNS server"
+    );
+    let t0 = dns.queries()[0];
+
+    // The answer changes at once, but the gateway holds the old one for its
+    // 2s TTL (not the 200ms floor): a keeps the traffic until then.
+    dns.set([127, 0, 0, 2], 2);
+    while t0.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            get(&gw, "/x").await,
+            (200, "a".to_owned()),
+            "within the TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dns.queries().len(), 1, "no query before the TTL ran out");
+    let moved = eventually(5, || async {
+        (get(&gw, "/x").await == (200, "b".to_owned())).then_some(())
+    })
+    .await;
+    assert!(
+        moved.is_some(),
+        "after the TTL the new answer moved traffic to b"
+    );
+    let q = dns.queries();
+    assert!(
+        q[1] - q[0] >= Duration::from_millis(1950),
+        "asked again after the TTL: {:?}",
+        q[1] - q[0]
+    );
+    let a_hits = a.hits();
+
+    // A zero TTL is raised to the floor: queries every 200ms, not a storm.
+    dns.set([127, 0, 0, 2], 0);
+    let before = dns.queries().len();
+    dns.wait_for_queries(before, 5).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let q = dns.queries();
+    let fast = &q[before..];
+    assert!(
+        fast.len() >= 3,
+        "re-asked at the floor: {} queries",
+        fast.len()
+    );
+    for w in fast.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(190),
+            "never below the floor: {:?}",
+            w[1] - w[0]
+        );
+    }
+
+    // A day-long TTL is cut to the 3s ceiling.
+    dns.set([127, 0, 0, 2], 86_400);
+    let n = dns.queries().len();
+    dns.wait_for_queries(n, 5).await;
+    let q = dns.wait_for_queries(n + 1, 8).await;
+    let gap = q[n + 1] - q[n];
+    assert!(
+        gap >= Duration::from_millis(2950),
+        "held up to the ceiling: {gap:?}"
+    );
+    assert_eq!(a.hits(), a_hits, "a got nothing once the answer moved");
+    assert!(b.hits() > 0);
 }
 
 #[tokio::test]

@@ -1,0 +1,1053 @@
+//! A small DNS stub resolver for upstream discovery: A and AAAA queries over
+//! UDP (RFC 1035, with an EDNS0 buffer size), retried over TCP when the
+//! answer is truncated, CNAME chains followed, and — what `getaddrinfo`
+//! cannot give — the record TTLs, so a discovered upstream is re-resolved
+//! when its answer expires instead of on a fixed timer.
+//!
+//! It is a stub, not a recursive resolver: it asks the configured
+//! nameservers (or those of `/etc/resolv.conf`, with its `search`, `ndots`,
+//! `timeout` and `attempts`) and trusts their answers. Replies are only
+//! accepted from the server asked (connected socket), with the query's
+//! random id and an echo of its question; anything else is ignored until the
+//! timeout, so a stray or spoofed datagram cannot end a query early.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::discovery::{DiscoveryError, Resolve, Resolved, SystemResolver, hosts_lookup};
+
+const TYPE_A: u16 = 1;
+const TYPE_CNAME: u16 = 5;
+const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+/// The EDNS0 UDP payload size we advertise (the DNS flag day 2020 value).
+const EDNS_PAYLOAD: u16 = 1232;
+/// CNAME hops followed before giving up.
+const MAX_CHAIN: usize = 8;
+/// Compression pointers followed within one name.
+const MAX_POINTERS: usize = 32;
+
+/// Why a DNS query gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// The name cannot be put in a query.
+    #[error("{0:?} is not a valid DNS name: {1}")]
+    BadName(String, &'static str),
+    /// No reply within the timeout from any server.
+    #[error("no reply from {0}")]
+    Timeout(String),
+    /// The server answered with an error code.
+    #[error("{server} answered {rcode}")]
+    Rcode {
+        /// The server.
+        server: SocketAddr,
+        /// `SERVFAIL`, `REFUSED`, …
+        rcode: &'static str,
+    },
+    /// The reply is not a well-formed DNS message.
+    #[error("malformed reply: {0}")]
+    Malformed(&'static str),
+    /// Socket trouble.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A reply that is not for our query (other id or question): ignored.
+#[derive(Debug, PartialEq, Eq)]
+struct NotOurs;
+
+/// What one query found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// Addresses, with the smallest TTL on the way to them (CNAMEs included).
+    Addrs(Vec<IpAddr>, u32),
+    /// The name exists but has no record of this type.
+    NoData,
+    /// The name does not exist.
+    NxDomain,
+    /// The UDP reply was cut short: ask again over TCP.
+    Truncated,
+}
+
+/// A name in wire form (length-prefixed labels, lower-cased, ending in the
+/// root label): compared byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WireName(Vec<u8>);
+
+impl WireName {
+    fn parse(name: &str) -> Result<Self, DnsError> {
+        let bad = |why| DnsError::BadName(name.to_owned(), why);
+        let trimmed = name.strip_suffix('.').unwrap_or(name);
+        if trimmed.is_empty() {
+            return Err(bad("empty"));
+        }
+        let mut out = Vec::with_capacity(trimmed.len() + 2);
+        for label in trimmed.split('.') {
+            if label.is_empty() {
+                return Err(bad("empty label"));
+            }
+            if label.len() > 63 {
+                return Err(bad("a label is longer than 63 bytes"));
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad("only letters, digits, '-' and '_' are allowed"));
+            }
+            out.push(label.len() as u8);
+            out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+        out.push(0);
+        if out.len() > 255 {
+            return Err(bad("longer than 255 bytes"));
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Checks that `name` can be resolved (config validation).
+pub fn check_name(name: &str) -> Result<(), DnsError> {
+    WireName::parse(name).map(|_| ())
+}
+
+/// A query message for `name` and `qtype` with id `id`, asking for
+/// recursion and advertising an EDNS0 buffer.
+fn encode_query(id: u16, name: &WireName, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(12 + name.0.len() + 4 + 11);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&0x0100u16.to_be_bytes()); // RD
+    q.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
+    q.extend_from_slice(&0u16.to_be_bytes()); // ANCOUNT
+    q.extend_from_slice(&0u16.to_be_bytes()); // NSCOUNT
+    q.extend_from_slice(&1u16.to_be_bytes()); // ARCOUNT (OPT)
+    q.extend_from_slice(&name.0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&CLASS_IN.to_be_bytes());
+    // OPT pseudo-record: root owner, type 41, class = payload size.
+    q.push(0);
+    q.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    q.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // ext-rcode, version, flags, rdlen
+    q
+}
+
+struct Reader<'a> {
+    msg: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Result<u8, DnsError> {
+        let b = *self.msg.get(self.pos).ok_or(DnsError::Malformed("short"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+    fn u16(&mut self) -> Result<u16, DnsError> {
+        Ok(u16::from_be_bytes([self.u8()?, self.u8()?]))
+    }
+    fn u32(&mut self) -> Result<u32, DnsError> {
+        Ok(u32::from_be_bytes([
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+        ]))
+    }
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DnsError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(DnsError::Malformed("short"))?;
+        let b = self
+            .msg
+            .get(self.pos..end)
+            .ok_or(DnsError::Malformed("short"))?;
+        self.pos = end;
+        Ok(b)
+    }
+    /// A possibly compressed name, lower-cased into wire form.
+    fn name(&mut self) -> Result<WireName, DnsError> {
+        let mut out = Vec::new();
+        let mut at = self.pos;
+        let mut resume = None;
+        let mut pointers = 0;
+        loop {
+            let len = *self.msg.get(at).ok_or(DnsError::Malformed("short name"))?;
+            match len & 0xC0 {
+                0x00 if len == 0 => {
+                    out.push(0);
+                    self.pos = resume.unwrap_or(at + 1);
+                    break;
+                }
+                0x00 => {
+                    let label = self
+                        .msg
+                        .get(at + 1..at + 1 + len as usize)
+                        .ok_or(DnsError::Malformed("short label"))?;
+                    out.push(len);
+                    out.extend(label.iter().map(u8::to_ascii_lowercase));
+                    at += 1 + len as usize;
+                }
+                0xC0 => {
+                    let low = *self.msg.get(at + 1).ok_or(DnsError::Malformed("short"))?;
+                    pointers += 1;
+                    if pointers > MAX_POINTERS {
+                        return Err(DnsError::Malformed("compression loop"));
+                    }
+                    resume.get_or_insert(at + 2);
+                    at = (usize::from(len & 0x3F) << 8) | usize::from(low);
+                }
+                _ => return Err(DnsError::Malformed("unknown label type")),
+            }
+            if out.len() > 255 {
+                return Err(DnsError::Malformed("name too long"));
+            }
+        }
+        Ok(WireName(out))
+    }
+}
+
+struct Record {
+    owner: WireName,
+    rtype: u16,
+    ttl: u32,
+    /// Where the record data starts and how long it is.
+    data: (usize, usize),
+}
+
+/// Reads the reply to query `id` for (`name`, `qtype`).
+fn parse_reply(
+    msg: &[u8],
+    id: u16,
+    name: &WireName,
+    qtype: u16,
+) -> Result<Result<Answer, DnsError>, NotOurs> {
+    let mut r = Reader { msg, pos: 0 };
+    let header =
+        (|| Ok::<_, DnsError>((r.u16()?, r.u16()?, r.u16()?, r.u16()?, r.u16()?, r.u16()?)))();
+    let Ok((rid, flags, qd, an, _ns, _ar)) = header else {
+        return Err(NotOurs);
+    };
+    let is_reply = flags & 0x8000 != 0;
+    let opcode = (flags >> 11) & 0xF;
+    if rid != id || !is_reply || opcode != 0 || qd != 1 {
+        return Err(NotOurs);
+    }
+    let question = (|| Ok::<_, DnsError>((r.name()?, r.u16()?, r.u16()?)))();
+    match question {
+        Ok((qname, t, c)) if qname == *name && t == qtype && c == CLASS_IN => {}
+        _ => return Err(NotOurs),
+    }
+    if flags & 0x0200 != 0 {
+        return Ok(Ok(Answer::Truncated));
+    }
+    let rcode = match flags & 0xF {
+        0 => None,
+        3 => return Ok(Ok(Answer::NxDomain)),
+        1 => Some("FORMERR"),
+        2 => Some("SERVFAIL"),
+        4 => Some("NOTIMP"),
+        5 => Some("REFUSED"),
+        _ => Some("an unknown error"),
+    };
+    if let Some(rcode) = rcode {
+        return Ok(Err(DnsError::Rcode {
+            server: SocketAddr::from(([0, 0, 0, 0], 0)),
+            rcode,
+        }));
+    }
+    Ok(answers(&mut r, an, name, qtype))
+}
+
+fn answers(
+    r: &mut Reader<'_>,
+    count: u16,
+    name: &WireName,
+    qtype: u16,
+) -> Result<Answer, DnsError> {
+    let mut records = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let owner = r.name()?;
+        let rtype = r.u16()?;
+        let class = r.u16()?;
+        // RFC 2181 §8: a TTL with the top bit set is treated as zero.
+        let ttl = match r.u32()? {
+            t if t > i32::MAX as u32 => 0,
+            t => t,
+        };
+        let len = usize::from(r.u16()?);
+        let start = r.pos;
+        r.bytes(len)?;
+        if class == CLASS_IN {
+            records.push(Record {
+                owner,
+                rtype,
+                ttl,
+                data: (start, len),
+            });
+        }
+    }
+    let mut current = name.clone();
+    let mut ttl = u32::MAX;
+    for _ in 0..=MAX_CHAIN {
+        let mut addrs = Vec::new();
+        for rec in records
+            .iter()
+            .filter(|x| x.owner == current && x.rtype == qtype)
+        {
+            let data = &r.msg[rec.data.0..rec.data.0 + rec.data.1];
+            let ip = match (qtype, data.len()) {
+                (TYPE_A, 4) => IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3])),
+                (TYPE_AAAA, 16) => {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(data);
+                    IpAddr::V6(Ipv6Addr::from(b))
+                }
+                _ => return Err(DnsError::Malformed("address of the wrong length")),
+            };
+            ttl = ttl.min(rec.ttl);
+            addrs.push(ip);
+        }
+        if !addrs.is_empty() {
+            return Ok(Answer::Addrs(addrs, ttl));
+        }
+        let Some(cname) = records
+            .iter()
+            .find(|x| x.owner == current && x.rtype == TYPE_CNAME)
+        else {
+            return Ok(Answer::NoData);
+        };
+        ttl = ttl.min(cname.ttl);
+        let mut at = Reader {
+            msg: r.msg,
+            pos: cname.data.0,
+        };
+        current = at.name()?;
+    }
+    Err(DnsError::Malformed("CNAME chain too long"))
+}
+
+/// Asks DNS servers, one after the other, until one answers.
+#[derive(Debug, Clone)]
+pub struct DnsClient {
+    /// The servers, tried in order.
+    pub servers: Vec<SocketAddr>,
+    /// How long one server gets per attempt.
+    pub timeout: Duration,
+    /// Rounds over the servers.
+    pub attempts: u32,
+}
+
+impl DnsClient {
+    async fn query(&self, name: &WireName, qtype: u16) -> Result<Answer, DnsError> {
+        let mut last = DnsError::Timeout(
+            self.servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        for _ in 0..self.attempts.max(1) {
+            for server in &self.servers {
+                match self.ask(*server, name, qtype).await {
+                    Ok(a) => return Ok(a),
+                    // An error code is an answer; another server may do
+                    // better (as the C library does on SERVFAIL).
+                    Err(e) => last = e,
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn ask(
+        &self,
+        server: SocketAddr,
+        name: &WireName,
+        qtype: u16,
+    ) -> Result<Answer, DnsError> {
+        let id: u16 = rand::random();
+        let query = encode_query(id, name, qtype);
+        let io = |e: std::io::Error| DnsError::Io(format!("{server}: {e}"));
+        let udp = async {
+            let local: SocketAddr = if server.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let sock = UdpSocket::bind(local).await.map_err(io)?;
+            sock.connect(server).await.map_err(io)?;
+            sock.send(&query).await.map_err(io)?;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = sock.recv(&mut buf).await.map_err(io)?;
+                if let Ok(answer) = parse_reply(&buf[..n], id, name, qtype) {
+                    return answer;
+                }
+            }
+        };
+        let answer = tokio::time::timeout(self.timeout, udp)
+            .await
+            .map_err(|_| DnsError::Timeout(server.to_string()))?;
+        let answer = match answer {
+            Ok(Answer::Truncated) => {
+                tokio::time::timeout(self.timeout, self.ask_tcp(server, &query, id, name, qtype))
+                    .await
+                    .map_err(|_| DnsError::Timeout(server.to_string()))?
+            }
+            other => other,
+        };
+        answer.map_err(|e| match e {
+            DnsError::Rcode { rcode, .. } => DnsError::Rcode { server, rcode },
+            e => e,
+        })
+    }
+
+    async fn ask_tcp(
+        &self,
+        server: SocketAddr,
+        query: &[u8],
+        id: u16,
+        name: &WireName,
+        qtype: u16,
+    ) -> Result<Answer, DnsError> {
+        let io = |e: std::io::Error| DnsError::Io(format!("{server} (tcp): {e}"));
+        let mut stream = TcpStream::connect(server).await.map_err(io)?;
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await.map_err(io)?;
+        let len = usize::from(stream.read_u16().await.map_err(io)?);
+        let mut buf = vec![0u8; len];
+        stream.read_exact(&mut buf).await.map_err(io)?;
+        match parse_reply(&buf, id, name, qtype) {
+            Ok(Ok(Answer::Truncated)) => Err(DnsError::Malformed("truncated over TCP")),
+            Ok(answer) => answer,
+            Err(NotOurs) => Err(DnsError::Malformed("the TCP reply is for another query")),
+        }
+    }
+
+    /// The A and AAAA addresses of `name` (asked at once) and the smallest
+    /// TTL among the records that gave them. `Ok(None)` when the name has
+    /// no address.
+    async fn addresses(&self, name: &WireName) -> Result<Option<(Vec<IpAddr>, u32)>, DnsError> {
+        let (a, aaaa) = tokio::join!(self.query(name, TYPE_A), self.query(name, TYPE_AAAA));
+        let mut addrs = Vec::new();
+        let mut ttl = u32::MAX;
+        let mut error = None;
+        for answer in [a, aaaa] {
+            match answer {
+                Ok(Answer::Addrs(found, t)) => {
+                    addrs.extend(found);
+                    ttl = ttl.min(t);
+                }
+                Ok(_) => {}
+                Err(e) => error = Some(e),
+            }
+        }
+        match error {
+            // One family answered: use it (the other's trouble is logged by
+            // the next resolution if it persists and nothing answers).
+            _ if !addrs.is_empty() => Ok(Some((addrs, ttl))),
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What `/etc/resolv.conf` says (the parts a stub resolver uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvConf {
+    /// `nameserver` lines (at most three, as the C library).
+    pub nameservers: Vec<SocketAddr>,
+    /// `search` (or `domain`) suffixes.
+    pub search: Vec<String>,
+    /// `options ndots:N`.
+    pub ndots: usize,
+    /// `options timeout:N`.
+    pub timeout: Duration,
+    /// `options attempts:N`.
+    pub attempts: u32,
+}
+
+impl ResolvConf {
+    /// Parses resolv.conf text; unknown lines are ignored, as the C library
+    /// does.
+    pub fn parse(text: &str) -> Self {
+        let mut conf = ResolvConf {
+            nameservers: Vec::new(),
+            search: Vec::new(),
+            ndots: 1,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        };
+        for line in text.lines() {
+            let line = line.split(['#', ';']).next().unwrap_or("");
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => {
+                    let addr = words.next().and_then(|w| {
+                        // A scoped IPv6 address (`fe80::1%eth0`) keeps its
+                        // address; the scope cannot be honoured here.
+                        w.split('%').next()?.parse::<IpAddr>().ok()
+                    });
+                    if let Some(ip) = addr
+                        && conf.nameservers.len() < 3
+                    {
+                        conf.nameservers.push(SocketAddr::new(ip, 53));
+                    }
+                }
+                Some("search") => {
+                    conf.search = words
+                        .filter(|w| check_name(w).is_ok())
+                        .map(|w| w.trim_end_matches('.').to_owned())
+                        .collect();
+                }
+                Some("domain") => {
+                    conf.search = words
+                        .next()
+                        .filter(|w| check_name(w).is_ok())
+                        .map(|w| vec![w.trim_end_matches('.').to_owned()])
+                        .unwrap_or_default();
+                }
+                Some("options") => {
+                    for opt in words {
+                        let (key, value) = opt.split_once(':').unwrap_or((opt, ""));
+                        let n = value.parse::<u64>().ok();
+                        match (key, n) {
+                            ("ndots", Some(n)) => conf.ndots = n.min(15) as usize,
+                            ("timeout", Some(n)) => {
+                                conf.timeout = Duration::from_secs(n.clamp(1, 30));
+                            }
+                            ("attempts", Some(n)) => conf.attempts = n.clamp(1, 5) as u32,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        conf
+    }
+
+    /// The names to try for `name`, in order: as given first when it has
+    /// at least `ndots` dots, after the search suffixes otherwise; a name
+    /// ending in `.` is only tried as given.
+    pub fn candidates(&self, name: &str) -> Vec<String> {
+        if name.ends_with('.') {
+            return vec![name.to_owned()];
+        }
+        let suffixed = self.search.iter().map(|s| format!("{name}.{s}"));
+        if name.matches('.').count() >= self.ndots {
+            std::iter::once(name.to_owned()).chain(suffixed).collect()
+        } else {
+            suffixed.chain(std::iter::once(name.to_owned())).collect()
+        }
+    }
+}
+
+/// Resolves names with DNS, reporting TTLs: through the given nameservers,
+/// or — when none are given — like the C library would (the hosts file
+/// first, then the nameservers, search list and options of
+/// `/etc/resolv.conf`, both read on every resolution), falling back to
+/// `getaddrinfo` if resolv.conf names no nameserver.
+#[derive(Debug, Clone)]
+pub struct DnsResolver {
+    /// Explicit nameservers: no hosts file, no search list.
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-server timeout with explicit nameservers.
+    pub timeout: Duration,
+    /// The system's resolver configuration.
+    pub resolv_conf: PathBuf,
+    /// The system's hosts file.
+    pub hosts: PathBuf,
+}
+
+impl DnsResolver {
+    /// Through these nameservers.
+    pub fn with_nameservers(nameservers: Vec<SocketAddr>, timeout: Duration) -> Self {
+        Self {
+            nameservers,
+            timeout,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            hosts: PathBuf::from("/etc/hosts"),
+        }
+    }
+
+    /// Like the system would.
+    pub fn system() -> Self {
+        Self::with_nameservers(Vec::new(), Duration::from_secs(2))
+    }
+
+    async fn lookup(
+        client: &DnsClient,
+        candidates: &[String],
+    ) -> Result<Option<(Vec<IpAddr>, u32)>, DnsError> {
+        let mut error = None;
+        for candidate in candidates {
+            let wire = WireName::parse(candidate)?;
+            match client.addresses(&wire).await {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
+                Err(e) => error = Some(e),
+            }
+        }
+        error.map_or(Ok(None), Err)
+    }
+}
+
+#[async_trait::async_trait]
+impl Resolve for DnsResolver {
+    async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError> {
+        let dns_error = |e: DnsError| DiscoveryError::Dns {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        };
+        let (client, candidates) = if self.nameservers.is_empty() {
+            if let Ok(text) = tokio::fs::read_to_string(&self.hosts).await {
+                let addrs = hosts_lookup(&text, name.trim_end_matches('.'));
+                if !addrs.is_empty() {
+                    return Ok(Resolved { addrs, ttl: None });
+                }
+            }
+            let conf = tokio::fs::read_to_string(&self.resolv_conf)
+                .await
+                .map(|t| ResolvConf::parse(&t))
+                .ok()
+                .filter(|c| !c.nameservers.is_empty());
+            let Some(conf) = conf else {
+                return SystemResolver.resolve(name).await;
+            };
+            let client = DnsClient {
+                servers: conf.nameservers.clone(),
+                timeout: conf.timeout,
+                attempts: conf.attempts,
+            };
+            (client, conf.candidates(name))
+        } else {
+            let client = DnsClient {
+                servers: self.nameservers.clone(),
+                timeout: self.timeout,
+                attempts: 2,
+            };
+            (client, vec![name.to_owned()])
+        };
+        match Self::lookup(&client, &candidates)
+            .await
+            .map_err(dns_error)?
+        {
+            Some((mut addrs, ttl)) => {
+                addrs.sort();
+                addrs.dedup();
+                Ok(Resolved {
+                    addrs,
+                    ttl: Some(Duration::from_secs(u64::from(ttl))),
+                })
+            }
+            None => Err(DiscoveryError::NoAddress(name.to_owned())),
+        }
+    }
+}
+
+/// Parses `ip`, `ip:port` or `[ipv6]:port` (port 53 when absent).
+pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    Err(format!(
+        "nameserver {s:?} is not an IP address (`10.0.0.2`, `10.0.0.2:53`, `[::1]:53`)"
+    ))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds DNS replies for tests (and the in-test DNS servers).
+    pub(crate) struct ReplyBuilder {
+        msg: Vec<u8>,
+        answers: u16,
+    }
+
+    impl ReplyBuilder {
+        /// A reply to `query` with `rcode`, echoing its id and question.
+        pub(crate) fn new(query: &[u8], rcode: u8, truncated: bool) -> Self {
+            let qend = question_end(query);
+            let mut msg = Vec::new();
+            msg.extend_from_slice(&query[0..2]);
+            let mut flags = 0x8180u16 | u16::from(rcode);
+            if truncated {
+                flags |= 0x0200;
+            }
+            msg.extend_from_slice(&flags.to_be_bytes());
+            msg.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+            msg.extend_from_slice(&query[12..qend]);
+            Self { msg, answers: 0 }
+        }
+
+        /// Adds a record; `owner` is a pointer to the question name when
+        /// `None`.
+        pub(crate) fn record(
+            mut self,
+            owner: Option<&str>,
+            rtype: u16,
+            ttl: u32,
+            data: &[u8],
+        ) -> Self {
+            match owner {
+                None => self.msg.extend_from_slice(&[0xC0, 12]),
+                Some(n) => self.msg.extend_from_slice(&WireName::parse(n).unwrap().0),
+            }
+            self.msg.extend_from_slice(&rtype.to_be_bytes());
+            self.msg.extend_from_slice(&CLASS_IN.to_be_bytes());
+            self.msg.extend_from_slice(&ttl.to_be_bytes());
+            self.msg
+                .extend_from_slice(&(data.len() as u16).to_be_bytes());
+            self.msg.extend_from_slice(data);
+            self.answers += 1;
+            self
+        }
+
+        pub(crate) fn build(mut self) -> Vec<u8> {
+            self.msg[6..8].copy_from_slice(&self.answers.to_be_bytes());
+            self.msg
+        }
+    }
+
+    fn question_end(query: &[u8]) -> usize {
+        let mut at = 12;
+        while query[at] != 0 {
+            at += 1 + query[at] as usize;
+        }
+        at + 5
+    }
+
+    /// The question type of a query.
+    pub(crate) fn qtype(query: &[u8]) -> u16 {
+        let end = question_end(query);
+        u16::from_be_bytes([query[end - 4], query[end - 3]])
+    }
+
+    fn name(s: &str) -> WireName {
+        WireName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn names_are_checked_and_lower_cased() {
+        assert_eq!(name("Api.Internal.").0, b"\x03api\x08internal\x00");
+        for (bad, why) in [
+            ("", "empty"),
+            ("a..b", "empty label"),
+            ("a b", "only letters"),
+            (&"x".repeat(64), "63"),
+            (&["abcdefghij"; 30].join("."), "255"),
+        ] {
+            let e = check_name(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn replies_are_read_with_ttls_and_cname_chains() {
+        let q = encode_query(7, &name("api.internal"), TYPE_A);
+        assert_eq!(qtype(&q), TYPE_A);
+        // Two addresses: the smaller TTL wins.
+        let reply = ReplyBuilder::new(&q, 0, false)
+            .record(None, TYPE_A, 30, &[10, 0, 0, 1])
+            .record(None, TYPE_A, 20, &[10, 0, 0, 2])
+            .build();
+        assert_eq!(
+            parse_reply(&reply, 7, &name("api.internal"), TYPE_A),
+            Ok(Ok(Answer::Addrs(
+                vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+                20
+            )))
+        );
+        // CNAME → CNAME → A: the chain's smallest TTL, records of other
+        // names ignored.
+        let reply = ReplyBuilder::new(&q, 0, false)
+            .record(Some("other.example"), TYPE_A, 1, &[192, 0, 2, 9])
+            .record(None, TYPE_CNAME, 15, &name("lb.example").0)
+            .record(Some("lb.example"), TYPE_CNAME, 40, &name("node.example").0)
+            .record(Some("NODE.example"), TYPE_A, 60, &[10, 0, 0, 3])
+            .build();
+        assert_eq!(
+            parse_reply(&reply, 7, &name("api.internal"), TYPE_A),
+            Ok(Ok(Answer::Addrs(vec!["10.0.0.3".parse().unwrap()], 15)))
+        );
+        // A CNAME to nowhere is no data; NXDOMAIN and SERVFAIL are told apart.
+        let dangling = ReplyBuilder::new(&q, 0, false)
+            .record(None, TYPE_CNAME, 15, &name("gone.example").0)
+            .build();
+        assert_eq!(
+            parse_reply(&dangling, 7, &name("api.internal"), TYPE_A),
+            Ok(Ok(Answer::NoData))
+        );
+        let nx = ReplyBuilder::new(&q, 3, false).build();
+        assert_eq!(
+            parse_reply(&nx, 7, &name("api.internal"), TYPE_A),
+            Ok(Ok(Answer::NxDomain))
+        );
+        let fail = ReplyBuilder::new(&q, 2, false).build();
+        assert!(matches!(
+            parse_reply(&fail, 7, &name("api.internal"), TYPE_A),
+            Ok(Err(DnsError::Rcode {
+                rcode: "SERVFAIL",
+                ..
+            }))
+        ));
+        // AAAA, and a TTL with the top bit set counts as zero.
+        let q6 = encode_query(8, &name("api.internal"), TYPE_AAAA);
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        let reply = ReplyBuilder::new(&q6, 0, false)
+            .record(None, TYPE_AAAA, 0x8000_0000, &v6)
+            .build();
+        assert_eq!(
+            parse_reply(&reply, 8, &name("api.internal"), TYPE_AAAA),
+            Ok(Ok(Answer::Addrs(vec!["::1".parse().unwrap()], 0)))
+        );
+    }
+
+    #[test]
+    fn replies_for_other_queries_or_malformed_are_refused() {
+        let q = encode_query(7, &name("api.internal"), TYPE_A);
+        let reply = ReplyBuilder::new(&q, 0, false)
+            .record(None, TYPE_A, 30, &[10, 0, 0, 1])
+            .build();
+        // Another id, another question, a query instead of a reply.
+        assert_eq!(
+            parse_reply(&reply, 8, &name("api.internal"), TYPE_A),
+            Err(NotOurs)
+        );
+        assert_eq!(
+            parse_reply(&reply, 7, &name("evil.example"), TYPE_A),
+            Err(NotOurs)
+        );
+        assert_eq!(
+            parse_reply(&reply, 7, &name("api.internal"), TYPE_AAAA),
+            Err(NotOurs)
+        );
+        assert_eq!(
+            parse_reply(&q, 7, &name("api.internal"), TYPE_A),
+            Err(NotOurs)
+        );
+        assert_eq!(
+            parse_reply(&reply[..5], 7, &name("api.internal"), TYPE_A),
+            Err(NotOurs)
+        );
+        // Cut inside the answer; an A record of the wrong length; a
+        // compression pointer loop.
+        let cut = &reply[..reply.len() - 2];
+        assert!(matches!(
+            parse_reply(cut, 7, &name("api.internal"), TYPE_A),
+            Ok(Err(DnsError::Malformed(_)))
+        ));
+        let wrong = ReplyBuilder::new(&q, 0, false)
+            .record(None, TYPE_A, 30, &[10, 0, 0])
+            .build();
+        assert!(matches!(
+            parse_reply(&wrong, 7, &name("api.internal"), TYPE_A),
+            Ok(Err(DnsError::Malformed(_)))
+        ));
+        let mut looped = ReplyBuilder::new(&q, 0, false)
+            .record(None, TYPE_A, 30, &[10, 0, 0, 1])
+            .build();
+        let owner = 12 + name("api.internal").0.len() + 4;
+        let here = owner as u8;
+        looped[owner..owner + 2].copy_from_slice(&[0xC0, here]);
+        assert_eq!(
+            parse_reply(&looped, 7, &name("api.internal"), TYPE_A),
+            Ok(Err(DnsError::Malformed("compression loop")))
+        );
+        // Truncated replies ask for TCP.
+        let tc = ReplyBuilder::new(&q, 0, true).build();
+        assert_eq!(
+            parse_reply(&tc, 7, &name("api.internal"), TYPE_A),
+            Ok(Ok(Answer::Truncated))
+        );
+    }
+
+    #[test]
+    fn resolv_conf_is_read_like_the_c_library() {
+        let conf = ResolvConf::parse(
+            "# comment\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver bogus\n\
+             domain old.example\nsearch svc.cluster.local cluster.local ; trailing\n\
+             options ndots:5 timeout:3 attempts:9 rotate\n\
+             nameserver 10.0.0.3\nnameserver 10.0.0.4\n",
+        );
+        let ns: Vec<SocketAddr> = ["10.0.0.2:53", "[fe80::1]:53", "10.0.0.3:53"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(conf.nameservers, ns, "at most three, bad ones skipped");
+        assert_eq!(conf.search, vec!["svc.cluster.local", "cluster.local"]);
+        assert_eq!(conf.ndots, 5);
+        assert_eq!(conf.timeout, Duration::from_secs(3));
+        assert_eq!(conf.attempts, 5, "capped");
+        assert_eq!(
+            conf.candidates("api"),
+            vec!["api.svc.cluster.local", "api.cluster.local", "api"]
+        );
+        assert_eq!(conf.candidates("api.example."), vec!["api.example."]);
+        let one_dot = ResolvConf::parse("search corp.example\n");
+        assert_eq!(
+            one_dot.candidates("api.internal"),
+            vec!["api.internal", "api.internal.corp.example"],
+            "enough dots: as given first"
+        );
+        assert_eq!(one_dot.nameservers, Vec::<SocketAddr>::new());
+    }
+
+    #[test]
+    fn nameservers_parse_with_and_without_ports() {
+        assert_eq!(
+            parse_nameserver("10.0.0.2"),
+            Ok("10.0.0.2:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_nameserver("10.0.0.2:5353"),
+            Ok("10.0.0.2:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_nameserver("[::1]:54"),
+            Ok("[::1]:54".parse().unwrap())
+        );
+        assert_eq!(parse_nameserver("::1"), Ok("[::1]:53".parse().unwrap()));
+        assert!(
+            parse_nameserver("dns.example")
+                .unwrap_err()
+                .contains("not an IP")
+        );
+    }
+
+    /// A UDP server answering 42-second A records, after sending a
+    /// spoofed reply (another address, the wrong id); truncated when `tc`, with the
+    /// full answer over TCP on the same port.
+    async fn server(tc: bool) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let answer = |q: &[u8]| match qtype(q) {
+            TYPE_A => ReplyBuilder::new(q, 0, false)
+                .record(None, TYPE_A, 42, &[10, 0, 0, 7])
+                .build(),
+            _ => ReplyBuilder::new(q, 0, false).build(),
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let q = &buf[..n];
+                // Another address under the wrong id: must be ignored.
+                let mut spoof = ReplyBuilder::new(q, 0, false)
+                    .record(None, qtype(q), 42, &[10, 6, 6, 6])
+                    .build();
+                spoof[0] ^= 0xFF;
+                let _ = udp.send_to(&spoof, from).await;
+                let reply = if tc {
+                    ReplyBuilder::new(q, 0, true).build()
+                } else {
+                    answer(q)
+                };
+                let _ = udp.send_to(&reply, from).await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let len = s.read_u16().await.unwrap() as usize;
+                let mut q = vec![0u8; len];
+                s.read_exact(&mut q).await.unwrap();
+                let reply = answer(&q);
+                s.write_u16(reply.len() as u16).await.unwrap();
+                s.write_all(&reply).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_real_exchange_over_udp_and_tcp() {
+        for tc in [false, true] {
+            let addr = server(tc).await;
+            let r = DnsResolver::with_nameservers(vec![addr], Duration::from_secs(2));
+            let got = r.resolve("api.internal").await.unwrap();
+            assert_eq!(
+                got,
+                Resolved {
+                    addrs: vec!["10.0.0.7".parse().unwrap()],
+                    ttl: Some(Duration::from_secs(42)),
+                },
+                "truncated: {tc}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_and_the_next_one_answers() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let good = server(false).await;
+        let r = DnsResolver::with_nameservers(
+            vec![silent.local_addr().unwrap(), good],
+            Duration::from_millis(200),
+        );
+        let got = r.resolve("api.internal").await.unwrap();
+        assert_eq!(got.addrs, vec!["10.0.0.7".parse::<IpAddr>().unwrap()]);
+        let only_silent = DnsResolver::with_nameservers(
+            vec![silent.local_addr().unwrap()],
+            Duration::from_millis(100),
+        );
+        let e = only_silent
+            .resolve("api.internal")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api.internal"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_system_way_reads_hosts_then_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        let conf = dir.path().join("resolv.conf");
+        std::fs::write(&hosts, "10.9.9.9 pinned.internal\n").unwrap();
+        // resolv.conf cannot name a port, so it points at a loopback
+        // address where nothing listens on 53: the hosts file must win
+        // for its names, and other names must go to that nameserver (and
+        // fail with a DNS error naming it, not fall back to the C library).
+        std::fs::write(
+            &conf,
+            "nameserver 127.0.0.254\noptions timeout:1 attempts:1\n",
+        )
+        .unwrap();
+        let r = DnsResolver {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(1),
+            resolv_conf: conf.clone(),
+            hosts: hosts.clone(),
+        };
+        let pinned = r.resolve("pinned.internal").await.unwrap();
+        assert_eq!(pinned.addrs, vec!["10.9.9.9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(pinned.ttl, None, "hosts entries have no TTL");
+        let e = r.resolve("elsewhere.internal").await.unwrap_err();
+        assert!(matches!(e, DiscoveryError::Dns { .. }), "{e:?}");
+        // No nameserver in resolv.conf: the C library answers (here from
+        // the machine's own hosts file, which always has localhost).
+        std::fs::write(&conf, "# no nameserver\n").unwrap();
+        let local = r.resolve("localhost").await.unwrap();
+        assert!(local.addrs.iter().all(|a| a.is_loopback()) && !local.addrs.is_empty());
+        assert_eq!(local.ttl, None);
+    }
+}
