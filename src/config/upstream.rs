@@ -70,6 +70,30 @@ pub enum Balance {
     Hash,
 }
 
+/// The address families a DNS name contributes targets from.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressFamily {
+    /// A and AAAA.
+    #[default]
+    Any,
+    /// A only (a host without IPv6 routes).
+    Ipv4,
+    /// AAAA only.
+    Ipv6,
+}
+
+impl AddressFamily {
+    /// Whether `ip` is of an admitted family.
+    pub fn admits(self, ip: &std::net::IpAddr) -> bool {
+        match self {
+            AddressFamily::Any => true,
+            AddressFamily::Ipv4 => ip.is_ipv4(),
+            AddressFamily::Ipv6 => ip.is_ipv6(),
+        }
+    }
+}
+
 /// What happens when no target is healthy.
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -272,6 +296,9 @@ pub struct DnsSpec {
     /// those of `/etc/resolv.conf` (no search list is applied then).
     #[serde(default)]
     pub nameservers: Vec<String>,
+    /// `any`, `ipv4` (A records only) or `ipv6` (AAAA only).
+    #[serde(default)]
+    pub family: AddressFamily,
     /// How long one nameserver gets to answer one query.
     #[serde(default = "dns_timeout")]
     pub timeout: Dur,

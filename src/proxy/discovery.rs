@@ -238,25 +238,38 @@ pub fn next_resolution(ttl: Option<Duration>, min_ttl: Duration, max_ttl: Durati
     ttl.unwrap_or(min_ttl).clamp(min_ttl, max_ttl.max(min_ttl))
 }
 
+/// The targets `spec`'s name resolves to (of its address family), and the
+/// answer's TTL when known; no address is an error (the last good set
+/// stays).
+async fn resolve_targets(
+    spec: &DnsSpec,
+    resolver: &dyn Resolve,
+) -> (Result<Vec<(String, u32)>, DiscoveryError>, Option<Duration>) {
+    match resolver.resolve(&spec.name).await {
+        Ok(mut r) => {
+            r.addrs.retain(|a| spec.family.admits(a));
+            if r.addrs.is_empty() {
+                (Err(DiscoveryError::NoAddress(spec.name.clone())), None)
+            } else {
+                (Ok(dns_targets(spec, &r.addrs)), r.ttl)
+            }
+        }
+        Err(e) => (Err(e), None),
+    }
+}
+
 /// Keeps `upstream`'s targets in step with its source until `stop`.
 pub(crate) async fn run(upstream: Arc<Upstream>, source: Source, mut stop: watch::Receiver<bool>) {
     let mut last: Option<Vec<(String, u32)>> = upstream.state.discovered();
     loop {
         let (found, wait) = match &source {
             Source::Dns { spec, resolver } => {
-                let r = resolver.resolve(&spec.name).await.and_then(|r| {
-                    if r.addrs.is_empty() {
-                        Err(DiscoveryError::NoAddress(spec.name.clone()))
-                    } else {
-                        Ok(r)
-                    }
-                });
-                let ttl = r.as_ref().ok().and_then(|r| r.ttl);
+                let (found, ttl) = resolve_targets(spec, resolver.as_ref()).await;
                 let wait = next_resolution(ttl, spec.min_ttl.0, spec.max_ttl.0);
                 tracing::debug!(target: LOG_TARGET, upstream = %upstream.name, name = %spec.name,
                     ttl_ms = ttl.map(|t| t.as_millis() as u64), next_in_ms = wait.as_millis() as u64,
                     "resolved");
-                (r.map(|r| dns_targets(spec, &r.addrs)), wait)
+                (found, wait)
             }
             Source::File { path, every } => {
                 let path = path.clone();
@@ -379,6 +392,37 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn resolved_addresses_are_filtered_by_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "10.0.0.1 api\n::1 api\n::2 v6only\n").unwrap();
+        let resolver = HostsFile(hosts);
+        let mut spec = DnsSpec {
+            name: "api".into(),
+            port: 80,
+            scheme: "http".into(),
+            min_ttl: crate::config::Dur(Duration::from_secs(1)),
+            max_ttl: crate::config::Dur(Duration::from_secs(60)),
+            hosts_file: None,
+            nameservers: Vec::new(),
+            family: crate::config::AddressFamily::Ipv4,
+            timeout: crate::config::Dur(Duration::from_secs(2)),
+        };
+        let (found, ttl) = resolve_targets(&spec, &resolver).await;
+        assert_eq!(found.unwrap(), vec![("http://10.0.0.1:80".to_owned(), 1)]);
+        assert_eq!(ttl, None);
+        spec.family = crate::config::AddressFamily::Any;
+        assert_eq!(resolve_targets(&spec, &resolver).await.0.unwrap().len(), 2);
+        spec.name = "v6only".into();
+        spec.family = crate::config::AddressFamily::Ipv4;
+        let (found, _) = resolve_targets(&spec, &resolver).await;
+        assert!(
+            matches!(found, Err(DiscoveryError::NoAddress(_))),
+            "{found:?}"
+        );
+    }
+
     #[test]
     fn dns_answers_become_urls() {
         let spec = DnsSpec {
@@ -389,6 +433,7 @@ mod tests {
             max_ttl: crate::config::Dur(Duration::from_secs(60)),
             hosts_file: None,
             nameservers: Vec::new(),
+            family: Default::default(),
             timeout: crate::config::Dur(Duration::from_secs(2)),
         };
         let addrs: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()];

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::discovery::{DiscoveryError, Resolve, Resolved, SystemResolver, hosts_lookup};
+use crate::config::AddressFamily;
 
 const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
@@ -436,8 +437,22 @@ impl DnsClient {
     /// The A and AAAA addresses of `name` (asked at once) and the smallest
     /// TTL among the records that gave them. `Ok(None)` when the name has
     /// no address.
-    async fn addresses(&self, name: &WireName) -> Result<Option<(Vec<IpAddr>, u32)>, DnsError> {
-        let (a, aaaa) = tokio::join!(self.query(name, TYPE_A), self.query(name, TYPE_AAAA));
+    async fn addresses(
+        &self,
+        name: &WireName,
+        family: AddressFamily,
+    ) -> Result<Option<(Vec<IpAddr>, u32)>, DnsError> {
+        let ask = |qtype, wanted: bool| async move {
+            if wanted {
+                self.query(name, qtype).await
+            } else {
+                Ok(Answer::NoData)
+            }
+        };
+        let (a, aaaa) = tokio::join!(
+            ask(TYPE_A, family != AddressFamily::Ipv6),
+            ask(TYPE_AAAA, family != AddressFamily::Ipv4)
+        );
         let mut addrs = Vec::new();
         let mut ttl = u32::MAX;
         let mut error = None;
@@ -567,6 +582,8 @@ pub struct DnsResolver {
     pub resolv_conf: PathBuf,
     /// The system's hosts file.
     pub hosts: PathBuf,
+    /// Which records are asked for.
+    pub family: AddressFamily,
 }
 
 impl DnsResolver {
@@ -577,6 +594,7 @@ impl DnsResolver {
             timeout,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             hosts: PathBuf::from("/etc/hosts"),
+            family: AddressFamily::Any,
         }
     }
 
@@ -586,13 +604,14 @@ impl DnsResolver {
     }
 
     async fn lookup(
+        &self,
         client: &DnsClient,
         candidates: &[String],
     ) -> Result<Option<(Vec<IpAddr>, u32)>, DnsError> {
         let mut error = None;
         for candidate in candidates {
             let wire = WireName::parse(candidate)?;
-            match client.addresses(&wire).await {
+            match client.addresses(&wire, self.family).await {
                 Ok(Some(found)) => return Ok(Some(found)),
                 Ok(None) => {}
                 Err(e) => error = Some(e),
@@ -638,10 +657,7 @@ impl Resolve for DnsResolver {
             };
             (client, vec![name.to_owned()])
         };
-        match Self::lookup(&client, &candidates)
-            .await
-            .map_err(dns_error)?
-        {
+        match self.lookup(&client, &candidates).await.map_err(dns_error)? {
             Some((mut addrs, ttl)) => {
                 addrs.sort();
                 addrs.dedup();
@@ -673,18 +689,20 @@ pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     /// Builds DNS replies for tests (and the in-test DNS servers).
-    pub(crate) struct ReplyBuilder {
+    struct ReplyBuilder {
         msg: Vec<u8>,
         answers: u16,
     }
 
     impl ReplyBuilder {
         /// A reply to `query` with `rcode`, echoing its id and question.
-        pub(crate) fn new(query: &[u8], rcode: u8, truncated: bool) -> Self {
+        fn new(query: &[u8], rcode: u8, truncated: bool) -> Self {
             let qend = question_end(query);
             let mut msg = Vec::new();
             msg.extend_from_slice(&query[0..2]);
@@ -700,13 +718,7 @@ pub(crate) mod tests {
 
         /// Adds a record; `owner` is a pointer to the question name when
         /// `None`.
-        pub(crate) fn record(
-            mut self,
-            owner: Option<&str>,
-            rtype: u16,
-            ttl: u32,
-            data: &[u8],
-        ) -> Self {
+        fn record(mut self, owner: Option<&str>, rtype: u16, ttl: u32, data: &[u8]) -> Self {
             match owner {
                 None => self.msg.extend_from_slice(&[0xC0, 12]),
                 Some(n) => self.msg.extend_from_slice(&WireName::parse(n).unwrap().0),
@@ -721,7 +733,7 @@ pub(crate) mod tests {
             self
         }
 
-        pub(crate) fn build(mut self) -> Vec<u8> {
+        fn build(mut self) -> Vec<u8> {
             self.msg[6..8].copy_from_slice(&self.answers.to_be_bytes());
             self.msg
         }
@@ -736,7 +748,7 @@ pub(crate) mod tests {
     }
 
     /// The question type of a query.
-    pub(crate) fn qtype(query: &[u8]) -> u16 {
+    fn qtype(query: &[u8]) -> u16 {
         let end = question_end(query);
         u16::from_be_bytes([query[end - 4], query[end - 3]])
     }
@@ -934,26 +946,37 @@ pub(crate) mod tests {
         );
     }
 
-    /// A UDP server answering 42-second A records, after sending a
-    /// spoofed reply (another address, the wrong id); truncated when `tc`, with the
-    /// full answer over TCP on the same port.
-    async fn server(tc: bool) -> SocketAddr {
+    /// A UDP server answering 42-second A (10.0.0.7) and AAAA (::7)
+    /// records, after sending a spoofed reply (another address, the wrong
+    /// id); truncated when `tc`, with the full answer over TCP on the same
+    /// port. The question types asked are logged.
+    async fn server(tc: bool) -> (SocketAddr, Arc<Mutex<Vec<u16>>>) {
         let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = udp.local_addr().unwrap();
         let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
         let answer = |q: &[u8]| match qtype(q) {
             TYPE_A => ReplyBuilder::new(q, 0, false)
                 .record(None, TYPE_A, 42, &[10, 0, 0, 7])
                 .build(),
-            _ => ReplyBuilder::new(q, 0, false).build(),
+            _ => ReplyBuilder::new(q, 0, false)
+                .record(
+                    None,
+                    TYPE_AAAA,
+                    42,
+                    &Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 7).octets(),
+                )
+                .build(),
         };
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = udp.recv_from(&mut buf).await {
                 let q = &buf[..n];
+                log.lock().unwrap().push(qtype(q));
                 // Another address under the wrong id: must be ignored.
                 let mut spoof = ReplyBuilder::new(q, 0, false)
-                    .record(None, qtype(q), 42, &[10, 6, 6, 6])
+                    .record(None, TYPE_A, 42, &[10, 6, 6, 6])
                     .build();
                 spoof[0] ^= 0xFF;
                 let _ = udp.send_to(&spoof, from).await;
@@ -975,22 +998,49 @@ pub(crate) mod tests {
                 s.write_all(&reply).await.unwrap();
             }
         });
-        addr
+        (addr, asked)
     }
 
     #[tokio::test]
     async fn a_real_exchange_over_udp_and_tcp() {
+        let both: Vec<IpAddr> = vec!["10.0.0.7".parse().unwrap(), "::7".parse().unwrap()];
         for tc in [false, true] {
-            let addr = server(tc).await;
+            let (addr, asked) = server(tc).await;
             let r = DnsResolver::with_nameservers(vec![addr], Duration::from_secs(2));
             let got = r.resolve("api.internal").await.unwrap();
             assert_eq!(
                 got,
                 Resolved {
-                    addrs: vec!["10.0.0.7".parse().unwrap()],
+                    addrs: both.clone(),
                     ttl: Some(Duration::from_secs(42)),
                 },
                 "truncated: {tc}"
+            );
+            assert_eq!(asked.lock().unwrap().len(), 2, "one A, one AAAA query");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_family_limits_what_is_asked() {
+        for (family, want, qtype) in [
+            (AddressFamily::Ipv4, "10.0.0.7", TYPE_A),
+            (AddressFamily::Ipv6, "::7", TYPE_AAAA),
+        ] {
+            let (addr, asked) = server(false).await;
+            let r = DnsResolver {
+                family,
+                ..DnsResolver::with_nameservers(vec![addr], Duration::from_secs(2))
+            };
+            let got = r.resolve("api.internal").await.unwrap();
+            assert_eq!(
+                got.addrs,
+                vec![want.parse::<IpAddr>().unwrap()],
+                "{family:?}"
+            );
+            assert_eq!(
+                *asked.lock().unwrap(),
+                vec![qtype],
+                "{family:?}: only its records"
             );
         }
     }
@@ -998,13 +1048,14 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_silent_server_times_out_and_the_next_one_answers() {
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let good = server(false).await;
+        let (good, _) = server(false).await;
         let r = DnsResolver::with_nameservers(
             vec![silent.local_addr().unwrap(), good],
             Duration::from_millis(200),
         );
         let got = r.resolve("api.internal").await.unwrap();
-        assert_eq!(got.addrs, vec!["10.0.0.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(got.addrs.len(), 2, "{got:?}");
+        assert!(got.addrs.contains(&"10.0.0.7".parse::<IpAddr>().unwrap()));
         let only_silent = DnsResolver::with_nameservers(
             vec![silent.local_addr().unwrap()],
             Duration::from_millis(100),
@@ -1037,6 +1088,7 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(1),
             resolv_conf: conf.clone(),
             hosts: hosts.clone(),
+            family: AddressFamily::Any,
         };
         let pinned = r.resolve("pinned.internal").await.unwrap();
         assert_eq!(pinned.addrs, vec!["10.9.9.9".parse::<IpAddr>().unwrap()]);

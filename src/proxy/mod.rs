@@ -425,11 +425,17 @@ impl Upstream {
                         Arc::new(dns::DnsResolver::system())
                     }
                     Some(p) => Arc::new(discovery::HostsFile(resolve_path(base_dir, p))),
-                    None if nameservers.is_empty() => Arc::new(dns::DnsResolver::system()),
-                    None => Arc::new(dns::DnsResolver::with_nameservers(
-                        nameservers,
-                        dns.timeout.0.max(Duration::from_millis(10)),
-                    )),
+                    None if nameservers.is_empty() => Arc::new(dns::DnsResolver {
+                        family: dns.family,
+                        ..dns::DnsResolver::system()
+                    }),
+                    None => Arc::new(dns::DnsResolver {
+                        family: dns.family,
+                        ..dns::DnsResolver::with_nameservers(
+                            nameservers,
+                            dns.timeout.0.max(Duration::from_millis(10)),
+                        )
+                    }),
                 };
                 if !matches!(dns.scheme.as_str(), "http" | "https") {
                     problems.push(

@@ -562,6 +562,31 @@ async fn bad_upstream_settings_are_refused_with_their_place() {
             "targets = [\"http://127.0.0.1:1\"]\n[upstream.retry]\ntries = 3",
             "unknown field",
         ),
+        (
+            "dns nameserver",
+            "dns = { name = \"api.internal\", port = 80, nameservers = [\"dns.example\"] }",
+            "is not an IP address",
+        ),
+        (
+            "dns name",
+            "dns = { name = \"api internal\", port = 80 }",
+            "not a valid DNS name",
+        ),
+        (
+            "dns ttl bounds",
+            "dns = { name = \"api.internal\", port = 80, min_ttl = \"1m\", max_ttl = \"5s\" }",
+            "longer than `dns.max_ttl`",
+        ),
+        (
+            "dns two resolvers",
+            "dns = { name = \"a.internal\", port = 80, hosts_file = \"h\", nameservers = [\"10.0.0.2\"] }",
+            "either `dns.hosts_file` or `dns.nameservers`",
+        ),
+        (
+            "dns family",
+            "dns = { name = \"api.internal\", port = 80, family = \"ipx\" }",
+            "unknown variant",
+        ),
     ];
     for (name, upstream, want) in cases {
         let b = GatewayBuilder::new().policy("u.toml", &policy(upstream, ""));
