@@ -808,9 +808,6 @@ async fn forward(
         upgrade,
         upstream.preserve_host,
     );
-    if let (false, Some(host)) = (upstream.preserve_host, &upstream.host_header) {
-        parts.headers.insert(http::header::HOST, host.clone());
-    }
     let upstream_span = inject_trace_context(ctx, &mut parts.headers);
     let stats = ctx.record.body.clone();
     let body = RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone());

@@ -276,10 +276,14 @@ fn hundred() -> u32 {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSpec {
-    /// The host name.
+    /// The host name (with `srv = true`, the service name:
+    /// `_http._tcp.api.example`).
     pub name: String,
-    /// The port of every target.
-    pub port: u16,
+    /// The port of every target (not with `srv`: SRV records name ports).
+    pub port: Option<u16>,
+    /// Look up SRV records: targets, ports and weights from DNS.
+    #[serde(default)]
+    pub srv: bool,
     /// `http` or `https`.
     #[serde(default = "http_scheme")]
     pub scheme: String,

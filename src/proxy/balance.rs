@@ -24,6 +24,9 @@ pub struct Member {
     pub set: usize,
     /// Health, ejection, in-flight.
     pub state: Arc<TargetState>,
+    /// The Host sent to it instead of its address (targets discovered
+    /// under a DNS name).
+    pub host: Option<http::HeaderValue>,
 }
 
 /// A named set's schedules.
@@ -246,6 +249,7 @@ mod tests {
                 weight: *w,
                 set: 0,
                 state: up.target(url),
+                host: None,
             })
             .collect();
         Members::new(ms, &["default".into()])

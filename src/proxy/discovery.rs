@@ -73,6 +73,50 @@ pub enum DiscoveryError {
     },
 }
 
+/// A discovered target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// `scheme://address:port[/base]`.
+    pub url: String,
+    /// Its weight.
+    pub weight: u32,
+    /// The DNS name it was found under: sent as Host (with the port unless
+    /// the scheme's default) and, over TLS, as the server name to verify.
+    pub name: Option<String>,
+}
+
+impl Found {
+    fn new(url: String, weight: u32, name: Option<&str>) -> Found {
+        Found {
+            url,
+            weight,
+            name: name.map(|n| n.trim_end_matches('.').to_owned()),
+        }
+    }
+}
+
+/// A service's targets from SRV records (the lowest priority present).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTarget {
+    /// The target host name.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// Its SRV weight (0 counts as 1).
+    pub weight: u32,
+    /// Its addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// What an SRV lookup found, and how long it may be kept when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Services {
+    /// The targets.
+    pub targets: Vec<ServiceTarget>,
+    /// The smallest TTL of the SRV and address records.
+    pub ttl: Option<Duration>,
+}
+
 /// Addresses of a name, and how long they may be kept when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -87,6 +131,14 @@ pub struct Resolved {
 pub trait Resolve: Send + Sync + std::fmt::Debug {
     /// The addresses of `name`.
     async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError>;
+
+    /// The SRV targets of `name`; only DNS has them.
+    async fn resolve_srv(&self, name: &str) -> Result<Services, DiscoveryError> {
+        Err(DiscoveryError::Dns {
+            name: name.to_owned(),
+            reason: "SRV records need DNS".into(),
+        })
+    }
 }
 
 /// The C library's resolver (`getaddrinfo`; no TTL is known, so names are
@@ -152,18 +204,36 @@ pub(crate) fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
     out
 }
 
-/// The URLs of a DNS answer.
-pub fn dns_targets(spec: &DnsSpec, addrs: &[IpAddr]) -> Vec<(String, u32)> {
+/// The targets of a DNS answer.
+pub fn dns_targets(spec: &DnsSpec, addrs: &[IpAddr]) -> Vec<Found> {
+    let port = spec.port.unwrap_or(0);
     addrs
         .iter()
-        .map(|ip| {
-            let host = match ip {
-                IpAddr::V4(a) => a.to_string(),
-                IpAddr::V6(a) => format!("[{a}]"),
-            };
-            (format!("{}://{host}:{}", spec.scheme, spec.port), 1)
-        })
+        .map(|ip| Found::new(url_of(&spec.scheme, ip, port), 1, Some(&spec.name)))
         .collect()
+}
+
+/// The targets of SRV answers: every address of every target host, each
+/// with its host's weight (an address found under two hosts counts once).
+pub fn service_targets(spec: &DnsSpec, services: &Services) -> Vec<Found> {
+    let mut out: Vec<Found> = Vec::new();
+    for t in &services.targets {
+        for ip in t.addrs.iter().filter(|a| spec.family.admits(a)) {
+            let url = url_of(&spec.scheme, ip, t.port);
+            if !out.iter().any(|f| f.url == url) {
+                out.push(Found::new(url, t.weight.max(1), Some(&t.host)));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.url.cmp(&b.url));
+    out
+}
+
+fn url_of(scheme: &str, ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{scheme}://{a}:{port}"),
+        IpAddr::V6(a) => format!("{scheme}://[{a}]:{port}"),
+    }
 }
 
 #[derive(Deserialize)]
@@ -175,7 +245,7 @@ enum TargetList {
 
 /// Reads a targets file: a JSON array (or `{"targets": [...]}`), or TOML
 /// `targets = [...]`; entries are URLs or `{url, weight}`.
-pub fn read_targets_file(path: &Path) -> Result<Vec<(String, u32)>, DiscoveryError> {
+pub fn read_targets_file(path: &Path) -> Result<Vec<Found>, DiscoveryError> {
     let text = std::fs::read_to_string(path).map_err(|source| DiscoveryError::Read {
         path: path.to_path_buf(),
         source,
@@ -183,7 +253,7 @@ pub fn read_targets_file(path: &Path) -> Result<Vec<(String, u32)>, DiscoveryErr
     parse_targets(path, &text)
 }
 
-fn parse_targets(path: &Path, text: &str) -> Result<Vec<(String, u32)>, DiscoveryError> {
+fn parse_targets(path: &Path, text: &str) -> Result<Vec<Found>, DiscoveryError> {
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let list: TargetList = if is_toml {
         toml::from_str(text).map_err(|e| DiscoveryError::Parse {
@@ -202,7 +272,7 @@ fn parse_targets(path: &Path, text: &str) -> Result<Vec<(String, u32)>, Discover
     list.iter()
         .map(|t| {
             super::Target::parse(t.url())
-                .map(|_| (t.url().trim_end_matches('/').to_owned(), t.weight()))
+                .map(|_| Found::new(t.url().trim_end_matches('/').to_owned(), t.weight(), None))
                 .map_err(|reason| DiscoveryError::Target {
                     path: path.to_path_buf(),
                     reason,
@@ -238,29 +308,36 @@ pub fn next_resolution(ttl: Option<Duration>, min_ttl: Duration, max_ttl: Durati
     ttl.unwrap_or(min_ttl).clamp(min_ttl, max_ttl.max(min_ttl))
 }
 
-/// The targets `spec`'s name resolves to (of its address family), and the
-/// answer's TTL when known; no address is an error (the last good set
-/// stays).
+/// The targets `spec`'s name resolves to (A/AAAA of its address family,
+/// or SRV), and the answer's TTL when known; no address is an error (the
+/// last good set stays).
 async fn resolve_targets(
     spec: &DnsSpec,
     resolver: &dyn Resolve,
-) -> (Result<Vec<(String, u32)>, DiscoveryError>, Option<Duration>) {
-    match resolver.resolve(&spec.name).await {
-        Ok(mut r) => {
+) -> (Result<Vec<Found>, DiscoveryError>, Option<Duration>) {
+    let found = if spec.srv {
+        resolver
+            .resolve_srv(&spec.name)
+            .await
+            .map(|s| (service_targets(spec, &s), s.ttl))
+    } else {
+        resolver.resolve(&spec.name).await.map(|mut r| {
             r.addrs.retain(|a| spec.family.admits(a));
-            if r.addrs.is_empty() {
-                (Err(DiscoveryError::NoAddress(spec.name.clone())), None)
-            } else {
-                (Ok(dns_targets(spec, &r.addrs)), r.ttl)
-            }
+            (dns_targets(spec, &r.addrs), r.ttl)
+        })
+    };
+    match found {
+        Ok((list, _)) if list.is_empty() => {
+            (Err(DiscoveryError::NoAddress(spec.name.clone())), None)
         }
+        Ok((list, ttl)) => (Ok(list), ttl),
         Err(e) => (Err(e), None),
     }
 }
 
 /// Keeps `upstream`'s targets in step with its source until `stop`.
 pub(crate) async fn run(upstream: Arc<Upstream>, source: Source, mut stop: watch::Receiver<bool>) {
-    let mut last: Option<Vec<(String, u32)>> = upstream.state.discovered();
+    let mut last: Option<Vec<Found>> = upstream.state.discovered();
     loop {
         let (found, wait) = match &source {
             Source::Dns { spec, resolver } => {
@@ -368,8 +445,10 @@ mod tests {
             let got = parse_targets(Path::new(file), text);
             match (got, want) {
                 (Ok(got), Ok(want)) => {
-                    let want: Vec<(String, u32)> =
-                        want.iter().map(|(u, w)| (u.to_string(), *w)).collect();
+                    let want: Vec<Found> = want
+                        .iter()
+                        .map(|(u, w)| Found::new(u.to_string(), *w, None))
+                        .collect();
                     assert_eq!(got, want, "{name}");
                 }
                 (Err(e), Err(part)) => assert!(e.to_string().contains(part), "{name}: {e}"),
@@ -392,25 +471,32 @@ mod tests {
         }
     }
 
+    fn spec(name: &str, port: Option<u16>) -> DnsSpec {
+        DnsSpec {
+            name: name.into(),
+            port,
+            srv: port.is_none(),
+            scheme: "http".into(),
+            min_ttl: crate::config::Dur(Duration::from_secs(1)),
+            max_ttl: crate::config::Dur(Duration::from_secs(60)),
+            hosts_file: None,
+            nameservers: Vec::new(),
+            family: crate::config::AddressFamily::Any,
+            timeout: crate::config::Dur(Duration::from_secs(2)),
+        }
+    }
+
     #[tokio::test]
     async fn resolved_addresses_are_filtered_by_family() {
         let dir = tempfile::tempdir().unwrap();
         let hosts = dir.path().join("hosts");
         std::fs::write(&hosts, "10.0.0.1 api\n::1 api\n::2 v6only\n").unwrap();
         let resolver = HostsFile(hosts);
-        let mut spec = DnsSpec {
-            name: "api".into(),
-            port: 80,
-            scheme: "http".into(),
-            min_ttl: crate::config::Dur(Duration::from_secs(1)),
-            max_ttl: crate::config::Dur(Duration::from_secs(60)),
-            hosts_file: None,
-            nameservers: Vec::new(),
-            family: crate::config::AddressFamily::Ipv4,
-            timeout: crate::config::Dur(Duration::from_secs(2)),
-        };
+        let mut spec = spec("api", Some(80));
+        spec.family = crate::config::AddressFamily::Ipv4;
         let (found, ttl) = resolve_targets(&spec, &resolver).await;
-        assert_eq!(found.unwrap(), vec![("http://10.0.0.1:80".to_owned(), 1)]);
+        let want = Found::new("http://10.0.0.1:80".to_owned(), 1, Some("api"));
+        assert_eq!(found.unwrap(), vec![want]);
         assert_eq!(ttl, None);
         spec.family = crate::config::AddressFamily::Any;
         assert_eq!(resolve_targets(&spec, &resolver).await.0.unwrap().len(), 2);
@@ -421,28 +507,69 @@ mod tests {
             matches!(found, Err(DiscoveryError::NoAddress(_))),
             "{found:?}"
         );
+        // A hosts file has no SRV records.
+        let (found, _) = resolve_targets(&self::spec("_http._tcp.api", None), &resolver).await;
+        assert!(
+            found
+                .unwrap_err()
+                .to_string()
+                .contains("SRV records need DNS")
+        );
     }
 
     #[test]
     fn dns_answers_become_urls() {
-        let spec = DnsSpec {
-            name: "api".into(),
-            port: 8080,
-            scheme: "http".into(),
-            min_ttl: crate::config::Dur(Duration::from_secs(1)),
-            max_ttl: crate::config::Dur(Duration::from_secs(60)),
-            hosts_file: None,
-            nameservers: Vec::new(),
-            family: Default::default(),
-            timeout: crate::config::Dur(Duration::from_secs(2)),
-        };
         let addrs: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         assert_eq!(
-            dns_targets(&spec, &addrs),
+            dns_targets(&spec("api.", Some(8080)), &addrs),
             vec![
-                ("http://10.0.0.1:8080".to_owned(), 1),
-                ("http://[::1]:8080".to_owned(), 1)
+                Found::new("http://10.0.0.1:8080".to_owned(), 1, Some("api")),
+                Found::new("http://[::1]:8080".to_owned(), 1, Some("api")),
             ]
+        );
+    }
+
+    #[test]
+    fn services_become_weighted_urls_under_their_host_names() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let services = Services {
+            targets: vec![
+                ServiceTarget {
+                    host: "b.example".into(),
+                    port: 8443,
+                    weight: 0,
+                    addrs: vec![ip("10.0.0.2"), ip("::2")],
+                },
+                ServiceTarget {
+                    host: "a.example".into(),
+                    port: 8080,
+                    weight: 30,
+                    addrs: vec![ip("10.0.0.1")],
+                },
+                // The same address and port under another name counts once.
+                ServiceTarget {
+                    host: "alias.example".into(),
+                    port: 8443,
+                    weight: 5,
+                    addrs: vec![ip("10.0.0.2")],
+                },
+            ],
+            ttl: None,
+        };
+        let mut spec = spec("_api._tcp.example", None);
+        let found = service_targets(&spec, &services);
+        assert_eq!(
+            found,
+            vec![
+                Found::new("http://10.0.0.1:8080".into(), 30, Some("a.example")),
+                Found::new("http://10.0.0.2:8443".into(), 1, Some("b.example")),
+                Found::new("http://[::2]:8443".into(), 1, Some("b.example")),
+            ]
+        );
+        spec.family = crate::config::AddressFamily::Ipv6;
+        assert_eq!(
+            service_targets(&spec, &services),
+            vec![Found::new("http://[::2]:8443".into(), 1, Some("b.example"))]
         );
     }
 }

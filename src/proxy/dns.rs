@@ -18,18 +18,24 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::discovery::{DiscoveryError, Resolve, Resolved, SystemResolver, hosts_lookup};
+use super::discovery::{
+    DiscoveryError, Resolve, Resolved, ServiceTarget, Services, SystemResolver, hosts_lookup,
+};
+use super::state::LOG_TARGET;
 use crate::config::AddressFamily;
 
 const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
 const TYPE_AAAA: u16 = 28;
+const TYPE_SRV: u16 = 33;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 /// The EDNS0 UDP payload size we advertise (the DNS flag day 2020 value).
 const EDNS_PAYLOAD: u16 = 1232;
 /// CNAME hops followed before giving up.
 const MAX_CHAIN: usize = 8;
+/// SRV targets used from one answer.
+const MAX_SERVICE_TARGETS: usize = 64;
 /// Compression pointers followed within one name.
 const MAX_POINTERS: usize = 32;
 
@@ -65,14 +71,33 @@ struct NotOurs;
 /// What one query found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Answer {
-    /// Addresses, with the smallest TTL on the way to them (CNAMEs included).
-    Addrs(Vec<IpAddr>, u32),
+    /// Records of the type asked, with the smallest TTL on the way to them
+    /// (CNAMEs included).
+    Records(Vec<Data>, u32),
     /// The name exists but has no record of this type.
     NoData,
     /// The name does not exist.
     NxDomain,
     /// The UDP reply was cut short: ask again over TCP.
     Truncated,
+}
+
+/// The data of one answer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Data {
+    /// A or AAAA.
+    Ip(IpAddr),
+    /// SRV.
+    Srv(Srv),
+}
+
+/// An SRV record (RFC 2782).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Srv {
+    priority: u16,
+    weight: u16,
+    port: u16,
+    target: WireName,
 }
 
 /// A name in wire form (length-prefixed labels, lower-cased, ending in the
@@ -109,6 +134,34 @@ impl WireName {
             return Err(bad("longer than 255 bytes"));
         }
         Ok(Self(out))
+    }
+}
+
+impl WireName {
+    /// The dotted form of a name read from a reply, if it is a host name
+    /// (letters, digits, `-`, `_`); `None` for the root (`.`: "no such
+    /// service" in SRV) and for names with other bytes.
+    fn to_host(&self) -> Option<String> {
+        let mut out = String::new();
+        let mut at = 0;
+        while let Some(&len) = self.0.get(at) {
+            if len == 0 {
+                break;
+            }
+            let label = self.0.get(at + 1..at + 1 + usize::from(len))?;
+            if !label
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+            {
+                return None;
+            }
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.extend(label.iter().map(|b| char::from(*b)));
+            at += 1 + usize::from(len);
+        }
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -297,26 +350,47 @@ fn answers(
     let mut current = name.clone();
     let mut ttl = u32::MAX;
     for _ in 0..=MAX_CHAIN {
-        let mut addrs = Vec::new();
+        let mut found = Vec::new();
         for rec in records
             .iter()
             .filter(|x| x.owner == current && x.rtype == qtype)
         {
             let data = &r.msg[rec.data.0..rec.data.0 + rec.data.1];
-            let ip = match (qtype, data.len()) {
-                (TYPE_A, 4) => IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3])),
+            let item = match (qtype, data.len()) {
+                (TYPE_A, 4) => Data::Ip(IpAddr::V4(Ipv4Addr::new(
+                    data[0], data[1], data[2], data[3],
+                ))),
                 (TYPE_AAAA, 16) => {
                     let mut b = [0u8; 16];
                     b.copy_from_slice(data);
-                    IpAddr::V6(Ipv6Addr::from(b))
+                    Data::Ip(IpAddr::V6(Ipv6Addr::from(b)))
                 }
-                _ => return Err(DnsError::Malformed("address of the wrong length")),
+                (TYPE_SRV, 7..) => {
+                    let mut at = Reader {
+                        msg: r.msg,
+                        pos: rec.data.0,
+                    };
+                    let (priority, weight, port) = (at.u16()?, at.u16()?, at.u16()?);
+                    // The target may be compressed (RFC 2782 forbids it,
+                    // servers do it anyway); it must end inside the record.
+                    let target = at.name()?;
+                    if at.pos > rec.data.0 + rec.data.1 {
+                        return Err(DnsError::Malformed("SRV target runs past its record"));
+                    }
+                    Data::Srv(Srv {
+                        priority,
+                        weight,
+                        port,
+                        target,
+                    })
+                }
+                _ => return Err(DnsError::Malformed("record data of the wrong length")),
             };
             ttl = ttl.min(rec.ttl);
-            addrs.push(ip);
+            found.push(item);
         }
-        if !addrs.is_empty() {
-            return Ok(Answer::Addrs(addrs, ttl));
+        if !found.is_empty() {
+            return Ok(Answer::Records(found, ttl));
         }
         let Some(cname) = records
             .iter()
@@ -458,8 +532,11 @@ impl DnsClient {
         let mut error = None;
         for answer in [a, aaaa] {
             match answer {
-                Ok(Answer::Addrs(found, t)) => {
-                    addrs.extend(found);
+                Ok(Answer::Records(found, t)) => {
+                    addrs.extend(found.into_iter().filter_map(|d| match d {
+                        Data::Ip(ip) => Some(ip),
+                        Data::Srv(_) => None,
+                    }));
                     ttl = ttl.min(t);
                 }
                 Ok(_) => {}
@@ -603,6 +680,31 @@ impl DnsResolver {
         Self::with_nameservers(Vec::new(), Duration::from_secs(2))
     }
 
+    /// The client and the names to try for `name`: the explicit
+    /// nameservers and the name as given, or resolv.conf's nameservers and
+    /// search list; `None` when resolv.conf names no nameserver.
+    async fn client_for(&self, name: &str) -> Option<(DnsClient, Vec<String>)> {
+        if !self.nameservers.is_empty() {
+            let client = DnsClient {
+                servers: self.nameservers.clone(),
+                timeout: self.timeout,
+                attempts: 2,
+            };
+            return Some((client, vec![name.to_owned()]));
+        }
+        let conf = tokio::fs::read_to_string(&self.resolv_conf)
+            .await
+            .map(|t| ResolvConf::parse(&t))
+            .ok()
+            .filter(|c| !c.nameservers.is_empty())?;
+        let client = DnsClient {
+            servers: conf.nameservers.clone(),
+            timeout: conf.timeout,
+            attempts: conf.attempts,
+        };
+        Some((client, conf.candidates(name)))
+    }
+
     async fn lookup(
         &self,
         client: &DnsClient,
@@ -624,40 +726,22 @@ impl DnsResolver {
 #[async_trait::async_trait]
 impl Resolve for DnsResolver {
     async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError> {
-        let dns_error = |e: DnsError| DiscoveryError::Dns {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        };
-        let (client, candidates) = if self.nameservers.is_empty() {
-            if let Ok(text) = tokio::fs::read_to_string(&self.hosts).await {
-                let addrs = hosts_lookup(&text, name.trim_end_matches('.'));
-                if !addrs.is_empty() {
-                    return Ok(Resolved { addrs, ttl: None });
-                }
+        if self.nameservers.is_empty()
+            && let Ok(text) = tokio::fs::read_to_string(&self.hosts).await
+        {
+            let addrs = hosts_lookup(&text, name.trim_end_matches('.'));
+            if !addrs.is_empty() {
+                return Ok(Resolved { addrs, ttl: None });
             }
-            let conf = tokio::fs::read_to_string(&self.resolv_conf)
-                .await
-                .map(|t| ResolvConf::parse(&t))
-                .ok()
-                .filter(|c| !c.nameservers.is_empty());
-            let Some(conf) = conf else {
-                return SystemResolver.resolve(name).await;
-            };
-            let client = DnsClient {
-                servers: conf.nameservers.clone(),
-                timeout: conf.timeout,
-                attempts: conf.attempts,
-            };
-            (client, conf.candidates(name))
-        } else {
-            let client = DnsClient {
-                servers: self.nameservers.clone(),
-                timeout: self.timeout,
-                attempts: 2,
-            };
-            (client, vec![name.to_owned()])
+        }
+        let Some((client, candidates)) = self.client_for(name).await else {
+            return SystemResolver.resolve(name).await;
         };
-        match self.lookup(&client, &candidates).await.map_err(dns_error)? {
+        match self
+            .lookup(&client, &candidates)
+            .await
+            .map_err(|e| dns_error(name, e))?
+        {
             Some((mut addrs, ttl)) => {
                 addrs.sort();
                 addrs.dedup();
@@ -668,6 +752,91 @@ impl Resolve for DnsResolver {
             }
             None => Err(DiscoveryError::NoAddress(name.to_owned())),
         }
+    }
+
+    async fn resolve_srv(&self, name: &str) -> Result<Services, DiscoveryError> {
+        let Some((client, candidates)) = self.client_for(name).await else {
+            return Err(dns_error(
+                name,
+                DnsError::Io("resolv.conf names no nameserver".into()),
+            ));
+        };
+        let mut error = None;
+        let mut found = None;
+        for candidate in &candidates {
+            let wire = WireName::parse(candidate).map_err(|e| dns_error(name, e))?;
+            match client.query(&wire, TYPE_SRV).await {
+                Ok(Answer::Records(records, ttl)) => {
+                    found = Some((records, ttl));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => error = Some(e),
+            }
+        }
+        let Some((records, mut ttl)) = found else {
+            return match error {
+                Some(e) => Err(dns_error(name, e)),
+                None => Err(DiscoveryError::NoAddress(name.to_owned())),
+            };
+        };
+        // The lowest priority present is used (RFC 2782); "." means the
+        // service is not offered there.
+        let srvs: Vec<(Srv, String)> = records
+            .into_iter()
+            .filter_map(|d| match d {
+                Data::Srv(s) => s.target.to_host().map(|h| (s, h)),
+                Data::Ip(_) => None,
+            })
+            .collect();
+        let Some(top) = srvs.iter().map(|(s, _)| s.priority).min() else {
+            return Err(DiscoveryError::NoAddress(name.to_owned()));
+        };
+        let chosen: Vec<&(Srv, String)> = srvs
+            .iter()
+            .filter(|(s, _)| s.priority == top)
+            .take(MAX_SERVICE_TARGETS)
+            .collect();
+        let lookups = chosen
+            .iter()
+            .map(|(s, _)| client.addresses(&s.target, self.family));
+        let answers = futures_util::future::join_all(lookups).await;
+        let mut targets = Vec::new();
+        for ((srv, host), answer) in chosen.into_iter().zip(answers) {
+            match answer {
+                Ok(Some((mut addrs, t))) => {
+                    ttl = ttl.min(t);
+                    addrs.sort();
+                    addrs.dedup();
+                    targets.push(ServiceTarget {
+                        host: host.clone(),
+                        port: srv.port,
+                        weight: u32::from(srv.weight.max(1)),
+                        addrs,
+                    });
+                }
+                Ok(None) => {
+                    tracing::warn!(target: LOG_TARGET, service = %name, host = %host, "an SRV target has no address; left out");
+                }
+                Err(e) => {
+                    tracing::warn!(target: LOG_TARGET, service = %name, host = %host, error = %e, "an SRV target did not resolve; left out");
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(DiscoveryError::NoAddress(name.to_owned()));
+        }
+        Ok(Services {
+            targets,
+            ttl: Some(Duration::from_secs(u64::from(ttl))),
+        })
+    }
+}
+
+fn dns_error(name: &str, e: DnsError) -> DiscoveryError {
+    DiscoveryError::Dns {
+        name: name.to_owned(),
+        reason: e.to_string(),
     }
 }
 
@@ -757,6 +926,13 @@ mod tests {
         WireName::parse(s).unwrap()
     }
 
+    fn ips(list: &[&str], ttl: u32) -> Answer {
+        Answer::Records(
+            list.iter().map(|s| Data::Ip(s.parse().unwrap())).collect(),
+            ttl,
+        )
+    }
+
     #[test]
     fn names_are_checked_and_lower_cased() {
         assert_eq!(name("Api.Internal.").0, b"\x03api\x08internal\x00");
@@ -783,10 +959,7 @@ mod tests {
             .build();
         assert_eq!(
             parse_reply(&reply, 7, &name("api.internal"), TYPE_A),
-            Ok(Ok(Answer::Addrs(
-                vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
-                20
-            )))
+            Ok(Ok(ips(&["10.0.0.1", "10.0.0.2"], 20)))
         );
         // CNAME → CNAME → A: the chain's smallest TTL, records of other
         // names ignored.
@@ -798,7 +971,7 @@ mod tests {
             .build();
         assert_eq!(
             parse_reply(&reply, 7, &name("api.internal"), TYPE_A),
-            Ok(Ok(Answer::Addrs(vec!["10.0.0.3".parse().unwrap()], 15)))
+            Ok(Ok(ips(&["10.0.0.3"], 15)))
         );
         // A CNAME to nowhere is no data; NXDOMAIN and SERVFAIL are told apart.
         let dangling = ReplyBuilder::new(&q, 0, false)
@@ -830,7 +1003,7 @@ mod tests {
             .build();
         assert_eq!(
             parse_reply(&reply, 8, &name("api.internal"), TYPE_AAAA),
-            Ok(Ok(Answer::Addrs(vec!["::1".parse().unwrap()], 0)))
+            Ok(Ok(ips(&["::1"], 0)))
         );
     }
 
@@ -951,12 +1124,7 @@ mod tests {
     /// id); truncated when `tc`, with the full answer over TCP on the same
     /// port. The question types asked are logged.
     async fn server(tc: bool) -> (SocketAddr, Arc<Mutex<Vec<u16>>>) {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let log = asked.clone();
-        let answer = |q: &[u8]| match qtype(q) {
+        server_with(tc, |q: &[u8]| match qtype(q) {
             TYPE_A => ReplyBuilder::new(q, 0, false)
                 .record(None, TYPE_A, 42, &[10, 0, 0, 7])
                 .build(),
@@ -968,7 +1136,20 @@ mod tests {
                     &Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 7).octets(),
                 )
                 .build(),
-        };
+        })
+        .await
+    }
+
+    /// The server of [`server`], answering with `answer`.
+    async fn server_with(
+        tc: bool,
+        answer: fn(&[u8]) -> Vec<u8>,
+    ) -> (SocketAddr, Arc<Mutex<Vec<u16>>>) {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = udp.recv_from(&mut buf).await {
@@ -1043,6 +1224,121 @@ mod tests {
                 "{family:?}: only its records"
             );
         }
+    }
+
+    fn srv_data(priority: u16, weight: u16, port: u16, target: &str) -> Vec<u8> {
+        let mut d = Vec::new();
+        for v in [priority, weight, port] {
+            d.extend_from_slice(&v.to_be_bytes());
+        }
+        d.extend_from_slice(&name(target).0);
+        d
+    }
+
+    #[test]
+    fn srv_records_are_read() {
+        let q = encode_query(9, &name("_api._tcp.example"), TYPE_SRV);
+        // A target compressed into a pointer to the question name.
+        let mut compressed = 10u16.to_be_bytes().to_vec();
+        compressed.extend_from_slice(&[0, 5, 0x1F, 0x90, 0xC0, 12]);
+        let reply = ReplyBuilder::new(&q, 0, false)
+            .record(None, TYPE_SRV, 60, &srv_data(10, 5, 8080, "a.example"))
+            .record(None, TYPE_SRV, 30, &compressed)
+            .build();
+        let Ok(Ok(Answer::Records(found, ttl))) =
+            parse_reply(&reply, 9, &name("_api._tcp.example"), TYPE_SRV)
+        else {
+            panic!("no SRV answer");
+        };
+        assert_eq!(ttl, 30);
+        let srv: Vec<(u16, u16, u16, Option<String>)> = found
+            .iter()
+            .map(|d| match d {
+                Data::Srv(s) => (s.priority, s.weight, s.port, s.target.to_host()),
+                Data::Ip(_) => panic!("an address in an SRV answer"),
+            })
+            .collect();
+        assert_eq!(
+            srv,
+            vec![
+                (10, 5, 8080, Some("a.example".into())),
+                (10, 5, 8080, Some("_api._tcp.example".into())),
+            ]
+        );
+        // "." is the root, not a host; an SRV record too short is refused.
+        assert_eq!(WireName(vec![0]).to_host(), None);
+        let short = ReplyBuilder::new(&q, 0, false)
+            .record(None, TYPE_SRV, 60, &[0, 1, 0, 1])
+            .build();
+        assert!(matches!(
+            parse_reply(&short, 9, &name("_api._tcp.example"), TYPE_SRV),
+            Ok(Err(DnsError::Malformed(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn srv_lookups_keep_the_lowest_priority_and_resolve_its_hosts() {
+        let (addr, asked) = server_with(false, |q: &[u8]| {
+            let b = ReplyBuilder::new(q, 0, false);
+            let qname = &q[12..q.len() - 4 - 11];
+            match (qtype(q), qname) {
+                (TYPE_SRV, n) if n == name("_api._tcp.example").0 => b
+                    .record(None, TYPE_SRV, 300, &srv_data(10, 3, 8080, "a.example"))
+                    .record(None, TYPE_SRV, 300, &srv_data(10, 0, 8081, "b.example"))
+                    .record(None, TYPE_SRV, 300, &srv_data(10, 1, 8082, "gone.example"))
+                    .record(
+                        None,
+                        TYPE_SRV,
+                        300,
+                        &srv_data(20, 1, 9000, "backup.example"),
+                    )
+                    .build(),
+                (TYPE_A, n) if n == name("a.example").0 => {
+                    b.record(None, TYPE_A, 40, &[10, 0, 0, 1]).build()
+                }
+                (TYPE_A, n) if n == name("b.example").0 => {
+                    b.record(None, TYPE_A, 90, &[10, 0, 0, 2]).build()
+                }
+                (TYPE_A | TYPE_AAAA, n) if n == name("gone.example").0 => {
+                    ReplyBuilder::new(q, 3, false).build()
+                }
+                _ => b.build(),
+            }
+        })
+        .await;
+        let r = DnsResolver {
+            family: AddressFamily::Ipv4,
+            ..DnsResolver::with_nameservers(vec![addr], Duration::from_secs(2))
+        };
+        let got = r.resolve_srv("_api._tcp.example").await.unwrap();
+        let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
+        assert_eq!(
+            got,
+            Services {
+                targets: vec![
+                    ServiceTarget {
+                        host: "a.example".into(),
+                        port: 8080,
+                        weight: 3,
+                        addrs: ip("10.0.0.1"),
+                    },
+                    ServiceTarget {
+                        host: "b.example".into(),
+                        port: 8081,
+                        weight: 1,
+                        addrs: ip("10.0.0.2"),
+                    },
+                ],
+                ttl: Some(Duration::from_secs(40)),
+            },
+            "priority 20 unused, the vanished host left out, the smallest TTL"
+        );
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.iter().filter(|t| **t == TYPE_SRV).count(), 1);
+        assert!(!asked.contains(&TYPE_AAAA), "family ipv4 asks no AAAA");
+        // No SRV record at all: no address (the last good set stays).
+        let none = r.resolve_srv("_other._tcp.example").await.unwrap_err();
+        assert!(matches!(none, DiscoveryError::NoAddress(_)), "{none:?}");
     }
 
     #[tokio::test]

@@ -238,6 +238,9 @@ impl Upstream {
                 .as_millis();
             req.headers_mut()
                 .insert(X_REQUEST_DEADLINE.clone(), HeaderValue::from(left as u64));
+            if let (false, Some(host)) = (self.preserve_host, &member.host) {
+                req.headers_mut().insert(http::header::HOST, host.clone());
+            }
             let guard = InFlight::start(&self.state, &member.state);
             let label = member.state.url.clone();
             *last_target = Some(label.clone());

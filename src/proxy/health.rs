@@ -52,7 +52,7 @@ async fn check(upstream: &Upstream, m: &Member, spec: &HealthSpec) {
                 .uri(uri)
                 .header(header::USER_AGENT, "gatehouse-health-check");
             // Checks reach the same virtual host as requests do.
-            if let Some(host) = &upstream.host_header {
+            if let Some(host) = &m.host {
                 req = req.header(header::HOST, host.clone());
             }
             let req = req.body(empty());

@@ -28,6 +28,7 @@ pub use headers::{
     prepare_response_headers,
 };
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -38,6 +39,7 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::ResolveServerName;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -184,9 +186,8 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// Send the client's Host instead of the target's.
     pub preserve_host: bool,
-    /// The Host sent instead of the target's address (DNS-discovered
-    /// upstreams send their name).
-    pub host_header: Option<http::HeaderValue>,
+    /// The TLS server names of discovered `https` targets, by authority.
+    server_names: ServerNames,
     /// The protocol towards the targets.
     pub protocol: UpstreamProtocol,
     /// How targets are picked.
@@ -208,24 +209,49 @@ pub struct Upstream {
     state: Arc<UpstreamState>,
 }
 
-/// The TLS server name of a DNS-discovered `https` upstream.
-fn dns_server_name(spec: &UpstreamSpec) -> Option<rustls::pki_types::ServerName<'static>> {
-    let dns = spec.dns.as_ref().filter(|d| d.scheme == "https")?;
-    rustls::pki_types::ServerName::try_from(dns.name.trim_end_matches('.').to_owned()).ok()
+/// TLS server names by target authority (`address:port`): discovered
+/// targets are addresses, their certificates name the DNS name.
+type ServerNames = Arc<ArcSwap<HashMap<String, rustls::pki_types::ServerName<'static>>>>;
+
+/// The server names of discovered `https` targets.
+fn server_names(
+    list: &[discovery::Found],
+) -> HashMap<String, rustls::pki_types::ServerName<'static>> {
+    list.iter()
+        .filter_map(|f| {
+            let target = Target::parse(&f.url).ok()?;
+            if target.scheme != Scheme::HTTPS {
+                return None;
+            }
+            let name = rustls::pki_types::ServerName::try_from(f.name.clone()?).ok()?;
+            Some((target.authority.as_str().to_owned(), name))
+        })
+        .collect()
 }
 
-/// The Host of a DNS-discovered upstream's requests: its name, with the
-/// port unless it is the scheme's default.
-fn dns_host(spec: &UpstreamSpec) -> Option<http::HeaderValue> {
-    let dns = spec.dns.as_ref()?;
-    let name = dns.name.trim_end_matches('.');
-    let default_port = if dns.scheme == "https" { 443 } else { 80 };
-    let host = if dns.port == default_port {
-        name.to_owned()
-    } else {
-        format!("{name}:{}", dns.port)
-    };
-    http::HeaderValue::from_str(&host).ok()
+/// A discovered target as a member: its Host is the name it was found
+/// under, with the port unless it is the scheme's default.
+fn discovered_member(state: &UpstreamState, found: &discovery::Found) -> Option<Member> {
+    let target = Target::parse(&found.url).ok()?;
+    let host = found.name.as_ref().and_then(|name| {
+        let default_port = if target.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = match target.authority.port_u16() {
+            Some(p) if p != default_port => format!("{name}:{p}"),
+            _ => name.clone(),
+        };
+        http::HeaderValue::from_str(&host).ok()
+    });
+    Some(Member {
+        state: state.target(target.full_label()),
+        weight: found.weight,
+        set: 0,
+        host,
+        target,
+    })
 }
 
 /// The pooled client of an upstream, connecting within `connect_timeout`.
@@ -233,6 +259,7 @@ fn pooled_client(
     spec: &UpstreamSpec,
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
+    names: &ServerNames,
 ) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -244,9 +271,17 @@ fn pooled_client(
         .https_or_http();
     // Discovered targets are addresses; their certificates name the DNS
     // name, which is what TLS must send (SNI) and verify.
-    if let Some(name) = dns_server_name(spec) {
-        builder =
-            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    if spec.dns.as_ref().is_some_and(|d| d.scheme == "https") {
+        let names = names.clone();
+        builder = builder.with_server_name_resolver(move |uri: &Uri| {
+            if let Some(name) = uri
+                .authority()
+                .and_then(|a| names.load().get(a.as_str()).cloned())
+            {
+                return Ok(name);
+            }
+            hyper_rustls::DefaultServerNameResolver::default().resolve(uri)
+        });
     }
     let connector = match spec.protocol {
         UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
@@ -377,6 +412,7 @@ impl Upstream {
         let mut set_weights = Vec::new();
         let mut set_headers = Vec::new();
         let mut members = Vec::new();
+        let mut names = HashMap::new();
         let mut add =
             |targets: &[toml::Spanned<TargetSpec>], set: usize, problems: &mut Vec<Problem>| {
                 for t in targets {
@@ -387,6 +423,7 @@ impl Upstream {
                                 weight: t.get_ref().weight(),
                                 set,
                                 state: st,
+                                host: None,
                                 target,
                             });
                         }
@@ -409,6 +446,21 @@ impl Upstream {
                 }
                 if let Err(e) = dns::check_name(&dns.name) {
                     problems.push(source.problem(spec.name.span(), format!("`dns.name`: {e}")));
+                }
+                match (dns.srv, dns.port) {
+                    (false, None) => problems.push(source.problem(
+                        spec.name.span(),
+                        "`dns.port` is required (or `srv = true` to take ports from SRV records)",
+                    )),
+                    (true, Some(_)) => problems.push(source.problem(
+                        spec.name.span(),
+                        "with `dns.srv = true` the ports come from the SRV records: drop `dns.port`",
+                    )),
+                    (true, None) if dns.hosts_file.is_some() => problems.push(source.problem(
+                        spec.name.span(),
+                        "SRV records need DNS: `dns.srv` cannot be used with `dns.hosts_file`",
+                    )),
+                    _ => {}
                 }
                 if dns.min_ttl.0 > dns.max_ttl.0 {
                     problems.push(source.problem(
@@ -477,16 +529,8 @@ impl Upstream {
                 },
                 discovery::Source::Dns { .. } => state.discovered().unwrap_or_default(),
             };
-            for (url, weight) in initial {
-                if let Ok(target) = Target::parse(&url) {
-                    members.push(Member {
-                        state: state.target(target.full_label()),
-                        weight,
-                        set: 0,
-                        target,
-                    });
-                }
-            }
+            names = server_names(&initial);
+            members.extend(initial.iter().filter_map(|f| discovered_member(&state, f)));
         } else if spec.sets.is_empty() {
             set_names.push("default".into());
             set_weights.push(AtomicU32::new(100));
@@ -580,13 +624,14 @@ impl Upstream {
             return Err(problems);
         }
         let connect_timeout = spec.connect_timeout.unwrap_or(defaults.connect_timeout).0;
-        let client = pooled_client(spec, tls.clone(), connect_timeout);
+        let names: ServerNames = Arc::new(ArcSwap::from_pointee(names));
+        let client = pooled_client(spec, tls.clone(), connect_timeout, &names);
         // Routes that override the connect timeout get a client (and a
         // connection pool) of their own per distinct value.
         let mut route_clients: Vec<(Duration, HttpClient)> = Vec::new();
         for t in route_connect_timeouts {
             if *t != connect_timeout && !route_clients.iter().any(|(d, _)| d == t) {
-                route_clients.push((*t, pooled_client(spec, tls.clone(), *t)));
+                route_clients.push((*t, pooled_client(spec, tls.clone(), *t, &names)));
             }
         }
         Ok(Upstream {
@@ -604,7 +649,7 @@ impl Upstream {
                 .0,
             request_timeout: spec.request_timeout.unwrap_or(defaults.request_timeout).0,
             preserve_host: spec.preserve_host,
-            host_header: dns_host(spec),
+            server_names: names,
             protocol: spec.protocol,
             balance: spec.balance,
             hash_on,
@@ -620,21 +665,15 @@ impl Upstream {
 
     /// Replaces the targets (discovery found a new list). Targets seen
     /// before keep their state.
-    pub fn replace_targets(&self, list: &[(String, u32)]) {
+    pub fn replace_targets(&self, list: &[discovery::Found]) {
         let members = self.members();
         let set_names: Vec<Arc<str>> = members.sets.iter().map(|s| s.name.clone()).collect();
         let new: Vec<Member> = list
             .iter()
-            .filter_map(|(url, weight)| {
-                let target = Target::parse(url).ok()?;
-                Some(Member {
-                    state: self.state.target(target.full_label()),
-                    weight: *weight,
-                    set: 0,
-                    target,
-                })
-            })
+            .filter_map(|f| discovered_member(&self.state, f))
             .collect();
+        // Names first: a connection to a new target must find its name.
+        self.server_names.store(Arc::new(server_names(list)));
         self.members.store(Arc::new(Members::new(new, &set_names)));
     }
 

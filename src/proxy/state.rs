@@ -188,7 +188,7 @@ pub struct UpstreamState {
     epoch: Instant,
     metrics: Arc<Metrics>,
     targets: Mutex<HashMap<String, Arc<TargetState>>>,
-    discovered: Mutex<Option<Vec<(String, u32)>>>,
+    discovered: Mutex<Option<Vec<super::discovery::Found>>>,
     /// Requests in flight (until the response body ends).
     pub in_flight: AtomicU64,
     /// Requests waiting for their response head.
@@ -258,12 +258,12 @@ impl UpstreamState {
 
     /// The last targets discovery found (kept across reloads so a new
     /// snapshot starts with them).
-    pub fn discovered(&self) -> Option<Vec<(String, u32)>> {
+    pub fn discovered(&self) -> Option<Vec<super::discovery::Found>> {
         lock(&self.discovered).clone()
     }
 
     /// Records what discovery found.
-    pub fn set_discovered(&self, list: Vec<(String, u32)>) {
+    pub fn set_discovered(&self, list: Vec<super::discovery::Found>) {
         *lock(&self.discovered) = Some(list);
     }
 

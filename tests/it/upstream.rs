@@ -583,6 +583,21 @@ async fn bad_upstream_settings_are_refused_with_their_place() {
             "either `dns.hosts_file` or `dns.nameservers`",
         ),
         (
+            "dns without port",
+            "dns = { name = \"api.internal\" }",
+            "`dns.port` is required",
+        ),
+        (
+            "srv with port",
+            "dns = { name = \"_api._tcp.internal\", srv = true, port = 80 }",
+            "drop `dns.port`",
+        ),
+        (
+            "srv from a hosts file",
+            "dns = { name = \"_api._tcp.internal\", srv = true, hosts_file = \"h\" }",
+            "SRV records need DNS",
+        ),
+        (
             "dns family",
             "dns = { name = \"api.internal\", port = 80, family = \"ipx\" }",
             "unknown variant",
@@ -882,71 +897,105 @@ async fn a_dns_name_follows_the_resolver_answer() {
     assert_eq!(b.hits(), b_hits + 10);
 }
 
-/// A DNS server on a loopback UDP port for one name: its A answer (address
-/// and TTL) is set by the test, AAAA gets "no data", other names NXDOMAIN;
-/// the time of every A query is logged.
+/// DNS records by (lower-case name, type): TTL and record data.
+type Zone = std::collections::HashMap<(String, u16), (u32, Vec<Vec<u8>>)>;
+
+/// A DNS server on a loopback UDP port serving a zone the test changes:
+/// names it holds get their records (none for other types: "no data"),
+/// other names NXDOMAIN. The time of every query of `logged` type is
+/// logged.
 struct DnsServer {
     addr: SocketAddr,
-    answer: Arc<std::sync::Mutex<([u8; 4], u32)>>,
+    zone: Arc<std::sync::Mutex<Zone>>,
     queries: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+const DNS_A: u16 = 1;
+const DNS_SRV: u16 = 33;
+
+fn dns_wire_name(name: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for label in name.split('.') {
+        wire.push(label.len() as u8);
+        wire.extend_from_slice(label.as_bytes());
+    }
+    wire.push(0);
+    wire
+}
+
+/// The dotted, lower-case name of a query's question, and where it ends.
+fn dns_question(q: &[u8]) -> (String, usize) {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    while q[at] != 0 {
+        let len = q[at] as usize;
+        labels.push(String::from_utf8_lossy(&q[at + 1..at + 1 + len]).to_lowercase());
+        at += 1 + len;
+    }
+    (labels.join("."), at + 1)
+}
+
 impl DnsServer {
-    async fn start(name: &str, ip: [u8; 4], ttl: u32) -> DnsServer {
+    async fn start(logged: u16) -> DnsServer {
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
-        let answer = Arc::new(std::sync::Mutex::new((ip, ttl)));
+        let zone = Arc::new(std::sync::Mutex::new(Zone::new()));
         let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut wire = Vec::new();
-        for label in name.split('.') {
-            wire.push(label.len() as u8);
-            wire.extend_from_slice(label.as_bytes());
-        }
-        wire.push(0);
-        let (ans, log) = (answer.clone(), queries.clone());
+        let (z, log) = (zone.clone(), queries.clone());
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
                 let q = &buf[..n];
-                let qname = &q[12..12 + wire.len()];
-                let qtype = u16::from_be_bytes([q[12 + wire.len()], q[13 + wire.len()]]);
-                let end = 12 + wire.len() + 4;
-                let ours = qname.eq_ignore_ascii_case(&wire);
-                // Header: same id, QR + RD + RA, NXDOMAIN unless ours.
-                let mut reply = q[0..2].to_vec();
-                reply.extend_from_slice(&[0x81, if ours { 0x80 } else { 0x83 }]);
-                let a = ours && qtype == 1;
-                reply.extend_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
-                reply.extend_from_slice(&q[12..end]);
-                if a {
+                let (qname, at) = dns_question(q);
+                let qtype = u16::from_be_bytes([q[at], q[at + 1]]);
+                if qtype == logged {
                     log.lock().unwrap().push(tokio::time::Instant::now());
-                    let (ip, ttl) = *ans.lock().unwrap();
-                    reply.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+                }
+                let (known, records) = {
+                    let zone = z.lock().unwrap();
+                    let known = zone.keys().any(|(n, _)| *n == qname);
+                    (known, zone.get(&(qname, qtype)).cloned())
+                };
+                let (ttl, data) = records.unwrap_or((0, Vec::new()));
+                // Header: same id, QR + RD + RA, NXDOMAIN for unknown names.
+                let mut reply = q[0..2].to_vec();
+                reply.extend_from_slice(&[0x81, if known { 0x80 } else { 0x83 }]);
+                reply.extend_from_slice(&[0, 1, 0, data.len() as u8, 0, 0, 0, 0]);
+                reply.extend_from_slice(&q[12..at + 4]);
+                for d in data {
+                    reply.extend_from_slice(&[0xC0, 12]);
+                    reply.extend_from_slice(&qtype.to_be_bytes());
+                    reply.extend_from_slice(&[0, 1]);
                     reply.extend_from_slice(&ttl.to_be_bytes());
-                    reply.extend_from_slice(&[0, 4]);
-                    reply.extend_from_slice(&ip);
+                    reply.extend_from_slice(&(d.len() as u16).to_be_bytes());
+                    reply.extend_from_slice(&d);
                 }
                 let _ = sock.send_to(&reply, from).await;
             }
         });
         DnsServer {
             addr,
-            answer,
+            zone,
             queries,
             task,
         }
     }
 
-    fn set(&self, ip: [u8; 4], ttl: u32) {
-        *self.answer.lock().unwrap() = (ip, ttl);
+    fn set(&self, name: &str, qtype: u16, ttl: u32, data: Vec<Vec<u8>>) {
+        let key = (name.to_lowercase(), qtype);
+        self.zone.lock().unwrap().insert(key, (ttl, data));
+    }
+
+    fn set_a(&self, name: &str, ip: [u8; 4], ttl: u32) {
+        self.set(name, DNS_A, ttl, vec![ip.to_vec()]);
     }
 
     fn queries(&self) -> Vec<tokio::time::Instant> {
         self.queries.lock().unwrap().clone()
     }
 
-    /// Waits (up to `secs`) for more than `n` A queries; returns them all.
+    /// Waits (up to `secs`) for more than `n` logged queries; returns them.
     async fn wait_for_queries(&self, n: usize, secs: u64) -> Vec<tokio::time::Instant> {
         eventually(secs, || async {
             let q = self.queries();
@@ -969,7 +1018,8 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
         println!("skipped: 127.0.0.2 cannot be bound here");
         return;
     };
-    let dns = DnsServer::start("api.internal", [127, 0, 0, 1], 2).await;
+    let dns = DnsServer::start(DNS_A).await;
+    dns.set_a("api.internal", [127, 0, 0, 1], 2);
     let gw = gateway(&policy(
         &format!(
             "dns = {{ name = \"api.internal\", port = {port}, nameservers = [\"{}\"], \
@@ -991,7 +1041,7 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
 
     // The answer changes at once, but the gateway holds the old one for its
     // 2s TTL (not the 200ms floor): a keeps the traffic until then.
-    dns.set([127, 0, 0, 2], 2);
+    dns.set_a("api.internal", [127, 0, 0, 2], 2);
     while t0.elapsed() < Duration::from_millis(1500) {
         assert_eq!(
             get(&gw, "/x").await,
@@ -1018,7 +1068,7 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
     let a_hits = a.hits();
 
     // A zero TTL is raised to the floor: queries every 200ms, not a storm.
-    dns.set([127, 0, 0, 2], 0);
+    dns.set_a("api.internal", [127, 0, 0, 2], 0);
     let before = dns.queries().len();
     dns.wait_for_queries(before, 5).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -1038,7 +1088,7 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
     }
 
     // A day-long TTL is cut to the 3s ceiling.
-    dns.set([127, 0, 0, 2], 86_400);
+    dns.set_a("api.internal", [127, 0, 0, 2], 86_400);
     let n = dns.queries().len();
     dns.wait_for_queries(n, 5).await;
     let q = dns.wait_for_queries(n + 1, 8).await;
@@ -1049,6 +1099,78 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
     );
     assert_eq!(a.hits(), a_hits, "a got nothing once the answer moved");
     assert!(b.hits() > 0);
+}
+
+#[tokio::test]
+async fn srv_records_give_targets_ports_and_weights() {
+    let (a, b) = (Flaky::start("a").await, Flaky::start("b").await);
+    let dns = DnsServer::start(DNS_SRV).await;
+    let srv = |priority: u16, weight: u16, port: u16, host: &str| {
+        let mut d = Vec::new();
+        for v in [priority, weight, port] {
+            d.extend_from_slice(&v.to_be_bytes());
+        }
+        d.extend_from_slice(&dns_wire_name(host));
+        d
+    };
+    // a and b share the top priority 3:1; c (priority 20) is a backup that
+    // is not used while they are listed.
+    dns.set(
+        "_api._tcp.internal",
+        DNS_SRV,
+        1,
+        vec![
+            srv(10, 3, a.addr.port(), "a.internal"),
+            srv(10, 1, b.addr.port(), "b.internal"),
+            srv(20, 1, 9, "c.internal"),
+        ],
+    );
+    for host in ["a.internal", "b.internal", "c.internal"] {
+        dns.set_a(host, [127, 0, 0, 1], 60);
+    }
+    let gw = gateway(&policy(
+        &format!(
+            "dns = {{ name = \"_api._tcp.internal\", srv = true, nameservers = [\"{}\"], \
+             min_ttl = \"100ms\", max_ttl = \"1s\" }}",
+            dns.addr
+        ),
+        "",
+    ))
+    .await;
+    let ready = eventually(5, || async {
+        (get(&gw, "/x").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the service resolved");
+    let (a0, b0) = (a.hits(), b.hits());
+    for _ in 0..40 {
+        assert_eq!(get(&gw, "/x").await.0, 200);
+    }
+    assert_eq!(
+        (a.hits() - a0, b.hits() - b0),
+        (30, 10),
+        "the SRV weights, on the SRV ports"
+    );
+
+    // b leaves the service: after the 1s TTL only a is asked.
+    dns.set(
+        "_api._tcp.internal",
+        DNS_SRV,
+        1,
+        vec![srv(10, 3, a.addr.port(), "a.internal")],
+    );
+    let moved = eventually(5, || async {
+        let b_before = b.hits();
+        for _ in 0..5 {
+            get(&gw, "/x").await;
+        }
+        (b.hits() == b_before).then_some(())
+    })
+    .await;
+    assert!(
+        moved.is_some(),
+        "b got no more traffic after leaving the SRV set"
+    );
 }
 
 #[tokio::test]
