@@ -408,6 +408,29 @@ fn answers(
     Err(DnsError::Malformed("CNAME chain too long"))
 }
 
+/// Reads `msg` as the reply to a query for `api.internal` with the id it
+/// carries and the type of its first question (A, AAAA or SRV): how the
+/// fuzz target reaches the reply parser. `Some(records)` when it is read
+/// as an answer, `None` when it is ignored or refused.
+#[doc(hidden)]
+pub fn read_reply_for_fuzzing(msg: &[u8]) -> Option<usize> {
+    let name = WireName::parse("api.internal").ok()?;
+    let id = u16::from_be_bytes([*msg.first()?, *msg.get(1)?]);
+    let at = 12 + name.0.len();
+    let qtype = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
+    if ![TYPE_A, TYPE_AAAA, TYPE_SRV].contains(&qtype) {
+        return None;
+    }
+    match parse_reply(msg, id, &name, qtype) {
+        Ok(Ok(Answer::Records(found, ttl))) => {
+            assert!(ttl <= i32::MAX as u32, "a TTL beyond RFC 2181's range");
+            Some(found.len())
+        }
+        Ok(Ok(_)) => Some(0),
+        Ok(Err(_)) | Err(NotOurs) => None,
+    }
+}
+
 /// Asks DNS servers, one after the other, until one answers.
 #[derive(Debug, Clone)]
 pub struct DnsClient {
@@ -1064,6 +1087,44 @@ mod tests {
             parse_reply(&tc, 7, &name("api.internal"), TYPE_A),
             Ok(Ok(Answer::Truncated))
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives on the socket, reading it ends without a panic,
+        /// and whatever it accepts as addresses carries a TTL within
+        /// RFC 2181's range.
+        #[test]
+        fn any_bytes_are_read_without_panicking(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            flips in proptest::collection::vec((0usize..200, proptest::num::u8::ANY), 0..8),
+        ) {
+            let q = encode_query(7, &name("api.internal"), TYPE_A);
+            let mut reply = ReplyBuilder::new(&q, 0, false)
+                .record(None, TYPE_CNAME, 30, &name("lb.example").0)
+                .record(Some("lb.example"), TYPE_A, 20, &[10, 0, 0, 2])
+                .build();
+            for (at, byte) in flips {
+                if let Some(b) = reply.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            for msg in [&noise, &reply] {
+                for qtype in [TYPE_A, TYPE_SRV] {
+                    if let Ok(Ok(Answer::Records(_, ttl))) =
+                        parse_reply(msg, 7, &name("api.internal"), qtype)
+                    {
+                        proptest::prop_assert!(ttl <= i32::MAX as u32);
+                    }
+                }
+                read_reply_for_fuzzing(msg);
+            }
+            // Unflipped, the reply is read through its CNAME.
+            let clean = ReplyBuilder::new(&q, 0, false)
+                .record(None, TYPE_CNAME, 30, &name("lb.example").0)
+                .record(Some("lb.example"), TYPE_A, 20, &[10, 0, 0, 2])
+                .build();
+            proptest::prop_assert_eq!(read_reply_for_fuzzing(&clean), Some(1));
+        }
     }
 
     #[test]
