@@ -303,7 +303,8 @@ pub struct DnsSpec {
     /// `any`, `ipv4` (A records only) or `ipv6` (AAAA only).
     #[serde(default)]
     pub family: AddressFamily,
-    /// How long one nameserver gets to answer one query.
+    /// How long one of `nameservers` gets to answer one query (resolv.conf
+    /// has its own `options timeout:`).
     #[serde(default = "dns_timeout")]
     pub timeout: Dur,
 }

@@ -102,7 +102,7 @@ pub struct ServiceTarget {
     pub host: String,
     /// Its port.
     pub port: u16,
-    /// Its SRV weight (0 counts as 1).
+    /// Its SRV weight.
     pub weight: u32,
     /// Its addresses.
     pub addrs: Vec<IpAddr>,
@@ -213,15 +213,35 @@ pub fn dns_targets(spec: &DnsSpec, addrs: &[IpAddr]) -> Vec<Found> {
         .collect()
 }
 
-/// The targets of SRV answers: every address of every target host, each
-/// with its host's weight (an address found under two hosts counts once).
+/// The targets of SRV answers: every address of every target host (an
+/// address found under two hosts counts once). A host's SRV weight is
+/// split among its addresses, so a host with four addresses gets no more
+/// traffic than one with one: weights are scaled by the largest address
+/// count first (so one address per host keeps the SRV weights as they
+/// are). Weight 0 counts as 1.
 pub fn service_targets(spec: &DnsSpec, services: &Services) -> Vec<Found> {
+    let admitted = |t: &ServiceTarget| -> Vec<IpAddr> {
+        t.addrs
+            .iter()
+            .copied()
+            .filter(|a| spec.family.admits(a))
+            .collect()
+    };
+    let scale = services
+        .targets
+        .iter()
+        .map(|t| admitted(t).len())
+        .max()
+        .unwrap_or(1)
+        .max(1) as u32;
     let mut out: Vec<Found> = Vec::new();
     for t in &services.targets {
-        for ip in t.addrs.iter().filter(|a| spec.family.admits(a)) {
+        let addrs = admitted(t);
+        let share = (t.weight * scale / addrs.len().max(1) as u32).max(1);
+        for ip in &addrs {
             let url = url_of(&spec.scheme, ip, t.port);
             if !out.iter().any(|f| f.url == url) {
-                out.push(Found::new(url, t.weight.max(1), Some(&t.host)));
+                out.push(Found::new(url, share, Some(&t.host)));
             }
         }
     }
@@ -546,6 +566,12 @@ mod tests {
                     weight: 30,
                     addrs: vec![ip("10.0.0.1")],
                 },
+                ServiceTarget {
+                    host: "many.example".into(),
+                    port: 8080,
+                    weight: 30,
+                    addrs: vec![ip("10.0.1.1"), ip("10.0.1.2"), ip("10.0.1.3")],
+                },
                 // The same address and port under another name counts once.
                 ServiceTarget {
                     host: "alias.example".into(),
@@ -561,10 +587,14 @@ mod tests {
         assert_eq!(
             found,
             vec![
-                Found::new("http://10.0.0.1:8080".into(), 30, Some("a.example")),
+                Found::new("http://10.0.0.1:8080".into(), 90, Some("a.example")),
                 Found::new("http://10.0.0.2:8443".into(), 1, Some("b.example")),
+                Found::new("http://10.0.1.1:8080".into(), 30, Some("many.example")),
+                Found::new("http://10.0.1.2:8080".into(), 30, Some("many.example")),
+                Found::new("http://10.0.1.3:8080".into(), 30, Some("many.example")),
                 Found::new("http://[::2]:8443".into(), 1, Some("b.example")),
-            ]
+            ],
+            "a host's weight is split among its addresses (scaled by the largest count, 3)"
         );
         spec.family = crate::config::AddressFamily::Ipv6;
         assert_eq!(

@@ -1,6 +1,7 @@
-//! A small DNS stub resolver for upstream discovery: A and AAAA queries over
-//! UDP (RFC 1035, with an EDNS0 buffer size), retried over TCP when the
-//! answer is truncated, CNAME chains followed, and — what `getaddrinfo`
+//! A small DNS stub resolver for upstream discovery: A, AAAA and SRV
+//! queries over UDP (RFC 1035; no EDNS0, as the C library by default, so no
+//! old server or middlebox chokes on an OPT record), retried over TCP when
+//! the answer is truncated, CNAME chains followed, and — what `getaddrinfo`
 //! cannot give — the record TTLs, so a discovered upstream is re-resolved
 //! when its answer expires instead of on a fixed timer.
 //!
@@ -28,10 +29,7 @@ const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
 const TYPE_AAAA: u16 = 28;
 const TYPE_SRV: u16 = 33;
-const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-/// The EDNS0 UDP payload size we advertise (the DNS flag day 2020 value).
-const EDNS_PAYLOAD: u16 = 1232;
 /// CNAME hops followed before giving up.
 const MAX_CHAIN: usize = 8;
 /// SRV targets used from one answer.
@@ -171,23 +169,18 @@ pub fn check_name(name: &str) -> Result<(), DnsError> {
 }
 
 /// A query message for `name` and `qtype` with id `id`, asking for
-/// recursion and advertising an EDNS0 buffer.
+/// recursion.
 fn encode_query(id: u16, name: &WireName, qtype: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(12 + name.0.len() + 4 + 11);
+    let mut q = Vec::with_capacity(12 + name.0.len() + 4);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&0x0100u16.to_be_bytes()); // RD
     q.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
     q.extend_from_slice(&0u16.to_be_bytes()); // ANCOUNT
     q.extend_from_slice(&0u16.to_be_bytes()); // NSCOUNT
-    q.extend_from_slice(&1u16.to_be_bytes()); // ARCOUNT (OPT)
+    q.extend_from_slice(&0u16.to_be_bytes()); // ARCOUNT
     q.extend_from_slice(&name.0);
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&CLASS_IN.to_be_bytes());
-    // OPT pseudo-record: root owner, type 41, class = payload size.
-    q.push(0);
-    q.extend_from_slice(&TYPE_OPT.to_be_bytes());
-    q.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
-    q.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // ext-rcode, version, flags, rdlen
     q
 }
 
@@ -735,10 +728,15 @@ impl DnsResolver {
     ) -> Result<Option<(Vec<IpAddr>, u32)>, DnsError> {
         let mut error = None;
         for candidate in candidates {
-            let wire = WireName::parse(candidate)?;
+            // A search suffix can make a long name too long: skip it.
+            let Ok(wire) = WireName::parse(candidate) else {
+                continue;
+            };
             match client.addresses(&wire, self.family).await {
                 Ok(Some(found)) => return Ok(Some(found)),
                 Ok(None) => {}
+                // No server answers: more names would only wait more.
+                Err(e @ DnsError::Timeout(_)) => return Err(e),
                 Err(e) => error = Some(e),
             }
         }
@@ -749,10 +747,20 @@ impl DnsResolver {
 #[async_trait::async_trait]
 impl Resolve for DnsResolver {
     async fn resolve(&self, name: &str) -> Result<Resolved, DiscoveryError> {
+        // An address is its own answer.
+        if let Ok(ip) = name.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Ok(Resolved {
+                addrs: vec![ip],
+                ttl: None,
+            });
+        }
         if self.nameservers.is_empty()
             && let Ok(text) = tokio::fs::read_to_string(&self.hosts).await
         {
-            let addrs = hosts_lookup(&text, name.trim_end_matches('.'));
+            // Only entries of the wanted family count (as with
+            // `getaddrinfo` for one family): otherwise DNS is asked.
+            let mut addrs = hosts_lookup(&text, name.trim_end_matches('.'));
+            addrs.retain(|a| self.family.admits(a));
             if !addrs.is_empty() {
                 return Ok(Resolved { addrs, ttl: None });
             }
@@ -787,13 +795,19 @@ impl Resolve for DnsResolver {
         let mut error = None;
         let mut found = None;
         for candidate in &candidates {
-            let wire = WireName::parse(candidate).map_err(|e| dns_error(name, e))?;
+            let Ok(wire) = WireName::parse(candidate) else {
+                continue;
+            };
             match client.query(&wire, TYPE_SRV).await {
                 Ok(Answer::Records(records, ttl)) => {
                     found = Some((records, ttl));
                     break;
                 }
                 Ok(_) => {}
+                Err(e @ DnsError::Timeout(_)) => {
+                    error = Some(e);
+                    break;
+                }
                 Err(e) => error = Some(e),
             }
         }
@@ -834,7 +848,7 @@ impl Resolve for DnsResolver {
                     targets.push(ServiceTarget {
                         host: host.clone(),
                         port: srv.port,
-                        weight: u32::from(srv.weight.max(1)),
+                        weight: u32::from(srv.weight),
                         addrs,
                     });
                 }
@@ -1206,9 +1220,18 @@ mod tests {
         tc: bool,
         answer: fn(&[u8]) -> Vec<u8>,
     ) -> (SocketAddr, Arc<Mutex<Vec<u16>>>) {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The same port for UDP and TCP (a few tries: the TCP port may be
+        // taken).
+        let mut bound = None;
+        for _ in 0..20 {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+                bound = Some((udp, tcp));
+                break;
+            }
+        }
+        let (udp, tcp) = bound.expect("a port free for both UDP and TCP");
         let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
         let asked = Arc::new(Mutex::new(Vec::new()));
         let log = asked.clone();
         tokio::spawn(async move {
@@ -1341,7 +1364,7 @@ mod tests {
     async fn srv_lookups_keep_the_lowest_priority_and_resolve_its_hosts() {
         let (addr, asked) = server_with(false, |q: &[u8]| {
             let b = ReplyBuilder::new(q, 0, false);
-            let qname = &q[12..q.len() - 4 - 11];
+            let qname = &q[12..q.len() - 4];
             match (qtype(q), qname) {
                 (TYPE_SRV, n) if n == name("_api._tcp.example").0 => b
                     .record(None, TYPE_SRV, 300, &srv_data(10, 3, 8080, "a.example"))
@@ -1386,7 +1409,7 @@ mod tests {
                     ServiceTarget {
                         host: "b.example".into(),
                         port: 8081,
-                        weight: 1,
+                        weight: 0,
                         addrs: ip("10.0.0.2"),
                     },
                 ],
@@ -1450,8 +1473,23 @@ mod tests {
         let pinned = r.resolve("pinned.internal").await.unwrap();
         assert_eq!(pinned.addrs, vec!["10.9.9.9".parse::<IpAddr>().unwrap()]);
         assert_eq!(pinned.ttl, None, "hosts entries have no TTL");
+        // (Should something answer there after all, NXDOMAIN is fine too:
+        // what must not happen is the C library's error.)
         let e = r.resolve("elsewhere.internal").await.unwrap_err();
-        assert!(matches!(e, DiscoveryError::Dns { .. }), "{e:?}");
+        assert!(
+            matches!(e, DiscoveryError::Dns { .. } | DiscoveryError::NoAddress(_)),
+            "{e:?}"
+        );
+        // An address is its own answer; a hosts entry of the wrong family
+        // does not count.
+        let literal = r.resolve("10.1.2.3").await.unwrap();
+        assert_eq!(literal.addrs, vec!["10.1.2.3".parse::<IpAddr>().unwrap()]);
+        std::fs::write(&hosts, "::9 pinned.internal\n").unwrap();
+        let v4 = DnsResolver {
+            family: AddressFamily::Ipv4,
+            ..r.clone()
+        };
+        assert!(v4.resolve("pinned.internal").await.is_err(), "went to DNS");
         // No nameserver in resolv.conf: the C library answers (here from
         // the machine's own hosts file, which always has localhost).
         std::fs::write(&conf, "# no nameserver\n").unwrap();

@@ -238,8 +238,12 @@ impl Upstream {
                 .as_millis();
             req.headers_mut()
                 .insert(X_REQUEST_DEADLINE.clone(), HeaderValue::from(left as u64));
+            // The discovered name, unless the client's Host is kept or the
+            // route set one.
             if let (false, Some(host)) = (self.preserve_host, &member.host) {
-                req.headers_mut().insert(http::header::HOST, host.clone());
+                req.headers_mut()
+                    .entry(http::header::HOST)
+                    .or_insert_with(|| host.clone());
             }
             let guard = InFlight::start(&self.state, &member.state);
             let label = member.state.url.clone();

@@ -43,6 +43,7 @@ use hyper_rustls::ResolveServerName;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 
 use crate::body::{BodyStats, GwBody};
 use crate::config::{
@@ -210,21 +211,20 @@ pub struct Upstream {
 }
 
 /// TLS server names by target authority (`address:port`): discovered
-/// targets are addresses, their certificates name the DNS name.
-type ServerNames = Arc<ArcSwap<HashMap<String, rustls::pki_types::ServerName<'static>>>>;
+/// targets are addresses, their certificates name the DNS name. The flag
+/// is false for targets of the previous generation only.
+type ServerNames = Arc<ArcSwap<HashMap<String, (ServerName<'static>, bool)>>>;
 
-/// The server names of discovered `https` targets.
-fn server_names(
-    list: &[discovery::Found],
-) -> HashMap<String, rustls::pki_types::ServerName<'static>> {
+/// The server names of discovered `https` targets (current ones).
+fn server_names(list: &[discovery::Found]) -> HashMap<String, (ServerName<'static>, bool)> {
     list.iter()
         .filter_map(|f| {
             let target = Target::parse(&f.url).ok()?;
             if target.scheme != Scheme::HTTPS {
                 return None;
             }
-            let name = rustls::pki_types::ServerName::try_from(f.name.clone()?).ok()?;
-            Some((target.authority.as_str().to_owned(), name))
+            let name = ServerName::try_from(f.name.clone()?).ok()?;
+            Some((target.authority.as_str().to_owned(), (name, true)))
         })
         .collect()
 }
@@ -274,7 +274,7 @@ fn pooled_client(
     if spec.dns.as_ref().is_some_and(|d| d.scheme == "https") {
         let names = names.clone();
         builder = builder.with_server_name_resolver(move |uri: &Uri| {
-            if let Some(name) = uri
+            if let Some((name, _)) = uri
                 .authority()
                 .and_then(|a| names.load().get(a.as_str()).cloned())
             {
@@ -672,8 +672,18 @@ impl Upstream {
             .iter()
             .filter_map(|f| discovered_member(&self.state, f))
             .collect();
-        // Names first: a connection to a new target must find its name.
-        self.server_names.store(Arc::new(server_names(list)));
+        // Names first: a connection to a new target must find its name. A
+        // request or health check that loaded the old members may still
+        // connect to a target just dropped: its name stays one generation.
+        let mut names = server_names(list);
+        for (authority, (name, current)) in self.server_names.load().iter() {
+            if *current {
+                names
+                    .entry(authority.clone())
+                    .or_insert_with(|| (name.clone(), false));
+            }
+        }
+        self.server_names.store(Arc::new(names));
         self.members.store(Arc::new(Members::new(new, &set_names)));
     }
 
@@ -1088,6 +1098,55 @@ mod tests {
             &registry,
             &[],
         )
+    }
+
+    #[test]
+    fn discovered_targets_carry_their_names_for_a_generation() {
+        let u = build(
+            "name = \"u\"\ndns = { name = \"api.internal\", srv = true, scheme = \"https\", nameservers = [\"127.0.0.1\"] }",
+        )
+        .unwrap();
+        let found = |url: &str, name: &str| discovery::Found {
+            url: url.into(),
+            weight: 1,
+            name: Some(name.into()),
+        };
+        let name_of = |u: &Upstream, authority: &str| {
+            u.server_names
+                .load()
+                .get(authority)
+                .map(|(n, current)| (n.to_str().into_owned(), *current))
+        };
+        u.replace_targets(&[
+            found("https://10.0.0.1:443", "a.internal"),
+            found("https://10.0.0.2:8443", "b.internal"),
+        ]);
+        let hosts: Vec<_> = u.members().members.iter().map(|m| m.host.clone()).collect();
+        assert_eq!(
+            hosts,
+            vec![
+                Some(http::HeaderValue::from_static("a.internal")),
+                Some(http::HeaderValue::from_static("b.internal:8443")),
+            ],
+            "the default port is left out of Host"
+        );
+        assert_eq!(
+            name_of(&u, "10.0.0.1:443"),
+            Some(("a.internal".into(), true))
+        );
+        // b leaves: its name stays one generation for connections made from
+        // an older member list, then goes.
+        u.replace_targets(&[found("https://10.0.0.1:443", "a.internal")]);
+        assert_eq!(
+            name_of(&u, "10.0.0.2:8443"),
+            Some(("b.internal".into(), false))
+        );
+        u.replace_targets(&[found("https://10.0.0.1:443", "a.internal")]);
+        assert_eq!(name_of(&u, "10.0.0.2:8443"), None);
+        assert_eq!(
+            name_of(&u, "10.0.0.1:443"),
+            Some(("a.internal".into(), true))
+        );
     }
 
     #[test]

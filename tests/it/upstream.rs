@@ -1019,11 +1019,11 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
         return;
     };
     let dns = DnsServer::start(DNS_A).await;
-    dns.set_a("api.internal", [127, 0, 0, 1], 2);
+    dns.set_a("api.internal", [127, 0, 0, 1], 3);
     let gw = gateway(&policy(
         &format!(
             "dns = {{ name = \"api.internal\", port = {port}, nameservers = [\"{}\"], \
-             min_ttl = \"200ms\", max_ttl = \"3s\" }}",
+             min_ttl = \"200ms\", max_ttl = \"4s\" }}",
             dns.addr
         ),
         "",
@@ -1040,8 +1040,8 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
     let t0 = dns.queries()[0];
 
     // The answer changes at once, but the gateway holds the old one for its
-    // 2s TTL (not the 200ms floor): a keeps the traffic until then.
-    dns.set_a("api.internal", [127, 0, 0, 2], 2);
+    // 3s TTL (not the 200ms floor): a keeps the traffic until then.
+    dns.set_a("api.internal", [127, 0, 0, 2], 3);
     while t0.elapsed() < Duration::from_millis(1500) {
         assert_eq!(
             get(&gw, "/x").await,
@@ -1061,7 +1061,7 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
     );
     let q = dns.queries();
     assert!(
-        q[1] - q[0] >= Duration::from_millis(1950),
+        q[1] - q[0] >= Duration::from_millis(2950),
         "asked again after the TTL: {:?}",
         q[1] - q[0]
     );
@@ -1087,14 +1087,14 @@ async fn a_dns_answer_is_kept_for_its_ttl_within_floor_and_ceiling() {
         );
     }
 
-    // A day-long TTL is cut to the 3s ceiling.
+    // A day-long TTL is cut to the 4s ceiling.
     dns.set_a("api.internal", [127, 0, 0, 2], 86_400);
     let n = dns.queries().len();
     dns.wait_for_queries(n, 5).await;
     let q = dns.wait_for_queries(n + 1, 8).await;
     let gap = q[n + 1] - q[n];
     assert!(
-        gap >= Duration::from_millis(2950),
+        gap >= Duration::from_millis(3950),
         "held up to the ceiling: {gap:?}"
     );
     assert_eq!(a.hits(), a_hits, "a got nothing once the answer moved");
