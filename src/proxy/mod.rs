@@ -444,7 +444,11 @@ impl Upstream {
                         Err(msg) => problems.push(source.problem(spec.name.span(), msg)),
                     }
                 }
-                if let Err(e) = dns::check_name(&dns.name) {
+                let literal = dns
+                    .name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>();
+                if let (Err(_), Err(e)) = (literal, dns::check_name(&dns.name)) {
                     problems.push(source.problem(spec.name.span(), format!("`dns.name`: {e}")));
                 }
                 match (dns.srv, dns.port) {
@@ -1098,6 +1102,16 @@ mod tests {
             &registry,
             &[],
         )
+    }
+
+    #[test]
+    fn dns_names_may_be_addresses() {
+        for name in ["10.0.0.5", "::1", "[::1]", "api.internal."] {
+            let text = format!("name = \"u\"\ndns = {{ name = \"{name}\", port = 80 }}");
+            assert!(build(&text).is_ok(), "{name}");
+        }
+        let text = "name = \"u\"\ndns = { name = \"a:b\", port = 80 }";
+        assert!(build(text).is_err());
     }
 
     #[test]

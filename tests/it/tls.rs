@@ -768,10 +768,16 @@ async fn a_dns_discovered_https_upstream_verifies_the_name_not_the_address() {
             toml_str(&ca.ca_path())
         ));
     }
+    // A route that sets Host itself keeps it.
+    policy.push_str(
+        "[[route]]\nname = \"edit\"\nprefix = \"/edit\"\nstrip_prefix = \"/edit\"\nupstream = \"h1\"\n\
+         request_headers = { set = { \"host\" = \"vhost.example\" } }\n",
+    );
     let gw = b.policy("a.toml", &policy).start().await;
     for (name, version, host) in [
         ("h1", "HTTP/1.1", Some(format!("api.internal:{port}"))),
         ("h2", "HTTP/2.0", Some(format!("api.internal:{port}"))),
+        ("edit", "HTTP/1.1", Some("vhost.example".to_owned())),
     ] {
         let echo = eventually(5, || async {
             let resp = client()
