@@ -720,28 +720,30 @@ impl DnsResolver {
         };
         Some((client, conf.candidates(name)))
     }
+}
 
-    async fn lookup(
-        &self,
-        client: &DnsClient,
-        candidates: &[String],
-    ) -> Result<Option<(Vec<IpAddr>, u32)>, DnsError> {
-        let mut error = None;
-        for candidate in candidates {
-            // A search suffix can make a long name too long: skip it.
-            let Ok(wire) = WireName::parse(candidate) else {
-                continue;
-            };
-            match client.addresses(&wire, self.family).await {
-                Ok(Some(found)) => return Ok(Some(found)),
-                Ok(None) => {}
-                // No server answers: more names would only wait more.
-                Err(e @ DnsError::Timeout(_)) => return Err(e),
-                Err(e) => error = Some(e),
-            }
+/// Walks the search list: the first candidate `ask` finds something for,
+/// `Ok(None)` when none has anything, the last error when one failed.
+async fn first_found<T, F, Fut>(candidates: &[String], ask: F) -> Result<Option<T>, DnsError>
+where
+    F: Fn(WireName) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, DnsError>>,
+{
+    let mut error = None;
+    for candidate in candidates {
+        // A search suffix can make a long name too long: skip it.
+        let Ok(wire) = WireName::parse(candidate) else {
+            continue;
+        };
+        match ask(wire).await {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => {}
+            // No server answers: more names would only wait more.
+            Err(e @ DnsError::Timeout(_)) => return Err(e),
+            Err(e) => error = Some(e),
         }
-        error.map_or(Ok(None), Err)
     }
+    error.map_or(Ok(None), Err)
 }
 
 #[async_trait::async_trait]
@@ -768,11 +770,12 @@ impl Resolve for DnsResolver {
         let Some((client, candidates)) = self.client_for(name).await else {
             return SystemResolver.resolve(name).await;
         };
-        match self
-            .lookup(&client, &candidates)
-            .await
-            .map_err(|e| dns_error(name, e))?
-        {
+        let found = first_found(&candidates, |wire| {
+            let client = &client;
+            async move { client.addresses(&wire, self.family).await }
+        })
+        .await;
+        match found.map_err(|e| dns_error(name, e))? {
             Some((mut addrs, ttl)) => {
                 addrs.sort();
                 addrs.dedup();
@@ -792,30 +795,18 @@ impl Resolve for DnsResolver {
                 DnsError::Io("resolv.conf names no nameserver".into()),
             ));
         };
-        let mut error = None;
-        let mut found = None;
-        for candidate in &candidates {
-            let Ok(wire) = WireName::parse(candidate) else {
-                continue;
-            };
-            match client.query(&wire, TYPE_SRV).await {
-                Ok(Answer::Records(records, ttl)) => {
-                    found = Some((records, ttl));
-                    break;
+        let found = first_found(&candidates, |wire| {
+            let client = &client;
+            async move {
+                match client.query(&wire, TYPE_SRV).await? {
+                    Answer::Records(records, ttl) => Ok(Some((records, ttl))),
+                    _ => Ok(None),
                 }
-                Ok(_) => {}
-                Err(e @ DnsError::Timeout(_)) => {
-                    error = Some(e);
-                    break;
-                }
-                Err(e) => error = Some(e),
             }
-        }
-        let Some((records, mut ttl)) = found else {
-            return match error {
-                Some(e) => Err(dns_error(name, e)),
-                None => Err(DiscoveryError::NoAddress(name.to_owned())),
-            };
+        })
+        .await;
+        let Some((records, mut ttl)) = found.map_err(|e| dns_error(name, e))? else {
+            return Err(DiscoveryError::NoAddress(name.to_owned()));
         };
         // The lowest priority present is used (RFC 2782); "." means the
         // service is not offered there.
@@ -1170,6 +1161,58 @@ mod tests {
             "enough dots: as given first"
         );
         assert_eq!(one_dot.nameservers, Vec::<SocketAddr>::new());
+    }
+
+    #[tokio::test]
+    async fn the_search_list_skips_bad_names_and_stops_on_timeouts() {
+        let candidates: Vec<String> = [&"x".repeat(300), "a.example", "b.example", "c.example"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let walk = |answers: [Result<Option<u8>, DnsError>; 3]| {
+            let asked = Mutex::new(Vec::new());
+            let answers = answers.clone();
+            let candidates = candidates.clone();
+            async move {
+                let got = first_found(&candidates, |wire| {
+                    let host = wire.to_host().unwrap_or_default();
+                    asked.lock().unwrap().push(host.clone());
+                    let i = ["a.example", "b.example", "c.example"]
+                        .iter()
+                        .position(|c| *c == host)
+                        .unwrap();
+                    let answer = answers[i].clone();
+                    async move { answer }
+                })
+                .await;
+                (got, asked.into_inner().unwrap())
+            }
+        };
+        let refused = || {
+            Err(DnsError::Rcode {
+                server: "127.0.0.1:53".parse().unwrap(),
+                rcode: "REFUSED",
+            })
+        };
+        let timeout = || Err(DnsError::Timeout("127.0.0.1:53".into()));
+        // An error on one name does not stop the walk; an answer does.
+        let (got, asked) = walk([refused(), Ok(Some(7)), Ok(Some(8))]).await;
+        assert_eq!(got, Ok(Some(7)));
+        assert_eq!(
+            asked,
+            vec!["a.example", "b.example"],
+            "the too-long name skipped"
+        );
+        // A timeout ends it: no more waiting on a dead server.
+        let (got, asked) = walk([Ok(None), timeout(), Ok(Some(8))]).await;
+        assert_eq!(got, Err(DnsError::Timeout("127.0.0.1:53".into())));
+        assert_eq!(asked, vec!["a.example", "b.example"]);
+        // Nothing anywhere; the last error when there was one.
+        assert_eq!(walk([Ok(None), Ok(None), Ok(None)]).await.0, Ok(None));
+        assert!(matches!(
+            walk([refused(), Ok(None), Ok(None)]).await.0,
+            Err(DnsError::Rcode { .. })
+        ));
     }
 
     #[test]

@@ -1174,6 +1174,41 @@ async fn srv_records_give_targets_ports_and_weights() {
 }
 
 #[tokio::test]
+async fn health_checks_of_a_dns_name_send_it_as_host() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let backend = Backend::start(move |req| {
+        let log = log.clone();
+        async move {
+            if req.uri().path() == "/health" {
+                let host = req
+                    .headers()
+                    .get("host")
+                    .map(|h| h.to_str().unwrap().to_owned());
+                log.lock().unwrap().push(host);
+            }
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let port = backend.addr.port();
+    let builder = GatewayBuilder::new().policy(
+        "u.toml",
+        &policy(
+            &format!(
+                "dns = {{ name = \"api.internal\", port = {port}, hosts_file = \"hosts\", min_ttl = \"50ms\" }}\n\
+                 [upstream.health]\npath = \"/health\"\ninterval = \"50ms\"\njitter = \"0s\""
+            ),
+            "",
+        ),
+    );
+    std::fs::write(builder.path().join("hosts"), "127.0.0.1 api.internal\n").unwrap();
+    let _gw = builder.start().await;
+    let checked = eventually(5, || async { seen.lock().unwrap().first().cloned() }).await;
+    assert_eq!(checked, Some(Some(format!("api.internal:{port}"))));
+}
+
+#[tokio::test]
 async fn a_watched_targets_file_changes_the_set_without_a_reload() {
     let (a, b) = (Flaky::start("a").await, Flaky::start("b").await);
     let builder = GatewayBuilder::new().policy(
