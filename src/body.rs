@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
+use crate::conn::StreamGuard;
 use crate::telemetry::AccessRecord;
 
 /// The body type of every response and of every upstream request.
@@ -232,6 +233,9 @@ pin_project_lite::pin_project! {
         timer: Option<Pin<Box<Sleep>>>,
         bytes: u64,
         record: Option<Box<AccessRecord>>,
+        // The request counts as in flight on its connection until hyper
+        // drops its body (the connection's idle timeout waits for that).
+        stream: StreamGuard,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -253,14 +257,21 @@ pin_project_lite::pin_project! {
 pub struct DeadlineExceeded;
 
 impl ResponseBody {
-    /// Wraps `inner`; `deadline` cuts the stream when it passes.
-    pub fn new(inner: GwBody, deadline: Option<Instant>, record: AccessRecord) -> Self {
+    /// Wraps `inner`; `deadline` cuts the stream when it passes; `stream`
+    /// ends when the body is dropped.
+    pub fn new(
+        inner: GwBody,
+        deadline: Option<Instant>,
+        record: AccessRecord,
+        stream: StreamGuard,
+    ) -> Self {
         ResponseBody {
             inner,
             deadline,
             timer: None,
             bytes: 0,
             record: Some(Box::new(record)),
+            stream,
         }
     }
 }

@@ -29,6 +29,18 @@ pub enum GatewayError {
     /// The framing headers are ambiguous (smuggling risk).
     #[error("ambiguous message framing: {0}")]
     AmbiguousFraming(&'static str),
+    /// TRACE: never answered or forwarded (it would echo credentials).
+    #[error("TRACE is not allowed")]
+    TraceRefused,
+    /// CONNECT: the gateway opens no tunnels to arbitrary hosts.
+    #[error("CONNECT is not supported")]
+    ConnectRefused,
+    /// A request header the gateway refuses (see `underscores_in_headers`).
+    #[error("invalid header: {0}")]
+    InvalidHeader(&'static str),
+    /// The route already has as many upgraded tunnels open as it allows.
+    #[error("too many open tunnels on this route")]
+    TunnelLimit,
     /// The Host header (or :authority) is missing, malformed or inconsistent.
     #[error("invalid host: {0}")]
     InvalidHost(&'static str),
@@ -204,9 +216,13 @@ impl GatewayError {
             | GatewayError::MalformedRequest(_)
             | GatewayError::AmbiguousFraming(_)
             | GatewayError::InvalidHost(_)
+            | GatewayError::InvalidHeader(_)
             | GatewayError::MissingHeader(_)
             | GatewayError::InvalidQuery(_)
             | GatewayError::InvalidJson => StatusCode::BAD_REQUEST,
+            GatewayError::TraceRefused => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::ConnectRefused => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::TunnelLimit => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::IpDenied | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
@@ -248,6 +264,10 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::AmbiguousFraming(_) => "ambiguous_framing",
             GatewayError::InvalidHost(_) => "invalid_host",
+            GatewayError::TraceRefused => "trace_refused",
+            GatewayError::ConnectRefused => "connect_not_supported",
+            GatewayError::InvalidHeader(_) => "invalid_header",
+            GatewayError::TunnelLimit => "tunnel_limit_reached",
             GatewayError::MissingHeader(_) => "missing_header",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::InvalidQuery(_) => "invalid_query",
@@ -297,6 +317,10 @@ impl GatewayError {
             | GatewayError::HeadersTooLarge
             | GatewayError::AmbiguousFraming(_)
             | GatewayError::InvalidHost(_)
+            | GatewayError::TraceRefused
+            | GatewayError::ConnectRefused
+            | GatewayError::InvalidHeader(_)
+            | GatewayError::TunnelLimit
             | GatewayError::MissingHeader(_)
             | GatewayError::UnsupportedMediaType
             | GatewayError::InvalidQuery(_)
@@ -360,6 +384,12 @@ impl GatewayError {
             {
                 r.headers_mut().insert(header::ALLOW, v);
             }
+            if let GatewayError::TraceRefused = self {
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
             let challenges = match self {
                 GatewayError::MissingCredentials { challenge } => challenge.values(None, None),
                 GatewayError::InvalidCredentials { challenge, .. } => {
@@ -388,6 +418,7 @@ impl GatewayError {
                 }
                 GatewayError::Overloaded
                 | GatewayError::RateLimiterUnavailable
+                | GatewayError::TunnelLimit
                 | GatewayError::AuthUnavailable => {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -477,6 +508,25 @@ mod tests {
                 },
                 405,
                 "method_not_allowed",
+            ),
+            ("trace", GatewayError::TraceRefused, 405, "trace_refused"),
+            (
+                "connect",
+                GatewayError::ConnectRefused,
+                501,
+                "connect_not_supported",
+            ),
+            (
+                "underscore header",
+                GatewayError::InvalidHeader("x"),
+                400,
+                "invalid_header",
+            ),
+            (
+                "tunnels",
+                GatewayError::TunnelLimit,
+                503,
+                "tunnel_limit_reached",
             ),
             (
                 "too large",

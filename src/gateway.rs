@@ -10,9 +10,8 @@
 //! the JSON error body and never forwarded. Every outcome is logged once,
 //! when its response has been sent.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -27,6 +26,7 @@ use crate::auth::api_key::{ApiKeyAuth, ApiKeyError};
 use crate::auth::jwt::JwtError;
 use crate::auth::policy::{self, Presented, PresentedError, RouteAuth};
 use crate::body::{BodyStats, GwBody, RequestBody, ResponseBody, empty, full};
+pub use crate::conn::ConnInfo;
 use crate::cors;
 use crate::error::{Challenge, GatewayError};
 use crate::proxy::{self, ForwardError, ForwardedFor};
@@ -37,34 +37,7 @@ use crate::snapshot::Snapshot;
 use crate::telemetry::access::InFlight;
 use crate::telemetry::trace::{Kind as SpanKind, RequestTrace, Value as TraceValue};
 use crate::telemetry::{AccessRecord, Telemetry};
-use crate::validate::{self, Refusal, Verdicts};
-
-/// What the server knows about the connection a request came on.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// The client's socket address.
-    pub peer: SocketAddr,
-    /// The listener's name.
-    pub listener: Arc<str>,
-    /// The negotiated TLS version, when the listener terminates TLS.
-    pub tls_version: Option<&'static str>,
-    /// On a plain listener: redirect everything to HTTPS on this port.
-    pub redirect_https_port: Option<u16>,
-    /// Heads the HTTP/1 framing guard refused (none on HTTP/2).
-    pub verdicts: Option<Arc<Verdicts>>,
-    /// Requests seen on this connection so far.
-    pub requests: AtomicU64,
-}
-
-impl ConnInfo {
-    fn proto(&self) -> &'static str {
-        if self.tls_version.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
-}
+use crate::validate::{self, Refusal};
 
 /// The gateway: the current snapshot and what the pipeline needs.
 #[derive(Debug, Clone)]
@@ -77,6 +50,7 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
     in_flight: Arc<tokio::sync::Semaphore>,
     telemetry: Arc<Telemetry>,
+    tunnels: proxy::Tunnels,
 }
 
 /// What a [`Gateway`] is built from.
@@ -99,6 +73,8 @@ pub struct GatewayDeps {
     pub max_in_flight: usize,
     /// Where requests are counted.
     pub telemetry: Arc<Telemetry>,
+    /// Open upgrade tunnels (closed at shutdown's deadline).
+    pub tunnels: proxy::Tunnels,
 }
 
 /// Per-request state carried through the steps.
@@ -156,6 +132,7 @@ impl Gateway {
             clock: deps.clock,
             in_flight: Arc::new(tokio::sync::Semaphore::new(deps.max_in_flight)),
             telemetry: deps.telemetry,
+            tunnels: deps.tunnels,
         }
     }
 
@@ -163,6 +140,7 @@ impl Gateway {
     /// becomes a JSON answer.
     pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<GwBody> {
         let started = Instant::now();
+        let stream = conn.activity.start();
         let snapshot = self.snapshot.load_full();
         let request_id = request_id(req.headers());
         let trace = self
@@ -258,6 +236,11 @@ impl Gateway {
         {
             cors.decorate(origin, response.headers_mut());
         }
+        if let Some(hsts) = &conn.hsts {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
         ctx.record.status = response.status().as_u16();
         if leaves_http && response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The framing guard stops reading after an upgrade request:
@@ -267,7 +250,7 @@ impl Gateway {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         ctx.record.trace = ctx.trace.take();
-        response.map(|body| ResponseBody::new(body, deadline, ctx.record).boxed())
+        response.map(|body| ResponseBody::new(body, deadline, ctx.record, stream).boxed())
     }
 }
 
@@ -310,12 +293,13 @@ fn refusal_error(why: Refusal) -> GatewayError {
 type Done = (Response<GwBody>, Option<tokio::time::Instant>);
 
 async fn process(
-    req: Request<Incoming>,
-    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     gw: &Gateway,
 ) -> Result<Done, GatewayError> {
     // 2. Normalise and strictly parse.
+    validate::check_method(req.method())?;
     validate::check_framing(req.headers())?;
     let host = host_of(&req)?;
     let path = validate::normalize_path(req.uri().path(), ctx.snapshot.merge_slashes)
@@ -353,6 +337,10 @@ async fn process(
     ctx.record.route = Some(route.name.clone());
     ctx.record.meters = route.meters.clone();
     ctx.route = Some(route.clone());
+
+    // Header hygiene for this route, before any check reads a header: what
+    // the checks see is what is forwarded.
+    let upgrade = route.headers.sanitize(req.version(), req.headers_mut())?;
 
     // 7 (address part). Route client-address rules.
     route.rules.ip.check(client)?;
@@ -420,11 +408,23 @@ async fn process(
         Action::Respond(direct) => Ok((respond_directly(route, direct, req.method()), None)),
         Action::Forward(upstream) => {
             ctx.record.upstream = Some(upstream.name.clone());
-            forward(req, conn, ctx, route, upstream, &host, &path, &params).await
+            let way = Way {
+                host: &host,
+                path: &path,
+                params: &params,
+                upgrade,
+            };
+            forward(req, conn, ctx, route, upstream, way, &gw.tunnels).await
         }
         Action::Invoke(invoke) => {
             ctx.record.upstream = Some(invoke.function.name.clone());
-            forward_lambda(req, conn, ctx, route, invoke, &host, &path, &params).await
+            let way = Way {
+                host: &host,
+                path: &path,
+                params: &params,
+                upgrade: false,
+            };
+            forward_lambda(req, conn, ctx, route, invoke, way).await
         }
     }
 }
@@ -717,12 +717,12 @@ fn host_of<B>(req: &Request<B>) -> Result<Host, GatewayError> {
             authority: None,
         });
     };
+    if !validate::valid_authority(authority) {
+        return Err(GatewayError::InvalidHost("Host is not a valid host[:port]"));
+    }
     let parsed: http::uri::Authority = authority
         .parse()
-        .map_err(|_| GatewayError::InvalidHost("malformed Host"))?;
-    if authority.contains('@') || parsed.host().is_empty() {
-        return Err(GatewayError::InvalidHost("malformed Host"));
-    }
+        .map_err(|_| GatewayError::InvalidHost("Host is not a valid host[:port]"))?;
     let name = parsed.host().trim_end_matches('.').to_ascii_lowercase();
     Ok(Host {
         name,
@@ -780,20 +780,45 @@ fn respond_directly(
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a routed request goes: its host, normalised path, template
+/// parameters, and whether it is an upgrade the route tunnels.
+#[derive(Debug, Clone, Copy)]
+struct Way<'a> {
+    host: &'a Host,
+    path: &'a str,
+    params: &'a [(String, String)],
+    upgrade: bool,
+}
+
 async fn forward(
     mut req: Request<Incoming>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     route: &Route,
     upstream: &proxy::Upstream,
-    host: &Host,
-    path: &str,
-    params: &[(String, String)],
+    way: Way<'_>,
+    tunnels: &proxy::Tunnels,
 ) -> Result<Done, GatewayError> {
+    let Way {
+        host,
+        path,
+        params,
+        upgrade,
+    } = way;
     // 10. Rewrite.
     let upstream_path = route.upstream_path(path, params);
-    let upgrade = req.version() == Version::HTTP_11 && proxy::is_upgrade_request(req.headers());
+    // A place for the tunnel, taken before the upstream sees the request.
+    let tunnel_place = if upgrade {
+        Some(
+            route
+                .tunnels
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| GatewayError::TunnelLimit)?,
+        )
+    } else {
+        None
+    };
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
@@ -805,7 +830,6 @@ async fn forward(
         ctx,
         route,
         host,
-        upgrade,
         upstream.preserve_host,
     );
     let upstream_span = inject_trace_context(ctx, &mut parts.headers);
@@ -902,16 +926,22 @@ async fn forward(
     // 12. Finish.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        match client_upgrade {
-            Some(client) => {
+        match (client_upgrade, tunnel_place) {
+            (Some(client), Some(route_place)) => {
                 let upstream_side = hyper::upgrade::on(&mut resp);
                 tokio::spawn(proxy::tunnel(
                     client,
                     upstream_side,
                     ctx.record.request_id.clone(),
+                    tunnels.clone(),
+                    proxy::TunnelPlaces {
+                        conn: conn.hold.clone(),
+                        route: route_place,
+                    },
+                    route.tunnel_idle_timeout,
                 ));
             }
-            None => {
+            _ => {
                 return Err(GatewayError::UpstreamFailed {
                     source: "upstream switched protocols without an upgrade request".into(),
                 });
@@ -930,17 +960,17 @@ async fn forward(
 /// [`forward`], the buffered body (bounded by the route and Lambda's 6 MB),
 /// the API Gateway event, one invocation (retried only while the function
 /// has not run), and its answer mapped back to HTTP.
-#[allow(clippy::too_many_arguments)]
 async fn forward_lambda(
     req: Request<Incoming>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
     route: &Route,
     invoke: &crate::route::Invoke,
-    host: &Host,
-    path: &str,
-    params: &[(String, String)],
+    way: Way<'_>,
 ) -> Result<Done, GatewayError> {
+    let Way {
+        host, path, params, ..
+    } = way;
     use crate::proxy::lambda::{self, LambdaError};
     let function = &invoke.function;
     ctx.record.target = Some(function.label().to_owned());
@@ -952,7 +982,7 @@ async fn forward_lambda(
     let (mut parts, body) = req.into_parts();
     // The client's Host stays: API Gateway events carry it, and functions
     // (lambda_http) build the request URI from it.
-    outgoing_headers(&mut parts.headers, conn, ctx, route, host, false, true);
+    outgoing_headers(&mut parts.headers, conn, ctx, route, host, true);
     let upstream_span = inject_trace_context(ctx, &mut parts.headers);
     let stats = ctx.record.body.clone();
     let body = RequestBody::new(body, limit, ctx.snapshot.body_pace, stats.clone());
@@ -1129,8 +1159,8 @@ fn record_upstream_span(
 }
 
 /// The outgoing request headers of a forwarded request (to an upstream or
-/// a function): hop-by-hop removed (kept for an `upgrade`),
-/// `X-Forwarded-*`, the request id, the route's edits, identity headers
+/// a function; hop-by-hop headers were removed right after routing):
+/// `X-Forwarded-*`, `X-Real-IP`, the request id, the route's edits, identity headers
 /// (the client's own removed) and credentials stripped unless the route
 /// forwards them. Identity headers are the gateway's to set: a client's own
 /// are removed on every route, then the authenticated caller's are added.
@@ -1140,7 +1170,6 @@ fn outgoing_headers(
     ctx: &RequestCtx,
     route: &Route,
     host: &Host,
-    upgrade: bool,
     preserve_host: bool,
 ) {
     let peer = validate::canonical(conn.peer.ip());
@@ -1161,7 +1190,7 @@ fn outgoing_headers(
         proto: conn.proto(),
         host: host.authority.as_deref(),
     };
-    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, upgrade, preserve_host);
+    proxy::prepare_request_headers(headers, &fwd, &ctx.request_id, preserve_host);
     route.request_headers.apply(headers);
     for name in &ctx.snapshot.identity_headers {
         headers.remove(name);
@@ -1231,6 +1260,22 @@ mod tests {
                 Ok("b.test"),
             ),
             ("userinfo", Version::HTTP_11, "/", &["u@a.test"], Err(())),
+            (
+                "port out of range",
+                Version::HTTP_11,
+                "/",
+                &["a.test:65536"],
+                Err(()),
+            ),
+            ("empty port", Version::HTTP_11, "/", &["a.test:"], Err(())),
+            ("junk", Version::HTTP_11, "/", &["a.test;x"], Err(())),
+            (
+                "h2 authority and Host differ",
+                Version::HTTP_2,
+                "https://b.test/x",
+                &["c.test"],
+                Err(()),
+            ),
             ("ipv6", Version::HTTP_11, "/", &["[::1]:8080"], Ok("[::1]")),
         ];
         for (name, v, uri, hs, want) in cases {

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod cors;
 pub mod error;
 pub mod gateway;

@@ -114,6 +114,12 @@ pub struct Route {
     pub connect_timeout: Option<std::time::Duration>,
     /// Overrides the upstream's time for the whole exchange.
     pub request_timeout: Option<std::time::Duration>,
+    /// Upgrades, client headers it lets through, `_` in header names.
+    pub headers: crate::validate::HeaderPolicy,
+    /// Places for upgraded tunnels (`max_tunnels`).
+    pub tunnels: Arc<tokio::sync::Semaphore>,
+    /// A tunnel idle this long is closed.
+    pub tunnel_idle_timeout: std::time::Duration,
     /// Its request meters.
     pub meters: Arc<crate::telemetry::requests::RouteMetrics>,
 }
@@ -450,6 +456,9 @@ mod tests {
             first_byte_timeout: None,
             connect_timeout: None,
             request_timeout: None,
+            headers: Default::default(),
+            tunnels: Arc::new(tokio::sync::Semaphore::new(1)),
+            tunnel_idle_timeout: std::time::Duration::from_secs(60),
             meters: Arc::new(crate::telemetry::requests::RouteMetrics::unrouted(
                 &Arc::new(crate::telemetry::Metrics::new().unwrap()),
             )),

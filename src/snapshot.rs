@@ -233,6 +233,7 @@ impl Snapshot {
                     functions: &functions,
                     upstream_places: &upstream_places,
                     merge_slashes: loaded.config.server.merge_slashes,
+                    server: &loaded.config.server,
                     issuers: &issuer_names,
                     rate: &rate_index,
                     metrics: deps.metrics,
@@ -510,6 +511,7 @@ struct RouteCtx<'a> {
     functions: &'a HashMap<String, Arc<LambdaFunction>>,
     upstream_places: &'a HashMap<String, String>,
     merge_slashes: bool,
+    server: &'a crate::config::ServerConfig,
     issuers: &'a [String],
     rate: &'a RateIndex,
     metrics: &'a Arc<Metrics>,
@@ -908,6 +910,15 @@ fn compile_route(
     );
 
     let rules = compile_rules(r, source, span.clone(), &label, &mut problems);
+    let headers = compile_header_policy(r, ctx.server, source, span.clone(), &label, &mut problems);
+    if !r.upgrades.is_empty() && !matches!(action, Some(Action::Forward(_))) {
+        problems.push(source.problem(
+            r.upgrades[0].span(),
+            format!(
+                "{label}: `upgrades` needs an HTTP upstream (not `respond` or a Lambda function)"
+            ),
+        ));
+    }
     let auth = compile_auth(r, ctx.issuers, source, span.clone(), &label, &mut problems);
     let rate_limits = route_rate_limits(r, ctx.rate, source, &label, &mut problems);
     let route_methods: Vec<Method> = methods.clone();
@@ -970,6 +981,12 @@ fn compile_route(
                 first_byte_timeout: r.first_byte_timeout.map(|d| d.0),
                 connect_timeout: r.connect_timeout.map(|d| d.0),
                 request_timeout: r.request_timeout.map(|d| d.0),
+                headers,
+                tunnels: Arc::new(tokio::sync::Semaphore::new(
+                    usize::try_from(r.max_tunnels.unwrap_or(DEFAULT_MAX_TUNNELS))
+                        .unwrap_or(usize::MAX),
+                )),
+                tunnel_idle_timeout: r.tunnel_idle_timeout.unwrap_or(ctx.server.idle_timeout).0,
                 meters: Arc::new(RouteMetrics::new(
                     ctx.metrics,
                     name,
@@ -979,6 +996,49 @@ fn compile_route(
             },
         )),
         _ => Err(problems),
+    }
+}
+
+/// Upgraded tunnels a route allows at once unless it sets `max_tunnels`.
+const DEFAULT_MAX_TUNNELS: u32 = 1000;
+
+/// A route's header hygiene: its upgrades, the client headers it lets
+/// through, and what happens to header names with `_`.
+fn compile_header_policy(
+    r: &RouteSpec,
+    server: &crate::config::ServerConfig,
+    source: &SourceFile,
+    span: std::ops::Range<usize>,
+    label: &str,
+    problems: &mut Vec<Problem>,
+) -> crate::validate::HeaderPolicy {
+    let upgrades: Vec<String> = r.upgrades.iter().map(|u| u.get_ref().clone()).collect();
+    let allow: Vec<String> = r
+        .allow_client_headers
+        .iter()
+        .map(|h| h.get_ref().clone())
+        .collect();
+    let at = r
+        .upgrades
+        .first()
+        .map(|u| u.span())
+        .or_else(|| r.allow_client_headers.first().map(|h| h.span()))
+        .unwrap_or(span.clone());
+    if r.max_tunnels == Some(0) || r.tunnel_idle_timeout.is_some_and(|d| d.0.is_zero()) {
+        problems.push(source.problem(
+            span,
+            format!("{label}: `max_tunnels` and `tunnel_idle_timeout` must be above zero"),
+        ));
+    }
+    let underscores = r
+        .underscores_in_headers
+        .unwrap_or(server.underscores_in_headers);
+    match crate::validate::HeaderPolicy::new(&upgrades, &allow, underscores) {
+        Ok(policy) => policy,
+        Err(e) => {
+            problems.push(source.problem(at, format!("{label}: {e}")));
+            crate::validate::HeaderPolicy::default()
+        }
     }
 }
 

@@ -307,6 +307,13 @@ pub struct ListenerConfig {
     /// This listener's own connection limits (default: `[server]`).
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Expect a PROXY protocol header (v1 or v2) from peers in
+    /// `[access] trusted_proxies` (an L4 load balancer such as AWS NLB or
+    /// HAProxy) and take the client address from it. Off by default. A
+    /// trusted peer that sends none, and an untrusted peer that sends one,
+    /// are refused (the connection is closed and counted).
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// Per-listener overrides of the `[server]` connection limits.
@@ -358,6 +365,65 @@ pub struct TlsConfig {
     /// Whether a client certificate is required or only verified when sent.
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// Send `Strict-Transport-Security` on every answer of this listener
+    /// (off unless set; on in the quickstart).
+    pub hsts: Option<HstsConfig>,
+}
+
+/// The `Strict-Transport-Security` header of a TLS listener.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    /// How long browsers remember to use HTTPS only (default one year).
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age: Dur,
+    /// Also for every subdomain.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Ask to be put on the browsers' preload lists (needs
+    /// `include_subdomains` and a `max_age` of at least a year).
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_hsts_max_age() -> Dur {
+    Dur(Duration::from_secs(365 * 86_400))
+}
+
+impl HstsConfig {
+    /// The header value, or why the settings are refused.
+    pub fn header_value(&self) -> Result<http::HeaderValue, String> {
+        let secs = self.max_age.0.as_secs();
+        if self.preload && (!self.include_subdomains || secs < 365 * 86_400) {
+            return Err(
+                "`hsts.preload` needs `include_subdomains = true` and a `max_age` of at least a year"
+                    .to_owned(),
+            );
+        }
+        let mut value = format!("max-age={secs}");
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        http::HeaderValue::from_str(&value).map_err(|e| e.to_string())
+    }
+}
+
+/// What happens to request header names containing `_` (e.g.
+/// `X_Forwarded_For`): CGI, WSGI and PHP backends fold `_` into `-`, so such
+/// a header could pass for a framing or trust header the gateway checked.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Remove them before any check, as nginx does (default).
+    #[default]
+    Drop,
+    /// Answer 400 `invalid_header`.
+    Refuse,
+    /// Keep them.
+    Allow,
 }
 
 /// Client-certificate policy of a TLS listener.
@@ -449,6 +515,20 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Dur,
+    /// Open connections one client address (IPv4, or IPv6 /64) may hold;
+    /// beyond it new ones are closed at once. Behind a PROXY protocol
+    /// balancer the address is the one the header names.
+    #[validate(range(min = 1))]
+    pub max_connections_per_ip: u32,
+    /// TLS handshakes one client address may have in progress at once.
+    #[validate(range(min = 1))]
+    pub max_tls_handshakes_per_ip: u32,
+    /// An HTTP/2 connection with no open stream for this long is closed
+    /// (GOAWAY); also the default idle limit of upgraded (WebSocket) tunnels.
+    pub idle_timeout: Dur,
+    /// Request header names with `_`: `drop` (default), `refuse` (400) or
+    /// `allow`. A route may set its own.
+    pub underscores_in_headers: UnderscoreHeaders,
 }
 
 impl Default for ServerConfig {
@@ -466,6 +546,10 @@ impl Default for ServerConfig {
             h2_max_concurrent_streams: 100,
             max_concurrent_requests: 10_000,
             shutdown_grace: Dur(Duration::from_secs(30)),
+            max_connections_per_ip: 256,
+            max_tls_handshakes_per_ip: 32,
+            idle_timeout: Dur(Duration::from_secs(60)),
+            underscores_in_headers: UnderscoreHeaders::Drop,
         }
     }
 }
@@ -756,6 +840,25 @@ pub struct RouteSpec {
     /// the rest as `other`).
     #[serde(default)]
     pub consumer_metrics: bool,
+    /// Protocol upgrades this route tunnels after the backend's 101, e.g.
+    /// `["websocket"]`. Empty by default: an `Upgrade` header is removed and
+    /// the request forwarded as a plain one. `h2c` is never allowed.
+    #[serde(default)]
+    pub upgrades: Vec<Spanned<String>>,
+    /// Upgraded tunnels open at once on this route (default 1000); beyond
+    /// it an upgrade request gets 503 `tunnel_limit_reached`.
+    pub max_tunnels: Option<u32>,
+    /// A tunnel with no byte in either direction for this long is closed
+    /// (default `[server] idle_timeout`).
+    pub tunnel_idle_timeout: Option<Dur>,
+    /// Client headers that are removed by default (`x-original-url`,
+    /// `x-http-method-override`, `x-forwarded-port`, …) which this route
+    /// passes on. `x-real-ip` and the `X-Forwarded-For/Proto/Host` family
+    /// are always the gateway's own.
+    #[serde(default)]
+    pub allow_client_headers: Vec<Spanned<String>>,
+    /// Overrides `[server] underscores_in_headers` for this route.
+    pub underscores_in_headers: Option<UnderscoreHeaders>,
 }
 
 /// A route's `auth`: one method or a list of accepted methods.

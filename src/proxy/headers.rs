@@ -1,71 +1,20 @@
-//! Header rewriting on the way up and down: hop-by-hop removal, the
-//! `X-Forwarded-*` / `Forwarded` / `Via` family, and the request id.
+//! Header rewriting on the way up and down: the `X-Forwarded-*` /
+//! `X-Real-IP` / `Forwarded` / `Via` family, hop-by-hop removal on
+//! responses, and the request id.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
+use crate::validate::strip_hop_by_hop;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Whether the request asks for a protocol upgrade (WebSocket and the like).
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Removes hop-by-hop headers, including those named in `Connection`.
-/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
-        }
-        headers.remove(name);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
-}
 
 /// What the gateway knows about the client, for the forwarding headers.
 #[derive(Debug)]
@@ -82,21 +31,25 @@ pub struct ForwardedFor<'a> {
     pub host: Option<&'a str>,
 }
 
-/// Rewrites a request's headers for the upstream. Forwarding headers from an
-/// untrusted peer are replaced; behind a trusted proxy the `X-Forwarded-For`
-/// chain is extended with the proxy's address.
+/// Rewrites a request's headers for the upstream (hop-by-hop headers are
+/// already gone: [`crate::validate::HeaderPolicy::sanitize`] removed them
+/// before any check read the headers). Forwarding headers from an untrusted
+/// peer are replaced; behind a trusted proxy the `X-Forwarded-For` chain is
+/// extended with the proxy's address. `X-Real-IP` is the client address the
+/// gateway derived.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     fwd: &ForwardedFor<'_>,
     request_id: &HeaderValue,
-    upgrade: bool,
     keep_host: bool,
 ) {
-    strip_hop_by_hop(headers, upgrade);
     if !keep_host {
         headers.remove(header::HOST);
     }
     let ip = fwd.client.to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert(X_REAL_IP.clone(), v);
+    }
     let xff = match fwd.chain {
         Some(chain) => format!("{chain}, {}", fwd.peer),
         None => fwd.peer.to_string(),
@@ -188,7 +141,8 @@ mod tests {
             proto: "https",
             host: Some("api.test"),
         };
-        prepare_request_headers(&mut h, &fwd, &HeaderValue::from_static("rid"), false, false);
+        strip_hop_by_hop(&mut h, false);
+        prepare_request_headers(&mut h, &fwd, &HeaderValue::from_static("rid"), false);
         let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let cases = [
             ("host removed", "host", None),
@@ -197,6 +151,7 @@ mod tests {
             ("keep-alive removed", "keep-alive", None),
             ("te trailers kept", "te", Some("trailers")),
             ("xff replaced", "x-forwarded-for", Some("10.1.2.3")),
+            ("x-real-ip set", "x-real-ip", Some("10.1.2.3")),
             ("proto", "x-forwarded-proto", Some("https")),
             ("xfh", "x-forwarded-host", Some("api.test")),
             (
@@ -222,7 +177,7 @@ mod tests {
     fn upgrade_headers_survive_only_for_upgrades() {
         for upgrade in [true, false] {
             let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-            assert!(is_upgrade_request(&h));
+            assert!(crate::validate::is_upgrade_request(&h));
             prepare_response_headers(&mut h, &HeaderValue::from_static("r"), upgrade);
             assert_eq!(h.contains_key("upgrade"), upgrade);
             assert_eq!(h.contains_key("connection"), upgrade);
@@ -239,7 +194,7 @@ mod tests {
             proto: "http",
             host: None,
         };
-        prepare_request_headers(&mut h, &fwd, &HeaderValue::from_static("r"), false, false);
+        prepare_request_headers(&mut h, &fwd, &HeaderValue::from_static("r"), false);
         assert_eq!(
             h.get("forwarded").and_then(|v| v.to_str().ok()),
             Some("for=\"[2001:db8::1]\";proto=http")

@@ -18,15 +18,14 @@ mod headers;
 mod health;
 pub mod lambda;
 mod state;
+mod tunnel;
 
 pub use balance::{Member, Members};
 pub use forward::{Forwarded, OutBody, Outgoing, Plan, X_REQUEST_DEADLINE, is_idempotent};
 pub use state::{InFlight, LOG_TARGET, TargetState, UpstreamRegistry, UpstreamState};
 
-pub use headers::{
-    ForwardedFor, X_REQUEST_ID, is_upgrade_request, prepare_request_headers,
-    prepare_response_headers,
-};
+pub use headers::{ForwardedFor, X_REQUEST_ID, prepare_request_headers, prepare_response_headers};
+pub use tunnel::{TunnelPlaces, Tunnels, tunnel};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +41,7 @@ use hyper::body::Incoming;
 use hyper_rustls::ResolveServerName;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
 use crate::body::{BodyStats, GwBody};
@@ -1021,28 +1020,6 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
-}
-
-/// Joins two upgraded connections (after the upstream answered 101) and
-/// copies bytes both ways until either side closes.
-pub async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    request_id: String,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::warn!(request_id, error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(request_id, up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(request_id, error = %e, "tunnel closed with error"),
-    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,44 @@ impl TlsMeters {
     }
 }
 
+/// Connections of one listener closed before HTTP, or for idling.
+#[derive(Debug)]
+pub struct ConnMeters {
+    refused: CounterSet,
+    idle_closed: Counter,
+}
+
+impl ConnMeters {
+    /// The meters of listener `name`.
+    pub fn new(metrics: &Arc<Metrics>, name: &str) -> ConnMeters {
+        ConnMeters {
+            refused: CounterSet::new(
+                metrics,
+                "gatehouse_connections_refused_total",
+                &[("listener", name)],
+                "reason",
+                16,
+            ),
+            idle_closed: metrics.counter(
+                "gatehouse_connections_idle_closed_total",
+                &[("listener", name)],
+            ),
+        }
+    }
+
+    /// Counts a connection closed before any request: `max_connections`,
+    /// `max_connections_per_ip`, `max_tls_handshakes_per_ip`, or a
+    /// `proxy_protocol_*` reason.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.add(reason, 1);
+    }
+
+    /// Counts a connection closed by the idle timeout.
+    pub fn idle_closed(&self) {
+        self.idle_closed.increment(1);
+    }
+}
+
 /// Why a TLS handshake failed, as a short label: `timeout`,
 /// `client_closed`, `incompatible` (no common version, cipher or ALPN),
 /// `client_certificate`, `protocol`, `alert_received` or `other`.
@@ -157,6 +195,14 @@ pub fn describe(metrics: &Metrics) {
     metrics.describe_counter(
         "gatehouse_tls_handshake_failures_total",
         "Failed TLS handshakes by listener and reason.",
+    );
+    metrics.describe_counter(
+        "gatehouse_connections_refused_total",
+        "Connections closed before any request, by listener and reason (connection caps, PROXY protocol).",
+    );
+    metrics.describe_counter(
+        "gatehouse_connections_idle_closed_total",
+        "Connections closed after the idle timeout with no request in flight, by listener.",
     );
     metrics.describe_counter(
         "gatehouse_config_reloads_total",

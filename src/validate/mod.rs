@@ -1,14 +1,20 @@
-//! Request validation: path normalisation and framing checks.
+//! Request validation: path normalisation, framing checks and header
+//! hygiene.
 //!
 //! Everything here is pure and cheap: it runs before routing on every request,
 //! so that routing, policy and the upstream all see the same bytes. What cannot
 //! be made unambiguous is refused, never guessed.
 
 mod framing;
+mod hygiene;
 mod path;
 mod rules;
 
 pub use framing::{FramingGuard, HeadLimits, REFUSED_REQUEST, Refusal, Verdicts, inspect_stream};
+pub use hygiene::{
+    CLIENT_CONTROL_HEADERS, HeaderPolicy, check_method, is_upgrade_request, strip_hop_by_hop,
+    valid_authority,
+};
 pub use path::{PathError, normalize_path};
 pub use rules::{
     IpRules, QueryRules, RequestRules, SchemaError, canonical, client_ip, has_body, parse_net,

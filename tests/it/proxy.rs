@@ -403,7 +403,7 @@ async fn websocket_upgrade_is_tunnelled_after_101() {
         .policy(
             "a.toml",
             &format!(
-                "{}\n[[route]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"b\"\n",
+                "{}\n[[route]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"b\"\nupgrades = [\"websocket\"]\n",
                 upstream("b", &backend.url(), "")
             ),
         )

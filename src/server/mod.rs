@@ -10,47 +10,42 @@
 //! and TLS configs or keeps the old ones; [`Running::shutdown`] stops
 //! accepting and lets requests in flight finish up to the grace period.
 
-use std::convert::Infallible;
-use std::panic::AssertUnwindSafe;
+mod accept;
+mod proxy_protocol;
 
-use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tower::ServiceBuilder;
+
+use accept::Acceptor;
 
 use crate::auth::api_key::ApiKeyAuth;
 use crate::auth::jwks::JwksRegistry;
 use crate::auth::{Clock, SystemClock};
-use crate::body::GwBody;
 use crate::config::{self, Environment, Loaded, Problem, Problems, ServerConfig};
-use crate::error;
-use crate::gateway::{ConnInfo, Gateway, GatewayDeps};
-use crate::proxy::UpstreamRegistry;
+use crate::conn::{Drain, PerAddress};
+use crate::gateway::{Gateway, GatewayDeps};
+use crate::proxy::{Tunnels, UpstreamRegistry};
 use crate::ratelimit::Limiter;
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::quota::{QuotaCounter, RedisQuotas, StoreQuotas};
 use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{self, KeyStore, StoreError};
-use crate::telemetry::process::{TlsMeters, handshake_failure_reason};
+use crate::telemetry::process::{ConnMeters, TlsMeters};
 use crate::telemetry::trace::{TraceSettings, Tracer, spawn_exporter};
 use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::{self, CertInfo};
-use crate::validate::{FramingGuard, HeadLimits, Verdicts};
+use crate::validate::HeadLimits;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +112,8 @@ pub struct Shared {
     generation: AtomicU64,
     ready: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
-    graceful: Mutex<Option<GracefulShutdown>>,
+    /// Open connections and tunnels, for draining.
+    drain: Arc<Drain>,
     env: Environment,
     jwks: JwksRegistry,
     clock: Arc<dyn Clock>,
@@ -396,6 +392,14 @@ fn build_all(
             "`[rate_limits] backend = \"redis\"` needs `redis_url`",
         ));
     }
+    if loaded.config.server.idle_timeout.0.is_zero() {
+        let at = loaded.source.text.find("idle_timeout").unwrap_or(0);
+        problems.push(
+            loaded
+                .source
+                .problem(at..at, "`[server] idle_timeout` must be above zero"),
+        );
+    }
     let mut names = std::collections::HashSet::new();
     for listener in &loaded.config.listeners {
         let l = listener.get_ref();
@@ -415,6 +419,24 @@ fn build_all(
                 listener.span(),
                 format!(
                     "listener `{}`: limits must allow at least 1 header, 1 stream, a 1 KiB head and a 64-byte target",
+                    l.name
+                ),
+            ));
+        }
+        if let Some(hsts) = l.tls.as_ref().and_then(|t| t.hsts.as_ref())
+            && let Err(e) = hsts.header_value()
+        {
+            problems.push(
+                loaded
+                    .source
+                    .problem(listener.span(), format!("listener `{}`: {e}", l.name)),
+            );
+        }
+        if l.proxy_protocol && loaded.config.access.trusted_proxies.is_empty() {
+            problems.push(loaded.source.problem(
+                listener.span(),
+                format!(
+                    "listener `{}`: `proxy_protocol` needs `[access] trusted_proxies` (the balancers allowed to send the header)",
                     l.name
                 ),
             ));
@@ -532,6 +554,8 @@ pub struct Running {
     grace: Duration,
     /// The store-backed quota counter, flushed once more after draining.
     store_quotas: Option<Arc<StoreQuotas>>,
+    /// Open upgrade tunnels, closed at the grace deadline.
+    tunnels: Tunnels,
 }
 
 impl Running {
@@ -562,19 +586,31 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
-        let graceful = self.shared.graceful.lock().ok().and_then(|mut g| g.take());
-        let drained = match graceful {
-            Some(g) => {
-                let open = g.count();
-                tracing::info!(
-                    open_connections = open,
-                    grace_ms = self.grace.as_millis() as u64,
-                    "draining"
-                );
-                tokio::time::timeout(self.grace, g.shutdown()).await.is_ok()
-            }
-            None => true,
-        };
+        // Connections finish their requests (h2 gets GOAWAY, HTTP/1 closes
+        // after the answer in flight); tunnels run on until the deadline,
+        // then are closed.
+        let deadline = tokio::time::Instant::now() + self.grace;
+        tracing::info!(
+            open_connections = self.shared.drain.open(),
+            open_tunnels = self.tunnels.open(),
+            grace_ms = self.grace.as_millis() as u64,
+            "draining"
+        );
+        let mut drained = tokio::time::timeout_at(deadline, self.shared.drain.wait())
+            .await
+            .is_ok();
+        if tokio::time::timeout_at(deadline, self.tunnels.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open_tunnels = self.tunnels.open(),
+                "grace period over; closing the open tunnels"
+            );
+            drained = false;
+        }
+        self.tunnels.close_all();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tunnels.wait()).await;
         // Requests that finished while draining used keys too.
         self.shared.api_keys.flush_last_used().await;
         // …and may have charged quotas after the flush task's last flush.
@@ -671,7 +707,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         generation: AtomicU64::new(1),
         ready: AtomicBool::new(false),
         reload_lock: tokio::sync::Mutex::new(()),
-        graceful: Mutex::new(Some(GracefulShutdown::new())),
+        drain: Arc::new(Drain::default()),
         env: opts.env.clone(),
         jwks: jwks.clone(),
         clock: clock.clone(),
@@ -728,6 +764,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
                 (q.clone(), Some(q))
             }
         };
+    let tunnels = Tunnels::default();
     let gateway = Gateway::new(GatewayDeps {
         snapshot,
         api_keys: api_keys.clone(),
@@ -737,10 +774,14 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         clock: clock.clone(),
         max_in_flight: server.max_concurrent_requests,
         telemetry: telemetry.clone(),
+        tunnels: tunnels.clone(),
     });
     let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config)
         .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;
     let limit = Arc::new(Semaphore::new(server.max_connections));
+    // Per client address across every listener.
+    let per_address = PerAddress::new(server.max_connections_per_ip);
+    let handshakes = PerAddress::new(server.max_tls_handshakes_per_ip);
     let mut listeners = Vec::new();
     let mut summaries = Vec::new();
     let mut tasks = Vec::new();
@@ -764,15 +805,26 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             tls: tls.is_some(),
         });
         let effective = l.limits.apply(server);
+        let hsts = l
+            .tls
+            .as_ref()
+            .and_then(|t| t.hsts.as_ref())
+            .and_then(|h| h.header_value().ok());
         let acceptor = Acceptor {
             name: l.name.as_str().into(),
             tls,
             redirect_https_port: l.redirect_https_port,
+            proxy_protocol: l.proxy_protocol,
+            hsts,
             gateway: gateway.clone(),
             http: Arc::new(http_builder(&effective)),
             limit: limit.clone(),
+            per_address: per_address.clone(),
+            handshakes: handshakes.clone(),
             handshake_timeout: server.tls_handshake_timeout.0,
+            idle_timeout: server.idle_timeout.0,
             tls_meters: Arc::new(TlsMeters::new(&metrics, &l.name)),
+            conn_meters: Arc::new(ConnMeters::new(&metrics, &l.name)),
             head_limits: HeadLimits {
                 max_head_bytes: usize::try_from(effective.max_header_bytes.0).unwrap_or(usize::MAX),
                 max_headers: effective.max_header_count,
@@ -818,6 +870,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         admin_task,
         grace: server.shutdown_grace.0,
         store_quotas,
+        tunnels,
     })
 }
 
@@ -872,174 +925,4 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     b
-}
-
-fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response<GwBody> {
-    tracing::error!("request handler panicked");
-    error::fallback_response()
-}
-
-struct Acceptor {
-    name: Arc<str>,
-    tls: Option<Arc<TlsSlot>>,
-    redirect_https_port: Option<u16>,
-    gateway: Gateway,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    limit: Arc<Semaphore>,
-    handshake_timeout: Duration,
-    tls_meters: Arc<TlsMeters>,
-    head_limits: HeadLimits,
-    header_read_timeout: Duration,
-    shared: Arc<Shared>,
-}
-
-impl Acceptor {
-    async fn run(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let me = Arc::new(self);
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.changed() => break,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %me.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = me.limit.clone().try_acquire_owned() else {
-                tracing::warn!(listener = %me.name, client = %peer, "connection limit reached; closing");
-                continue;
-            };
-            let watcher = match me.shared.graceful.lock() {
-                Ok(g) => g.as_ref().map(GracefulShutdown::watcher),
-                Err(_) => None,
-            };
-            let Some(watcher) = watcher else { break };
-            let _ = tcp.set_nodelay(true);
-            let me = me.clone();
-            tokio::spawn(async move {
-                me.connection(tcp, peer, watcher).await;
-                drop(permit);
-            });
-        }
-        drop(listener);
-        tracing::info!(listener = %me.name, "stopped accepting");
-    }
-
-    async fn connection(
-        &self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
-        match &self.tls {
-            None => {
-                let verdicts = Arc::new(Verdicts::default());
-                let info = self.conn_info(peer, None, Some(verdicts.clone()));
-                let guarded =
-                    FramingGuard::new(tcp, self.head_limits, verdicts, self.header_read_timeout);
-                self.serve(TokioIo::new(guarded), info, watcher).await;
-            }
-            Some(slot) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(slot.config.load_full());
-                let stream = match tokio::time::timeout(
-                    self.handshake_timeout,
-                    acceptor.accept(tcp),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        let reason = handshake_failure_reason(&e);
-                        self.tls_meters.failed(reason);
-                        tracing::debug!(listener = %self.name, client = %peer, reason, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        self.tls_meters.failed("timeout");
-                        tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let version = match stream.get_ref().1.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                    _ => "TLS",
-                };
-                self.tls_meters.completed(version);
-                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    let info = self.conn_info(peer, Some(version), None);
-                    self.serve(TokioIo::new(stream), info, watcher).await;
-                } else {
-                    let verdicts = Arc::new(Verdicts::default());
-                    let info = self.conn_info(peer, Some(version), Some(verdicts.clone()));
-                    let guarded = FramingGuard::new(
-                        stream,
-                        self.head_limits,
-                        verdicts,
-                        self.header_read_timeout,
-                    );
-                    self.serve(TokioIo::new(guarded), info, watcher).await;
-                }
-            }
-        }
-    }
-
-    fn conn_info(
-        &self,
-        peer: SocketAddr,
-        tls_version: Option<&'static str>,
-        verdicts: Option<Arc<Verdicts>>,
-    ) -> Arc<ConnInfo> {
-        Arc::new(ConnInfo {
-            peer,
-            listener: self.name.clone(),
-            tls_version,
-            redirect_https_port: self.redirect_https_port,
-            verdicts,
-            requests: AtomicU64::new(0),
-        })
-    }
-
-    async fn serve<I>(
-        &self,
-        io: I,
-        info: Arc<ConnInfo>,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let gateway = self.gateway.clone();
-        let svc = ServiceBuilder::new()
-            .layer(
-                tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
-                    http::header::AUTHORIZATION,
-                    http::header::PROXY_AUTHORIZATION,
-                    http::header::COOKIE,
-                    http::HeaderName::from_static("x-api-key"),
-                ]),
-            )
-            .service_fn(move |req: Request<Incoming>| {
-                let gateway = gateway.clone();
-                let info = info.clone();
-                async move {
-                    // A panic must never take the connection down silently or
-                    // leak details: answer a redacted 500 instead.
-                    let handled = AssertUnwindSafe(gateway.handle(req, info))
-                        .catch_unwind()
-                        .await;
-                    Ok::<Response<GwBody>, Infallible>(handled.unwrap_or_else(on_panic))
-                }
-            });
-        let conn = self
-            .http
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(listener = %self.name, error = %e, "connection ended with an error");
-        }
-    }
 }
