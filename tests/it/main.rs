@@ -7,6 +7,8 @@ mod support;
 mod admin;
 mod auth;
 mod cluster;
+mod edge_conns;
+mod edge_requests;
 mod hostile;
 mod lambda;
 mod lifecycle;

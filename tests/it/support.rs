@@ -660,3 +660,66 @@ pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
         dir,
     }
 }
+
+/// Writes `request` on `s` and reads until one whole response with a
+/// `Content-Length` has arrived, the peer closes, or 5 s pass. Returns the
+/// text read and whether the peer closed the connection.
+pub async fn raw_exchange<S>(mut s: S, request: &[u8]) -> (String, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if whole_response(&buf) {
+                return false;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    (String::from_utf8_lossy(&buf).into_owned(), closed)
+}
+
+/// Whether `buf` starts with one complete response that has a
+/// `Content-Length`.
+fn whole_response(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| buf.len() >= end + 4 + len)
+}
+
+/// The body of a raw response (after the head).
+pub fn raw_body(text: &str) -> &str {
+    text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// The value of a sample line on `/metrics` (`name{labels}`), if present.
+pub async fn metric(gw: &TestGateway, series: &str) -> Option<f64> {
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(str::trim))
+        .and_then(|v| v.parse().ok())
+}
