@@ -249,6 +249,8 @@ addr = "$LOOPBACK:$ADMIN_PORT"
 
 [server]
 shutdown_grace = "1s"
+# Every load connection comes from one loopback address.
+max_connections_per_ip = 4096
 EOF
 cat >"$WORK/gh/policies/bench.toml" <<EOF
 [[upstream]]
