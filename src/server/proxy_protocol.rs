@@ -262,6 +262,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a balancer (or anyone) sends, reading a header ends
+        /// without a panic, never reads past the bytes a header may have,
+        /// and anything accepted started with a signature.
+        #[test]
+        fn any_bytes_are_read_without_panicking(
+            prefix in proptest::sample::select(vec![&b""[..], V1_PREFIX, V2_SIGNATURE]),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let mut bytes = prefix.to_vec();
+            bytes.extend_from_slice(&noise);
+            let runtime = tokio::runtime::Builder::new_current_thread().build();
+            let Ok(runtime) = runtime else {
+                return Err(proptest::test_runner::TestCaseError::fail("no runtime"));
+            };
+            let mut reader = bytes.as_slice();
+            let got = runtime.block_on(read_header(&mut reader));
+            let consumed = bytes.len() - reader.len();
+            proptest::prop_assert!(consumed <= 16 + V2_MAX_PAYLOAD);
+            if got.is_ok() {
+                proptest::prop_assert!(
+                    bytes.starts_with(V1_PREFIX) || bytes.starts_with(V2_SIGNATURE)
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_peeked_header_is_recognised_and_left_in_place() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;

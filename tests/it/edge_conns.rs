@@ -285,7 +285,7 @@ async fn tunnels_are_capped_per_route_idle_out_and_count_as_connections() {
     assert!(echo_through(&mut first).await);
     // The route's one place is taken.
     let second = open_tunnel(addr).await;
-    let refusal = second.err().expect("a second tunnel is refused");
+    let refusal = second.expect_err("a second tunnel is refused");
     assert!(refusal.starts_with("HTTP/1.1 503"), "{refusal}");
     assert!(refusal.contains("tunnel_limit_reached"), "{refusal}");
     // The tunnel still holds its connection's place: with a cap of two per
