@@ -365,6 +365,7 @@ async fn process(
             limit: route.max_body,
         });
     }
+    validate::check_path_params(&path, route.allow_path_params)?;
     route.rules.check_head(
         req.headers(),
         req.uri().query(),

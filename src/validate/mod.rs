@@ -1,17 +1,21 @@
-//! Request validation: path normalisation and framing checks.
+//! Request validation: path normalisation, framing checks, per-route rules
+//! and strict JSON parsing for schema-checked bodies.
 //!
 //! Everything here is pure and cheap: it runs before routing on every request,
 //! so that routing, policy and the upstream all see the same bytes. What cannot
 //! be made unambiguous is refused, never guessed.
 
 mod framing;
+mod json;
 mod path;
 mod rules;
 
 pub use framing::{FramingGuard, HeadLimits, REFUSED_REQUEST, Refusal, Verdicts, inspect_stream};
 pub use path::{PathError, normalize_path};
+pub use json::{JsonError, parse_strict};
 pub use rules::{
-    IpRules, QueryRules, RequestRules, SchemaError, canonical, client_ip, has_body, parse_net,
+    IpRules, QueryRules, RequestRules, SchemaError, canonical, check_path_params, client_ip,
+    has_body, parse_net,
 };
 
 use http::{HeaderMap, header};
