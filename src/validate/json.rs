@@ -183,15 +183,27 @@ mod tests {
         let cases: &[(&str, &str, Option<&str>)] = &[
             ("flat ok", r#"{"a": 1, "b": 2}"#, None),
             ("flat duplicate", r#"{"a": 1, "a": 2}"#, Some("/a")),
-            ("duplicate after others", r#"{"a": 1, "b": 2, "a": 3}"#, Some("/a")),
+            (
+                "duplicate after others",
+                r#"{"a": 1, "b": 2, "a": 3}"#,
+                Some("/a"),
+            ),
             ("escaped equal key", r#"{"a": 1, "\u0061": 2}"#, Some("/a")),
-            ("nested", r#"{"x": {"y": {"k": 1, "k": 2}}}"#, Some("/x/y/k")),
+            (
+                "nested",
+                r#"{"x": {"y": {"k": 1, "k": 2}}}"#,
+                Some("/x/y/k"),
+            ),
             (
                 "arrays of objects",
                 r#"{"items": [{"id": 1}, {"id": 2, "id": 3}]}"#,
                 Some("/items/1/id"),
             ),
-            ("top-level array", r#"[{}, [{"q": 1, "q": 1}]]"#, Some("/1/0/q")),
+            (
+                "top-level array",
+                r#"[{}, [{"q": 1, "q": 1}]]"#,
+                Some("/1/0/q"),
+            ),
             (
                 "pointer escapes ~ and /",
                 r#"{"a/b": {"c~d": 1, "c~d": 2}}"#,
@@ -220,18 +232,17 @@ mod tests {
     #[test]
     fn values_match_serde_json() {
         let cases = [
-            ("scalars", r#"[null, true, false, 0, -1, 18446744073709551615, 1.5, "s\n"]"#),
+            (
+                "scalars",
+                r#"[null, true, false, 0, -1, 18446744073709551615, 1.5, "s\n"]"#,
+            ),
             ("object", r#"{"a": {"b": [1, {"c": "d"}]}, "e": 1e300}"#),
             ("bare string", r#""x""#),
             ("empty", "{}"),
         ];
         for (name, body) in cases {
             let want: Result<Value, _> = serde_json::from_str(body);
-            assert_eq!(
-                parse_strict(body.as_bytes()).ok(),
-                want.ok(),
-                "{name}"
-            );
+            assert_eq!(parse_strict(body.as_bytes()).ok(), want.ok(), "{name}");
         }
     }
 

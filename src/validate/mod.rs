@@ -11,8 +11,8 @@ mod path;
 mod rules;
 
 pub use framing::{FramingGuard, HeadLimits, REFUSED_REQUEST, Refusal, Verdicts, inspect_stream};
-pub use path::{PathError, normalize_path};
 pub use json::{JsonError, parse_strict};
+pub use path::{PathError, normalize_path};
 pub use rules::{
     IpRules, QueryRules, RequestRules, SchemaError, canonical, check_path_params, client_ip,
     has_body, parse_net,

@@ -58,7 +58,12 @@ fn is_unreserved(b: u8) -> bool {
 /// once its path parameters are cut off: everything from the first `;`, or
 /// from an encoded `%3B`, which some containers decode before cutting.
 fn is_dot_with_params(segment: &str) -> bool {
-    let Some(cut) = segment.find(';').into_iter().chain(find_encoded_semicolon(segment)).min() else {
+    let Some(cut) = segment
+        .find(';')
+        .into_iter()
+        .chain(find_encoded_semicolon(segment))
+        .min()
+    else {
         return false;
     };
     matches!(&segment[..cut], "." | "..")
@@ -241,8 +246,16 @@ mod tests {
             ("invalid utf8", "/a%C3%28", Err(PathError::InvalidUtf8)),
             ("lone continuation", "/%80", Err(PathError::InvalidUtf8)),
             ("not absolute", "a/b", Err(PathError::NotAbsolute)),
-            ("dot dot params", "/public/..;/admin", Err(PathError::DotSegmentParams)),
-            ("dot params", "/public/.;/admin", Err(PathError::DotSegmentParams)),
+            (
+                "dot dot params",
+                "/public/..;/admin",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "dot params",
+                "/public/.;/admin",
+                Err(PathError::DotSegmentParams),
+            ),
             (
                 "encoded dot dot params",
                 "/public/%2e%2e;/admin",

@@ -498,7 +498,12 @@ mod tests {
     fn path_params_need_the_route_to_allow_them() {
         let cases = [
             ("plain path", "/a/b", false, true),
-            ("params refused by default", "/a;jsessionid=1/b", false, false),
+            (
+                "params refused by default",
+                "/a;jsessionid=1/b",
+                false,
+                false,
+            ),
             ("lone semicolon refused", "/a/;", false, false),
             ("params allowed", "/a;v=1/b", true, true),
             ("encoded semicolon is data", "/a%3Bb", false, true),

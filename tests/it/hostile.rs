@@ -525,14 +525,22 @@ async fn path_parameter_tricks_never_reach_the_backend() {
         ("dot params", "/public/.;/admin", dot),
         ("encoded dot dot params", "/public/%2e%2e;/admin", dot),
         ("half-encoded dot dot params", "/public/.%2e;x/admin", dot),
-        ("jsessionid on dot dot", "/public/..;jsessionid=1/admin", dot),
+        (
+            "jsessionid on dot dot",
+            "/public/..;jsessionid=1/admin",
+            dot,
+        ),
         ("dot dot params last", "/public/..;", dot),
         (
             "dot dot params on a route that allows params",
             "/legacy/..;/admin",
             dot,
         ),
-        ("params on a plain segment", "/public/x;jsessionid=1", params),
+        (
+            "params on a plain segment",
+            "/public/x;jsessionid=1",
+            params,
+        ),
         ("lone semicolon", "/public/;/x", params),
         ("params mid-path", "/public/a;v=1/b", params),
     ];
@@ -567,7 +575,11 @@ async fn path_parameter_tricks_never_reach_the_backend() {
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
         let (text, _) = exchange(s, request.as_bytes(), false).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{name}: {text:.300}");
-        assert_eq!(json_body(&text)["uri"], path, "{name}: forwarded as checked");
+        assert_eq!(
+            json_body(&text)["uri"],
+            path,
+            "{name}: forwarded as checked"
+        );
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), 2);
 }
@@ -642,7 +654,8 @@ async fn a_body_with_a_repeated_key_never_reaches_the_backend() {
     );
 
     // The same key in different objects is fine.
-    let body = r#"{"role":"user","profile":{"role":"user"},"members":[{"role":"user"},{"role":"user"}]}"#;
+    let body =
+        r#"{"role":"user","profile":{"role":"user"},"members":[{"role":"user"},{"role":"user"}]}"#;
     let s = tokio::net::TcpStream::connect(gw.addr("http"))
         .await
         .unwrap();
