@@ -353,6 +353,7 @@ async fn process(
             limit: route.max_body,
         });
     }
+    validate::check_path_params(&path, route.allow_path_params)?;
     route.rules.check_head(
         req.headers(),
         req.uri().query(),
@@ -674,6 +675,9 @@ fn path_error_text(e: validate::PathError) -> &'static str {
         validate::PathError::ControlChar => "control character in path",
         validate::PathError::InvalidUtf8 => "path is not valid UTF-8",
         validate::PathError::AboveRoot => "path climbs above the root",
+        validate::PathError::DotSegmentParams => {
+            "dot segment with path parameters (such as ..;) is not accepted"
+        }
     }
 }
 

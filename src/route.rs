@@ -108,6 +108,8 @@ pub struct Route {
     pub rate_limits: Vec<Arc<crate::ratelimit::policy::RatePolicy>>,
     /// Retry non-idempotent methods too.
     pub retry_non_idempotent: bool,
+    /// Accept a raw `;` (path parameters) in the path; refused otherwise.
+    pub allow_path_params: bool,
     /// Overrides the upstream's time to the response head.
     pub first_byte_timeout: Option<std::time::Duration>,
     /// Overrides the upstream's connect timeout.
@@ -453,6 +455,7 @@ mod tests {
             auth: crate::auth::policy::RouteAuth::default(),
             rate_limits: Vec::new(),
             retry_non_idempotent: false,
+            allow_path_params: false,
             first_byte_timeout: None,
             connect_timeout: None,
             request_timeout: None,

@@ -978,6 +978,7 @@ fn compile_route(
                 auth,
                 rate_limits,
                 retry_non_idempotent: r.retry_non_idempotent,
+                allow_path_params: r.allow_path_params,
                 first_byte_timeout: r.first_byte_timeout.map(|d| d.0),
                 connect_timeout: r.connect_timeout.map(|d| d.0),
                 request_timeout: r.request_timeout.map(|d| d.0),

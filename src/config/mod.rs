@@ -828,6 +828,14 @@ pub struct RouteSpec {
     /// Retry non-idempotent methods (POST, PATCH) too.
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// Accept path parameters (a raw `;` in the path, as in
+    /// `/a;jsessionid=1`) on this route. Default `false`: such requests get
+    /// 400 `invalid_path`, because servlet containers cut `;…` off each
+    /// segment and would serve another path than the one routed here. An
+    /// encoded `%3B` is data and always passes; dot segments with
+    /// parameters (`..;`) are refused on every route.
+    #[serde(default)]
+    pub allow_path_params: bool,
     /// Overrides the upstream's connect timeout (such a route gets its own
     /// connection pool to the upstream's targets).
     pub connect_timeout: Option<Dur>,

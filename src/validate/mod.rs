@@ -1,5 +1,5 @@
-//! Request validation: path normalisation, framing checks and header
-//! hygiene.
+//! Request validation: path normalisation, framing checks, header hygiene,
+//! per-route rules and strict JSON parsing for schema-checked bodies.
 //!
 //! Everything here is pure and cheap: it runs before routing on every request,
 //! so that routing, policy and the upstream all see the same bytes. What cannot
@@ -7,6 +7,7 @@
 
 mod framing;
 mod hygiene;
+mod json;
 mod path;
 mod rules;
 
@@ -15,9 +16,11 @@ pub use hygiene::{
     CLIENT_CONTROL_HEADERS, HeaderPolicy, check_method, is_upgrade_request, strip_hop_by_hop,
     valid_authority,
 };
+pub use json::{JsonError, parse_strict};
 pub use path::{PathError, normalize_path};
 pub use rules::{
-    IpRules, QueryRules, RequestRules, SchemaError, canonical, client_ip, has_body, parse_net,
+    IpRules, QueryRules, RequestRules, SchemaError, canonical, check_path_params, client_ip,
+    has_body, parse_net,
 };
 
 use http::{HeaderMap, header};

@@ -3,8 +3,12 @@
 //! Unreserved characters are percent-decoded, other escapes are kept with
 //! upper-case hex, `.` and `..` segments are resolved and repeated slashes are
 //! merged. Refused: encoded `/` or `\`, raw `\`, NUL, malformed escapes,
-//! escapes that decode to invalid UTF-8, and `..` that would climb above the
-//! root. The output is a fixed point: normalising it again changes nothing.
+//! escapes that decode to invalid UTF-8, `..` that would climb above the
+//! root, and dot segments carrying path parameters (`..;x`, `.;`, `%2e%2e;`):
+//! Tomcat, Jetty and Spring strip `;` parameters from each segment and then
+//! resolve the dot segment, so such a path would match one route here and
+//! be served as another path by the backend. The output is a fixed point:
+//! normalising it again changes nothing.
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +34,11 @@ pub enum PathError {
     /// `..` above the root.
     #[error("path climbs above the root")]
     AboveRoot,
+    /// A segment that is `.` or `..` once its `;` parameters are removed
+    /// (`..;/`, `.;x/`, `%2e%2e;jsessionid=1/`): a dot segment to servlet
+    /// containers, a plain segment to routing.
+    #[error("dot segment with path parameters")]
+    DotSegmentParams,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -45,14 +54,37 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Whether `segment` (unreserved escapes already decoded) is `.` or `..`
+/// once its path parameters are cut off: everything from the first `;`, or
+/// from an encoded `%3B`, which some containers decode before cutting.
+fn is_dot_with_params(segment: &str) -> bool {
+    let Some(cut) = segment
+        .find(';')
+        .into_iter()
+        .chain(find_encoded_semicolon(segment))
+        .min()
+    else {
+        return false;
+    };
+    matches!(&segment[..cut], "." | "..")
+}
+
+fn find_encoded_semicolon(segment: &str) -> Option<usize> {
+    segment
+        .as_bytes()
+        .windows(3)
+        .position(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'))
+}
+
 /// The common case, already normal: no escapes, no backslash or control
-/// bytes, no dot segments, and (when merging) no empty segments.
+/// bytes, no dot segments, no `;` (path parameters go to the full
+/// algorithm, which checks them), and (when merging) no empty segments.
 fn is_plain(bytes: &[u8], merge_slashes: bool) -> bool {
     let mut prev = b'/';
     let mut segment_start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'%' | b'\\' | 0..=0x1f | 0x7f..=0xff => return false,
+            b'%' | b'\\' | b';' | 0..=0x1f | 0x7f..=0xff => return false,
             b'/' => {
                 if i > 0 {
                     let seg = &bytes[segment_start..i];
@@ -159,6 +191,7 @@ fn normalize_full(raw: &str, merge_slashes: bool) -> Result<String, PathError> {
             }
             "" if idx != last && merge_slashes => {}
             "" if idx == last => {}
+            s if is_dot_with_params(s) => return Err(PathError::DotSegmentParams),
             s => out.push(s),
         }
     }
@@ -213,11 +246,81 @@ mod tests {
             ("invalid utf8", "/a%C3%28", Err(PathError::InvalidUtf8)),
             ("lone continuation", "/%80", Err(PathError::InvalidUtf8)),
             ("not absolute", "a/b", Err(PathError::NotAbsolute)),
+            (
+                "dot dot params",
+                "/public/..;/admin",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "dot params",
+                "/public/.;/admin",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "encoded dot dot params",
+                "/public/%2e%2e;/admin",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "mixed encoded dot params",
+                "/public/.%2e;x/admin",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "jsessionid on dot dot",
+                "/public/..;jsessionid=1/admin",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "dot dot params last",
+                "/public/..;",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "dot dot params at the root",
+                "/..;x",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "dot dot encoded semicolon",
+                "/public/..%3b/admin",
+                Err(PathError::DotSegmentParams),
+            ),
+            (
+                "dot dot params after a plain dot dot",
+                "/a/b/../..;/c",
+                Err(PathError::DotSegmentParams),
+            ),
+            ("params on a name kept", "/a;v=1/b", Ok("/a;v=1/b")),
+            ("params on an empty segment kept", "/a/;x/b", Ok("/a/;x/b")),
+            ("three dots with params kept", "/a/...;x", Ok("/a/...;x")),
+            ("dot inside params kept", "/a/b;..", Ok("/a/b;..")),
+            ("encoded semicolon kept", "/a%3bb", Ok("/a%3Bb")),
+            ("dot dot then params segment", "/a/b/../;x", Ok("/a/;x")),
             ("asterisk", "*", Err(PathError::NotAbsolute)),
         ];
         for (name, input, want) in cases {
             let got = normalize_path(input, true);
             assert_eq!(got.as_deref(), want.as_ref().map(|s| *s), "{name}: {input}");
+        }
+    }
+
+    #[test]
+    fn paths_with_params_skip_the_fast_path() {
+        let cases = [
+            ("params on a name", "/a;b", false),
+            ("dot dot params", "/..;/x", false),
+            ("plain", "/a/b", true),
+        ];
+        for (name, raw, plain) in cases {
+            assert_eq!(is_plain(raw.as_bytes(), true), plain, "{name}");
+        }
+        for merge in [true, false] {
+            assert_eq!(
+                normalize_path("/a//..;/b", merge),
+                Err(PathError::DotSegmentParams),
+                "merge {merge}"
+            );
         }
     }
 
@@ -230,7 +333,9 @@ mod tests {
     #[test]
     fn output_is_a_fixed_point_without_dot_segments() {
         // A small exhaustive search over paths built from tricky pieces.
-        let pieces = ["a", ".", "..", "", "%2e", "%2E%2e", "b%20", "%7E", "c"];
+        let pieces = [
+            "a", ".", "..", "", "%2e", "%2E%2e", "b%20", "%7E", "c", "..;", ".;x", ";x", "%2e;",
+        ];
         let mut checked = 0;
         for x in pieces {
             for y in pieces {
@@ -242,7 +347,9 @@ mod tests {
                                 let twice = normalize_path(&once, merge);
                                 assert_eq!(twice.as_deref(), Ok(once.as_str()), "{raw}");
                                 assert!(
-                                    !once.split('/').any(|s| s == "." || s == ".."),
+                                    !once
+                                        .split('/')
+                                        .any(|s| s == "." || s == ".." || is_dot_with_params(s)),
                                     "{raw} -> {once}"
                                 );
                                 checked += 1;
@@ -252,7 +359,7 @@ mod tests {
                 }
             }
         }
-        assert!(checked > 500, "only {checked} cases normalised");
+        assert!(checked > 1000, "only {checked} cases normalised");
     }
 }
 
@@ -272,7 +379,14 @@ mod properties {
             Just("%41".to_owned()),
             Just("%20".to_owned()),
             Just("%C3%A9".to_owned()),
+            Just("..;".to_owned()),
+            Just(".;x=1".to_owned()),
+            Just("%2e%2E;".to_owned()),
+            Just(".%2e;jsessionid=1".to_owned()),
+            Just("..%3B".to_owned()),
+            Just("a;b".to_owned()),
             "[a-zA-Z0-9._~-]{1,6}",
+            "[.;]{1,4}",
             "[!$&'()*+,;=:@]{1,3}",
         ];
         (prop::collection::vec(piece, 0..8), any::<bool>()).prop_map(|(pieces, trailing)| {
@@ -302,7 +416,10 @@ mod properties {
         fn output_has_no_dot_segments_and_starts_with_a_slash(raw in raw_path(), merge in any::<bool>()) {
             if let Ok(out) = normalize_path(&raw, merge) {
                 prop_assert!(out.starts_with('/'));
-                prop_assert!(!out.split('/').any(|s| s == "." || s == ".."), "{} -> {}", raw, out);
+                prop_assert!(
+                    !out.split('/').any(|s| s == "." || s == ".." || is_dot_with_params(s)),
+                    "{} -> {}", raw, out
+                );
                 prop_assert!(!out.to_ascii_lowercase().contains("%2e"), "{} -> {}", raw, out);
                 if merge {
                     prop_assert!(!out.contains("//"), "{} -> {}", raw, out);

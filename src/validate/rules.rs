@@ -166,7 +166,9 @@ impl RequestRules {
     }
 
     /// Validates a JSON body against the schema, if there is one.
-    /// An empty body (a GET on the route) has nothing to validate.
+    /// An empty body (a GET on the route) has nothing to validate. A body
+    /// that repeats an object key is refused (422) before the schema runs:
+    /// the upstream's parser might read the copy the schema did not see.
     pub fn check_body(&self, body: &[u8]) -> Result<(), GatewayError> {
         let Some(schema) = &self.schema else {
             return Ok(());
@@ -174,8 +176,17 @@ impl RequestRules {
         if body.is_empty() {
             return Ok(());
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| GatewayError::InvalidJson)?;
+        let value = match super::json::parse_strict(body) {
+            Ok(v) => v,
+            Err(super::json::JsonError::Syntax(_)) => return Err(GatewayError::InvalidJson),
+            Err(super::json::JsonError::DuplicateKey(pointer)) => {
+                let message = truncate(&format!("duplicate object key at `{pointer}`"), 200);
+                return Err(GatewayError::SchemaViolation(vec![SchemaError {
+                    pointer,
+                    message,
+                }]));
+            }
+        };
         const MAX_REPORTED: usize = 10;
         let errors: Vec<SchemaError> = schema
             .iter_errors(&value)
@@ -191,6 +202,19 @@ impl RequestRules {
             Err(GatewayError::SchemaViolation(errors))
         }
     }
+}
+
+/// Refuses a raw `;` in the normalised `path` unless the route allows path
+/// parameters: servlet containers cut `;…` off segments, so the backend
+/// would route a different path than the one checked here. An encoded
+/// `%3B` is data, not a delimiter, and passes.
+pub fn check_path_params(path: &str, allowed: bool) -> Result<(), GatewayError> {
+    if !allowed && path.contains(';') {
+        return Err(GatewayError::InvalidPath(
+            "path parameters (;) are not accepted on this route",
+        ));
+    }
+    Ok(())
 }
 
 /// One schema failure: where in the body, and what.
@@ -423,6 +447,74 @@ mod tests {
                 assert!(pointers.contains(&"/items/1"), "{pointers:?}");
             }
             other => panic!("expected a schema violation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_fail_like_the_schema() {
+        let schema = serde_json::json!({"type": "object"});
+        let rules = RequestRules {
+            schema: jsonschema::validator_for(&schema).ok().map(Arc::new),
+            ..RequestRules::default()
+        };
+        assert!(rules.schema.is_some());
+        let cases: [(&str, &[u8], Option<(&str, &str)>); 4] = [
+            ("distinct keys", br#"{"a": 1, "b": {"a": 2}}"#, None),
+            (
+                "top-level duplicate",
+                br#"{"role": "user", "role": "admin"}"#,
+                Some(("schema_violation", "/role")),
+            ),
+            (
+                "escaped duplicate in an array",
+                br#"{"list": [{"a": 1, "\u0061": 2}]}"#,
+                Some(("schema_violation", "/list/0/a")),
+            ),
+            ("not json", b"{", Some(("invalid_json", ""))),
+        ];
+        for (name, body, want) in cases {
+            let got = rules.check_body(body);
+            match (&got, want) {
+                (Ok(()), None) => {}
+                (Err(GatewayError::SchemaViolation(errors)), Some((code, pointer))) => {
+                    assert_eq!(code, "schema_violation", "{name}");
+                    assert_eq!(errors.len(), 1, "{name}");
+                    assert_eq!(errors[0].pointer, pointer, "{name}");
+                    assert!(errors[0].message.contains(pointer), "{name}");
+                }
+                (Err(e), Some((code, _))) => assert_eq!(e.code(), code, "{name}"),
+                _ => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        // Without a schema the body is not parsed at all.
+        assert!(
+            RequestRules::default()
+                .check_body(br#"{"a": 1, "a": 2}"#)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn path_params_need_the_route_to_allow_them() {
+        let cases = [
+            ("plain path", "/a/b", false, true),
+            (
+                "params refused by default",
+                "/a;jsessionid=1/b",
+                false,
+                false,
+            ),
+            ("lone semicolon refused", "/a/;", false, false),
+            ("params allowed", "/a;v=1/b", true, true),
+            ("encoded semicolon is data", "/a%3Bb", false, true),
+        ];
+        for (name, path, allowed, ok) in cases {
+            let got = check_path_params(path, allowed);
+            assert_eq!(got.is_ok(), ok, "{name}");
+            if let Err(e) = got {
+                assert_eq!(e.code(), "invalid_path", "{name}");
+                assert!(e.to_string().contains("path parameters (;)"), "{name}");
+            }
         }
     }
 }

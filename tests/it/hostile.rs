@@ -497,3 +497,174 @@ async fn a_lone_upgrade_header_cannot_smuggle_a_request_behind_it() {
         "the smuggled request never reached the backend"
     );
 }
+
+/// The JSON error body of one raw response.
+fn json_body(text: &str) -> serde_json::Value {
+    text.split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test]
+async fn path_parameter_tricks_never_reach_the_backend() {
+    let b = counting_backend().await;
+    let gw = GatewayBuilder::new()
+        .policy(
+            "a.toml",
+            &format!(
+                "{}\n[[route]]\nname = \"legacy\"\nprefix = \"/legacy\"\nupstream = \"b\"\nallow_path_params = true\n",
+                policy(&b.backend.url())
+            ),
+        )
+        .start()
+        .await;
+    let dot = "dot segment with path parameters";
+    let params = "path parameters (;) are not accepted on this route";
+    let cases = [
+        ("dot dot params", "/public/..;/admin", dot),
+        ("dot params", "/public/.;/admin", dot),
+        ("encoded dot dot params", "/public/%2e%2e;/admin", dot),
+        ("half-encoded dot dot params", "/public/.%2e;x/admin", dot),
+        (
+            "jsessionid on dot dot",
+            "/public/..;jsessionid=1/admin",
+            dot,
+        ),
+        ("dot dot params last", "/public/..;", dot),
+        (
+            "dot dot params on a route that allows params",
+            "/legacy/..;/admin",
+            dot,
+        ),
+        (
+            "params on a plain segment",
+            "/public/x;jsessionid=1",
+            params,
+        ),
+        ("lone semicolon", "/public/;/x", params),
+        ("params mid-path", "/public/a;v=1/b", params),
+    ];
+    for (name, path, message) in cases {
+        let s = tokio::net::TcpStream::connect(gw.addr("http"))
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{name}: {text:.300}");
+        let v = json_body(&text);
+        assert_eq!(v["error"], "invalid_path", "{name}: {text:.300}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(message)),
+            "{name}: {v}"
+        );
+    }
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        0,
+        "no path-parameter trick reached the backend"
+    );
+
+    // Allowed on the route that opts in; an encoded %3B is data everywhere.
+    for (name, path) in [
+        ("params on an opted-in route", "/legacy/cart;jsessionid=1"),
+        ("encoded semicolon", "/public/a%3Bb"),
+    ] {
+        let s = tokio::net::TcpStream::connect(gw.addr("http"))
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{name}: {text:.300}");
+        assert_eq!(
+            json_body(&text)["uri"],
+            path,
+            "{name}: forwarded as checked"
+        );
+    }
+    assert_eq!(b.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_with_a_repeated_key_never_reaches_the_backend() {
+    let b = counting_backend().await;
+    let builder = GatewayBuilder::new().policy(
+        "a.toml",
+        &format!(
+            "[[upstream]]\nname = \"b\"\ntargets = [\"{}\"]\n\n\
+             [[route]]\nname = \"signup\"\npath = \"/signup\"\nupstream = \"b\"\n\
+             json_schema = \"signup.json\"\n",
+            b.backend.url()
+        ),
+    );
+    std::fs::create_dir_all(builder.path().join("policies")).unwrap();
+    // The schema only lets "user" through; a first-key-wins backend would
+    // read whatever came first.
+    std::fs::write(
+        builder.path().join("policies/signup.json"),
+        r#"{"type": "object", "properties": {
+            "role": {"enum": ["user"]},
+            "profile": {"type": "object", "properties": {"role": {"enum": ["user"]}}},
+            "members": {"type": "array", "items": {"type": "object", "properties": {"role": {"enum": ["user"]}}}}
+        }}"#,
+    )
+    .unwrap();
+    let gw = builder.start().await;
+    let cases = [
+        ("top level", r#"{"role":"admin","role":"user"}"#, "/role"),
+        (
+            "escaped equal key",
+            r#"{"role":"admin","\u0072ole":"user"}"#,
+            "/role",
+        ),
+        (
+            "nested object",
+            r#"{"profile":{"role":"admin","role":"user"}}"#,
+            "/profile/role",
+        ),
+        (
+            "array of objects",
+            r#"{"members":[{"role":"user"},{"role":"admin","role":"user"}]}"#,
+            "/members/1/role",
+        ),
+    ];
+    for (name, body, pointer) in cases {
+        let s = tokio::net::TcpStream::connect(gw.addr("http"))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /signup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        assert!(text.starts_with("HTTP/1.1 422"), "{name}: {text:.300}");
+        let v = json_body(&text);
+        assert_eq!(v["error"], "schema_violation", "{name}: {v}");
+        assert_eq!(v["errors"][0]["pointer"], pointer, "{name}: {v}");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("duplicate") && m.contains(pointer)),
+            "{name}: {v}"
+        );
+    }
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        0,
+        "no body with a repeated key reached the backend"
+    );
+
+    // The same key in different objects is fine.
+    let body =
+        r#"{"role":"user","profile":{"role":"user"},"members":[{"role":"user"},{"role":"user"}]}"#;
+    let s = tokio::net::TcpStream::connect(gw.addr("http"))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /signup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (text, _) = exchange(s, request.as_bytes(), false).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.300}");
+    assert_eq!(json_body(&text)["body_len"], body.len());
+    assert_eq!(b.hits.load(Ordering::SeqCst), 1);
+}
