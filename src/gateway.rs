@@ -160,7 +160,8 @@ impl Gateway {
             reason: None,
             started,
             client: validate::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies),
-            peer: conn.peer,
+            // The socket's peer: a PROXY protocol balancer, when there is one.
+            peer: conn.proxied_by.unwrap_or(conn.peer),
             listener: conn.listener.clone(),
             tls_version: conn.tls_version,
             http_version: req.version(),

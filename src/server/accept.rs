@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -55,6 +55,48 @@ pub(super) struct Acceptor {
     pub(super) head_limits: HeadLimits,
     pub(super) header_read_timeout: Duration,
     pub(super) shared: Arc<Shared>,
+    pub(super) refusal_lines: LineBudget,
+}
+
+/// Log lines about refused connections allowed per second and listener.
+pub(super) const REFUSAL_LINES_PER_SECOND: u32 = 10;
+
+/// A per-second budget of log lines.
+#[derive(Debug, Default)]
+pub(super) struct LineBudget {
+    /// The second (since the gateway started) the count is for, and the
+    /// count, packed as `second << 32 | count`.
+    state: AtomicU64,
+    started: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl LineBudget {
+    /// Whether one more line may be written this second.
+    fn allow(&self) -> bool {
+        let started = self.started.get_or_init(tokio::time::Instant::now);
+        let second = started.elapsed().as_secs() & 0xffff_ffff;
+        let mut current = self.state.load(Ordering::Relaxed);
+        loop {
+            let (at, count) = (current >> 32, current & 0xffff_ffff);
+            let next = if at == second {
+                if count >= u64::from(REFUSAL_LINES_PER_SECOND) {
+                    return false;
+                }
+                current + 1
+            } else {
+                (second << 32) | 1
+            };
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
 }
 
 impl Acceptor {
@@ -89,10 +131,22 @@ impl Acceptor {
         tracing::info!(listener = %me.name, "stopped accepting");
     }
 
-    /// Refuses a connection before HTTP: counted and logged, then closed.
+    /// Refuses a connection before HTTP: counted, logged on the access
+    /// log's target (at most [`REFUSAL_LINES_PER_SECOND`] lines a second per
+    /// listener, so a flood of connections cannot flood the log; the
+    /// counter counts them all), then closed.
     fn refuse(&self, reason: &'static str, peer: SocketAddr, client: SocketAddr) {
         self.conn_meters.refused(reason);
-        tracing::debug!(listener = %self.name, %peer, %client, reason, "connection refused");
+        if self.refusal_lines.allow() {
+            tracing::info!(
+                target: "gatehouse::access",
+                listener = %self.name,
+                %peer,
+                %client,
+                reason,
+                "connection refused"
+            );
+        }
     }
 
     async fn connection(&self, mut tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
@@ -279,4 +333,18 @@ impl Acceptor {
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response<GwBody> {
     tracing::error!("request handler panicked");
     error::fallback_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn refusal_lines_are_bounded_per_second() {
+        let budget = LineBudget::default();
+        let first: usize = (0..100).filter(|_| budget.allow()).count();
+        assert_eq!(first, REFUSAL_LINES_PER_SECOND as usize);
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(budget.allow(), "a new second, a new budget");
+    }
 }

@@ -832,6 +832,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             },
             header_read_timeout: effective.header_read_timeout.0,
             shared: shared.clone(),
+            refusal_lines: accept::LineBudget::default(),
         };
         tasks.push(tokio::spawn(acceptor.run(listener, stop_rx.clone())));
     }
