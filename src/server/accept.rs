@@ -150,13 +150,13 @@ impl Acceptor {
     }
 
     async fn connection(&self, mut tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let trusted = {
+            let snapshot = self.shared.snapshot.load();
+            let ip = crate::validate::canonical(peer.ip());
+            snapshot.trusted_proxies.iter().any(|n| n.contains(&ip))
+        };
         // The client: the peer, or who a trusted balancer says it is.
         let (client, proxied_by) = if self.proxy_protocol {
-            let trusted = {
-                let snapshot = self.shared.snapshot.load();
-                let ip = crate::validate::canonical(peer.ip());
-                snapshot.trusted_proxies.iter().any(|n| n.contains(&ip))
-            };
             if trusted {
                 let header = tokio::time::timeout(
                     self.handshake_timeout,
@@ -178,12 +178,17 @@ impl Acceptor {
         } else {
             (peer, None)
         };
-        let Some(address_slot) = self.per_address.acquire(client.ip()) else {
-            return self.refuse("max_connections_per_ip", peer, client);
+        // A trusted proxy speaking for many clients (X-Forwarded-For) is not
+        // one client: its connections are not capped per address.
+        let capped = !(trusted && proxied_by.is_none());
+        let address_slot = match capped.then(|| self.per_address.acquire(client.ip())) {
+            Some(None) => return self.refuse("max_connections_per_ip", peer, client),
+            Some(slot) => slot,
+            None => None,
         };
         let hold = Arc::new(ConnHold {
             global: Some(permit),
-            per_address: Some(address_slot),
+            per_address: address_slot,
             drain: Some(self.shared.drain.enter()),
         });
         match &self.tls {
@@ -195,8 +200,10 @@ impl Acceptor {
                 self.serve(TokioIo::new(guarded), info).await;
             }
             Some(slot) => {
-                let Some(handshaking) = self.handshakes.acquire(client.ip()) else {
-                    return self.refuse("max_tls_handshakes_per_ip", peer, client);
+                let handshaking = match capped.then(|| self.handshakes.acquire(client.ip())) {
+                    Some(None) => return self.refuse("max_tls_handshakes_per_ip", peer, client),
+                    Some(slot) => slot,
+                    None => None,
                 };
                 let acceptor = tokio_rustls::TlsAcceptor::from(slot.config.load_full());
                 let accepted =

@@ -89,6 +89,25 @@ async fn one_address_cannot_hold_more_connections_than_its_cap() {
 }
 
 #[tokio::test]
+async fn a_trusted_proxy_speaking_for_many_clients_is_not_capped() {
+    let backend = Backend::echo().await;
+    let gw = GatewayBuilder::new()
+        .main("[server]\nmax_connections_per_ip = 1\n\n[access]\ntrusted_proxies = [\"127.0.0.1/32\"]\n")
+        .policy("a.toml", &echo_policy(&backend.url()))
+        .start()
+        .await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let mut s = TcpStream::connect(gw.addr("http")).await.unwrap();
+        assert!(
+            get_on(&mut s, "/x").await.starts_with("HTTP/1.1 200"),
+            "conn {i}"
+        );
+        open.push(s);
+    }
+}
+
+#[tokio::test]
 async fn tls_handshakes_in_progress_are_capped_per_address() {
     let backend = Backend::echo().await;
     let builder = GatewayBuilder::new();
