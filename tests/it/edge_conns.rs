@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -114,12 +113,8 @@ async fn tls_handshakes_in_progress_are_capped_per_address() {
     let ca = TestCa::new(builder.path());
     let (cert, key) = ca.issue("localhost", &["localhost"]);
     let gw = builder
-        .main(&format!(
-            "[server]\nmax_tls_handshakes_per_ip = 2\ntls_handshake_timeout = \"10s\"\n\n\
-             [[listener]]\nname = \"https\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ))
+        .main("[server]\nmax_tls_handshakes_per_ip = 2\ntls_handshake_timeout = \"10s\"\n")
+        .main(&tls_listener("https", &cert, &key, ""))
         .policy("a.toml", &echo_policy(&backend.url()))
         .start()
         .await;
@@ -211,31 +206,6 @@ async fn an_h2_connection_with_no_open_stream_is_closed_after_the_idle_timeout()
     );
 }
 
-/// A backend that answers 101 and then echoes bytes in upper case.
-async fn upgrading_backend() -> Backend {
-    Backend::start(|mut req| async move {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(up) = on.await {
-                let mut io = hyper_util::rt::TokioIo::new(up);
-                let mut buf = [0u8; 64];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(full(Bytes::new()))
-            .unwrap()
-    })
-    .await
-}
-
 /// Opens a tunnel through `addr`; the connection, or the status line of a
 /// refusal.
 async fn open_tunnel(addr: SocketAddr) -> Result<TcpStream, String> {
@@ -287,7 +257,7 @@ fn tunnel_policy(backend: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn tunnels_are_capped_per_route_idle_out_and_count_as_connections() {
-    let backend = upgrading_backend().await;
+    let backend = Backend::upgrading().await;
     let gw = GatewayBuilder::new()
         .main("[server]\nmax_connections_per_ip = 2\n")
         .policy(
@@ -338,7 +308,7 @@ async fn tunnels_are_capped_per_route_idle_out_and_count_as_connections() {
 
 #[tokio::test]
 async fn shutdown_closes_open_tunnels_at_the_deadline() {
-    let backend = upgrading_backend().await;
+    let backend = Backend::upgrading().await;
     let gw = GatewayBuilder::new()
         .main("[server]\nshutdown_grace = \"1s\"\n")
         .policy("a.toml", &tunnel_policy(&backend.url(), ""))
@@ -476,10 +446,11 @@ async fn tls_listeners_send_hsts_when_configured() {
     let ca = TestCa::new(builder.path());
     let (cert, key) = ca.issue("localhost", &["localhost"]);
     let gw = builder
-        .main(&format!(
-            "[[listener]]\nname = \"https\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\nhsts = {{ max_age = \"365d\", include_subdomains = true }}\n",
-            cert.display().to_string(),
-            key.display().to_string()
+        .main(&tls_listener(
+            "https",
+            &cert,
+            &key,
+            "hsts = { max_age = \"365d\", include_subdomains = true }",
         ))
         .policy(
             "a.toml",

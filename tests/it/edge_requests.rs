@@ -194,11 +194,7 @@ async fn ambiguous_and_spoofing_requests_over_tcp_and_tls() {
     let ca = TestCa::new(builder.path());
     let (cert, key) = ca.issue("localhost", &["localhost"]);
     let gw = builder
-        .main(&format!(
-            "[[listener]]\nname = \"https\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ))
+        .main(&tls_listener("https", &cert, &key, ""))
         .policy("a.toml", &policy(&backend.url()))
         .start()
         .await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -26,50 +26,6 @@ fn policy(backend: &str) -> String {
         "[[upstream]]\nname = \"b\"\ntargets = [\"{backend}\"]\n\n\
          [[route]]\nname = \"public\"\nprefix = \"/public\"\nupstream = \"b\"\nmax_body = \"100B\"\n"
     )
-}
-
-/// Whether `buf` holds one complete response with a Content-Length.
-fn one_response(buf: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(buf);
-    let Some(end) = text.find("\r\n\r\n") else {
-        return false;
-    };
-    text[..end]
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .and_then(|len| len.trim().parse::<usize>().ok())
-        .is_some_and(|len| buf.len() >= end + 4 + len)
-}
-
-/// Writes `request`, then reads until the peer closes or 5 s pass (or,
-/// when `until_closed` is false, until one whole response has arrived).
-/// Returns the text read and whether the connection was closed.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    request: &[u8],
-    until_closed: bool,
-) -> (String, bool) {
-    let _ = s.write_all(request).await;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return true,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            if !until_closed && one_response(&buf) {
-                return false;
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    (String::from_utf8_lossy(&buf).into_owned(), closed)
 }
 
 struct Case {
@@ -252,7 +208,7 @@ async fn hostile_requests_over_tcp_never_reach_the_backend() {
         let s = tokio::net::TcpStream::connect(gw.addr("http"))
             .await
             .unwrap();
-        let (text, closed) = exchange(s, case.request.as_bytes(), case.closes).await;
+        let (text, closed) = raw_exchange_until(s, case.request.as_bytes(), case.closes).await;
         check(&case, &text, closed, "tcp");
     }
     assert_eq!(
@@ -264,7 +220,7 @@ async fn hostile_requests_over_tcp_never_reach_the_backend() {
     let s = tokio::net::TcpStream::connect(gw.addr("http"))
         .await
         .unwrap();
-    let (text, _) = exchange(
+    let (text, _) = raw_exchange_until(
         s,
         b"POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
           GET //public/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -289,7 +245,7 @@ async fn a_smuggled_second_request_is_refused_after_the_first_is_served() {
     let s = tokio::net::TcpStream::connect(gw.addr("http"))
         .await
         .unwrap();
-    let (text, closed) = exchange(
+    let (text, closed) = raw_exchange_until(
         s,
         b"GET /public/first HTTP/1.1\r\nHost: x\r\n\r\n\
           POST /public/second HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
@@ -319,11 +275,7 @@ async fn hostile_requests_over_tls_are_refused_the_same_way() {
     let ca = TestCa::new(builder.path());
     let (cert, key) = ca.issue("localhost", &["localhost"]);
     let gw = builder
-        .main(&format!(
-            "[[listener]]\nname = \"https\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ))
+        .main(&tls_listener("https", &cert, &key, ""))
         .policy("a.toml", &policy(&b.backend.url()))
         .start()
         .await;
@@ -333,7 +285,7 @@ async fn hostile_requests_over_tls_are_refused_the_same_way() {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = connector.connect(name, tcp).await.unwrap();
-        let (text, closed) = exchange(tls, case.request.as_bytes(), true).await;
+        let (text, closed) = raw_exchange_until(tls, case.request.as_bytes(), true).await;
         check(&case, &text, closed, "tls");
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), 0);
@@ -422,7 +374,7 @@ async fn listeners_can_override_the_head_limits() {
         let s = tokio::net::TcpStream::connect(gw.addr(listener))
             .await
             .unwrap();
-        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        let (text, _) = raw_exchange_until(s, request.as_bytes(), false).await;
         assert!(
             text.starts_with(want),
             "{listener}: {}",
@@ -473,7 +425,7 @@ async fn a_lone_upgrade_header_cannot_smuggle_a_request_behind_it() {
     let s = tokio::net::TcpStream::connect(gw.addr("http"))
         .await
         .unwrap();
-    let (text, closed) = exchange(
+    let (text, closed) = raw_exchange_until(
         s,
         b"GET /public/first HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\
           POST /public/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -549,7 +501,7 @@ async fn path_parameter_tricks_never_reach_the_backend() {
             .await
             .unwrap();
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        let (text, _) = raw_exchange_until(s, request.as_bytes(), false).await;
         assert!(text.starts_with("HTTP/1.1 400"), "{name}: {text:.300}");
         let v = json_body(&text);
         assert_eq!(v["error"], "invalid_path", "{name}: {text:.300}");
@@ -573,7 +525,7 @@ async fn path_parameter_tricks_never_reach_the_backend() {
             .await
             .unwrap();
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        let (text, _) = raw_exchange_until(s, request.as_bytes(), false).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{name}: {text:.300}");
         assert_eq!(
             json_body(&text)["uri"],
@@ -635,7 +587,7 @@ async fn a_body_with_a_repeated_key_never_reaches_the_backend() {
             "POST /signup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let (text, _) = exchange(s, request.as_bytes(), false).await;
+        let (text, _) = raw_exchange_until(s, request.as_bytes(), false).await;
         assert!(text.starts_with("HTTP/1.1 422"), "{name}: {text:.300}");
         let v = json_body(&text);
         assert_eq!(v["error"], "schema_violation", "{name}: {v}");
@@ -663,7 +615,7 @@ async fn a_body_with_a_repeated_key_never_reaches_the_backend() {
         "POST /signup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let (text, _) = exchange(s, request.as_bytes(), false).await;
+    let (text, _) = raw_exchange_until(s, request.as_bytes(), false).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text:.300}");
     assert_eq!(json_body(&text)["body_len"], body.len());
     assert_eq!(b.hits.load(Ordering::SeqCst), 1);

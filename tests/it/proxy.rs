@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -373,32 +373,7 @@ async fn large_bodies_stream_both_ways_with_flat_memory() {
 
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled_after_101() {
-    // A backend that answers 101 and then echoes bytes in upper case.
-    let backend = Backend::start(|mut req| async move {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(up) = on.await {
-                let mut io = hyper_util::rt::TokioIo::new(up);
-                let mut buf = [0u8; 64];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let upper: Vec<u8> = buf[..n].to_ascii_uppercase();
-                    if io.write_all(&upper).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(full(Bytes::new()))
-            .unwrap()
-    })
-    .await;
+    let backend = Backend::upgrading().await;
     let gw = GatewayBuilder::new()
         .policy(
             "a.toml",

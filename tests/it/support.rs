@@ -91,6 +91,33 @@ impl Backend {
         Backend::start(|req| async move { echo_response(req).await }).await
     }
 
+    /// Answers every request with 101 and then echoes bytes in upper case
+    /// on the upgraded connection.
+    pub async fn upgrading() -> Backend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        Backend::start(|mut req| async move {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(full(Bytes::new()))
+                .expect("101 response")
+        })
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -664,7 +691,16 @@ pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
 /// Writes `request` on `s` and reads until one whole response with a
 /// `Content-Length` has arrived, the peer closes, or 5 s pass. Returns the
 /// text read and whether the peer closed the connection.
-pub async fn raw_exchange<S>(mut s: S, request: &[u8]) -> (String, bool)
+pub async fn raw_exchange<S>(s: S, request: &[u8]) -> (String, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    raw_exchange_until(s, request, false).await
+}
+
+/// As [`raw_exchange`]; with `until_closed`, reads on past the first
+/// response until the peer closes (or 5 s pass).
+pub async fn raw_exchange_until<S>(mut s: S, request: &[u8], until_closed: bool) -> (String, bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -678,7 +714,7 @@ where
                 Ok(0) | Err(_) => return true,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
-            if whole_response(&buf) {
+            if !until_closed && whole_response(&buf) {
                 return false;
             }
         }
@@ -686,6 +722,16 @@ where
     .await
     .unwrap_or(false);
     (String::from_utf8_lossy(&buf).into_owned(), closed)
+}
+
+/// A TLS listener called `name` serving `cert`/`key`, with `extra` lines
+/// appended to its `[listener.tls]` table.
+pub fn tls_listener(name: &str, cert: &Path, key: &Path, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"{name}\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n{extra}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
 }
 
 /// Whether `buf` starts with one complete response that has a
