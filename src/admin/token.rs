@@ -230,14 +230,30 @@ mod tests {
             let _ = t.check("wrong", noisy).await;
         }
         let cases = [
-            ("wrong token, throttled", "wrong", Err(TokenRefusal::Throttled)),
-            ("another wrong token", "also-wrong", Err(TokenRefusal::Throttled)),
+            (
+                "wrong token, throttled",
+                "wrong",
+                Err(TokenRefusal::Throttled),
+            ),
+            (
+                "another wrong token",
+                "also-wrong",
+                Err(TokenRefusal::Throttled),
+            ),
             ("the verified token", right, Ok(())),
-            ("a prefix of it", "right-admin-token", Err(TokenRefusal::Throttled)),
+            (
+                "a prefix of it",
+                "right-admin-token",
+                Err(TokenRefusal::Throttled),
+            ),
         ];
         for (name, presented, want) in cases {
             for from in [operator, noisy] {
-                assert_eq!(t.check(presented, from).await, want, "case {name} from {from}");
+                assert_eq!(
+                    t.check(presented, from).await,
+                    want,
+                    "case {name} from {from}"
+                );
             }
         }
     }

@@ -43,8 +43,8 @@ use sha2::{Digest, Sha256};
 use x509_parser::oid_registry;
 use x509_parser::prelude::FromDer;
 
-use super::jwt_config_checks::{MIN_JWKS_MIN_REFRESH_INTERVAL, claim_header_refusal};
 use super::jwks::{JwksRegistry, JwksSet, JwksSettings, RSA_ALGORITHMS, VerificationKey};
+use super::jwt_config_checks::{MIN_JWKS_MIN_REFRESH_INTERVAL, claim_header_refusal};
 use super::{AuthMethod, Clock, Principal};
 use crate::config::JwtIssuerSpec;
 

@@ -167,7 +167,11 @@ pub(crate) async fn check_refused(
 }
 
 /// Sends `GET path` with `headers`.
-pub(crate) async fn send(gw: &TestGateway, path: &str, headers: &[(&str, String)]) -> reqwest::Response {
+pub(crate) async fn send(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, String)],
+) -> reqwest::Response {
     let mut req = client().get(gw.url(path));
     for (k, v) in headers {
         req = req.header(*k, v.as_str());

@@ -22,7 +22,12 @@ async fn a_key_ids_budget_is_shared_by_every_address() {
     let from = |addr: &str| ("x-forwarded-for", addr.to_owned());
     let api_key = |k: &str| ("x-api-key", k.to_owned());
     // The owner verifies the key once.
-    assert!(send(&s.gw, "/key/x", &[api_key(&key), from("192.0.2.1")]).await.status() == 200);
+    assert!(
+        send(&s.gw, "/key/x", &[api_key(&key), from("192.0.2.1")])
+            .await
+            .status()
+            == 200
+    );
     // Three wrong secrets for each id, every one from another address.
     for (n, id) in [&key_id, &other_id].into_iter().enumerate() {
         for i in 0..3 {
@@ -60,12 +65,19 @@ async fn a_key_ids_budget_is_shared_by_every_address() {
         assert!((1..=60).contains(&retry), "{case}: Retry-After {retry}");
         check_refused(case, resp, 429, "too_many_auth_failures", &[]).await;
     }
-    assert_eq!(api_keys.verifications(), runs, "argon2 ran for a spent key id");
+    assert_eq!(
+        api_keys.verifications(),
+        runs,
+        "argon2 ran for a spent key id"
+    );
     assert_eq!(s.hits(), before, "throttled requests reached the upstream");
     // The owner's cached key works, from its own address and any other.
     for addr in ["192.0.2.1", "198.51.100.9"] {
         assert!(
-            send(&s.gw, "/key/x", &[api_key(&key), from(addr)]).await.status() == 200,
+            send(&s.gw, "/key/x", &[api_key(&key), from(addr)])
+                .await
+                .status()
+                == 200,
             "cached key from {addr}"
         );
     }

@@ -5,10 +5,12 @@
 mod support;
 
 mod admin;
+mod admin_token;
 mod auth;
 mod auth_budgets;
 mod cluster;
 mod hostile;
+mod jwt_config;
 mod lambda;
 mod lifecycle;
 mod observability;

@@ -422,7 +422,12 @@ impl ApiKeyAuth {
             let index = self.index.load();
             let entry = index.entries.get(p.id())?;
             let digest: Digest32 = Sha256::digest(presented.as_bytes()).into();
-            Some((p, Arc::clone(&entry.key_id), Arc::clone(&entry.hash), digest))
+            Some((
+                p,
+                Arc::clone(&entry.key_id),
+                Arc::clone(&entry.hash),
+                digest,
+            ))
         });
         // A verified key is served before any budget is consulted.
         let hit = found.as_ref().is_some_and(|(_, key_id, hash, digest)| {

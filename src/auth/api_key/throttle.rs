@@ -115,7 +115,10 @@ impl<K: BudgetKey> FailureBudget<K> {
     /// already has `max` in flight. The map only holds keys with a run in
     /// flight.
     pub(super) fn verify_slot(self: &Arc<Self>, key: &K, max: u32) -> Option<VerifySlot<K>> {
-        let mut map = self.verifying.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .verifying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(key.clone()).or_insert(0);
         if *n >= max {
             if *n == 0 {

@@ -125,15 +125,27 @@ async fn unknown_ids_and_misses_grow_nothing() {
             Err(ApiKeyError::Invalid)
         ));
     }
-    assert_eq!(f.auth.key_throttle_len(), 0, "unknown ids are never charged");
+    assert_eq!(
+        f.auth.key_throttle_len(),
+        0,
+        "unknown ids are never charged"
+    );
     // Two wrong secrets (the id's budget of three is not spent).
     for i in 0..2u32 {
-        let got = f.auth.authenticate(&forged(&f.key.id, i), ip("10.1.0.1")).await;
+        let got = f
+            .auth
+            .authenticate(&forged(&f.key.id, i), ip("10.1.0.1"))
+            .await;
         assert!(matches!(got, Err(ApiKeyError::Invalid)), "{got:?}");
     }
     f.auth.cache.run_pending_tasks();
     assert_eq!(f.auth.cache_len(), 0, "failed verifications are not cached");
-    assert!(f.auth.authenticate(&f.key.full, ip("10.1.0.2")).await.is_ok());
+    assert!(
+        f.auth
+            .authenticate(&f.key.full, ip("10.1.0.2"))
+            .await
+            .is_ok()
+    );
     f.auth.cache.run_pending_tasks();
     assert_eq!(f.auth.cache_len(), 1);
 }
@@ -174,8 +186,16 @@ async fn a_key_in_use_stays_cached_and_an_idle_one_expires() {
         assert!(f.auth.authenticate(&f.key.full, client).await.is_ok());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(f.auth.verifications(), 1, "in use for 2.5 × cache_ttl, verified once");
+    assert_eq!(
+        f.auth.verifications(),
+        1,
+        "in use for 2.5 × cache_ttl, verified once"
+    );
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(f.auth.authenticate(&f.key.full, client).await.is_ok());
-    assert_eq!(f.auth.verifications(), 2, "idle past cache_ttl: verified again");
+    assert_eq!(
+        f.auth.verifications(),
+        2,
+        "idle past cache_ttl: verified again"
+    );
 }
