@@ -1,6 +1,7 @@
 //! The per-key-id failure budget, end to end: wrong secrets for one key id
 //! from many addresses (behind a trusted proxy) spend the id's budget; the
-//! key's owner keeps being served from the verified-key cache.
+//! key's owner keeps being served from the verified-key cache; zero budgets
+//! are config errors.
 //!
 //! Keys are secrets: compared with `assert!`, never printed.
 
@@ -8,6 +9,7 @@ use gatehouse::auth::api_key::{assemble, generate};
 use serde_json::json;
 
 use crate::auth::{API_KEY, BEARER_INVALID, check_refused, send, setup};
+use crate::support::{GatewayBuilder, fast_api_keys};
 
 #[tokio::test]
 async fn a_key_ids_budget_is_shared_by_every_address() {
@@ -82,4 +84,39 @@ async fn a_key_ids_budget_is_shared_by_every_address() {
         );
     }
     assert_eq!(s.hits(), before + 2);
+}
+
+#[test]
+fn zero_key_budgets_are_config_errors() {
+    let cases = [
+        (
+            "no failures per minute",
+            "key_failures_per_minute = 0",
+            true,
+        ),
+        ("no burst", "key_failure_burst = 0", true),
+        (
+            "both set",
+            "key_failures_per_minute = 2\nkey_failure_burst = 4",
+            false,
+        ),
+    ];
+    for (name, line, refused) in cases {
+        let b = GatewayBuilder::new().main(&fast_api_keys(line));
+        let config = b.write();
+        let got = gatehouse::server::check(&config, &Default::default());
+        match got {
+            Ok(_) => assert!(!refused, "case {name}: accepted"),
+            Err(err) => {
+                assert!(refused, "case {name}: refused: {err}");
+                let key = line.split(' ').next().unwrap();
+                let p = err
+                    .0
+                    .iter()
+                    .find(|p| p.message.contains("[api_keys]") && p.message.contains(key))
+                    .unwrap_or_else(|| panic!("case {name}: no [api_keys] problem in:\n{err}"));
+                assert_eq!(p.file, config, "case {name}");
+            }
+        }
+    }
 }
