@@ -4,6 +4,13 @@
 //! attempts are throttled per client address (IPv6 by /64) before any
 //! hashing, and at most two argon2 runs are in flight at once: a flood of
 //! wrong tokens gets 429s, not gigabytes of argon2 memory.
+//!
+//! The digest comparison comes before the throttle, so the right token,
+//! once verified, is accepted even from an address that is throttled for
+//! wrong ones: an operator is never locked out during an incident by
+//! someone flooding from the same address. Caveat: a token never verified
+//! since start (nothing cached yet) still needs argon2, which a throttled
+//! address does not get until its window ends.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -118,16 +125,18 @@ impl AdminToken {
         presented: &str,
         client: IpAddr,
     ) -> Result<(), TokenRefusal> {
-        let client = crate::ratelimit::client_key(client);
-        if self.throttled(&client) {
-            return Err(TokenRefusal::Throttled);
-        }
+        // The last verified token first (cheap, constant time), so a
+        // throttled address still gets in with the right token.
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let known = self.verified.lock().ok().and_then(|g| *g);
         if let Some(known) = known
             && bool::from(known.ct_eq(&digest))
         {
             return Ok(());
+        }
+        let client = crate::ratelimit::client_key(client);
+        if self.throttled(&client) {
+            return Err(TokenRefusal::Throttled);
         }
         let Ok(permit) = self.verifying.clone().try_acquire_owned() else {
             return Err(TokenRefusal::Throttled);
@@ -207,6 +216,46 @@ mod tests {
         // The verified token is then checked without argon2 (and still right).
         assert_eq!(t.check("right-admin-token-0123456789", b).await, Ok(()));
         assert_eq!(t.check("wrong", b).await, Err(TokenRefusal::Invalid));
+    }
+
+    #[tokio::test]
+    async fn the_verified_token_passes_a_throttled_address() {
+        let t = token();
+        let right = "right-admin-token-0123456789";
+        let operator: IpAddr = "2001:db8:7::1".parse().unwrap();
+        assert_eq!(t.check(right, operator).await, Ok(()));
+        // Someone in the operator's /64 floods it with wrong tokens.
+        let noisy: IpAddr = "2001:db8:7::99".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            let _ = t.check("wrong", noisy).await;
+        }
+        let cases = [
+            (
+                "wrong token, throttled",
+                "wrong",
+                Err(TokenRefusal::Throttled),
+            ),
+            (
+                "another wrong token",
+                "also-wrong",
+                Err(TokenRefusal::Throttled),
+            ),
+            ("the verified token", right, Ok(())),
+            (
+                "a prefix of it",
+                "right-admin-token",
+                Err(TokenRefusal::Throttled),
+            ),
+        ];
+        for (name, presented, want) in cases {
+            for from in [operator, noisy] {
+                assert_eq!(
+                    t.check(presented, from).await,
+                    want,
+                    "case {name} from {from}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ use x509_parser::oid_registry;
 use x509_parser::prelude::FromDer;
 
 use super::jwks::{JwksRegistry, JwksSet, JwksSettings, RSA_ALGORITHMS, VerificationKey};
+use super::jwt_config_checks::{MIN_JWKS_MIN_REFRESH_INTERVAL, claim_header_refusal};
 use super::{AuthMethod, Clock, Principal};
 use crate::config::JwtIssuerSpec;
 
@@ -52,34 +53,6 @@ pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// Largest accepted `leeway`.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
-
-/// Header names refused as `claim_headers` targets: hop-by-hop headers
-/// (they would be stripped or misread by proxies) and the ones that frame
-/// or route the request or carry credentials.
-const FORBIDDEN_TARGET_HEADERS: [&str; 21] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "content-type",
-    "authorization",
-    "cookie",
-    "forwarded",
-    // The gateway's own forwarding headers: a claim must not replace them.
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "x-request-id",
-    "via",
-];
 
 /// Token headers that would make us fetch or trust something the token
 /// chooses, or that demand extensions we do not implement.
@@ -447,12 +420,8 @@ impl Issuer {
                     format!("{header:?} is not a valid header name"),
                 )
             })?;
-            if FORBIDDEN_TARGET_HEADERS.contains(&h.as_str()) {
-                return Err(invalid(
-                    spec,
-                    &field,
-                    format!("{header:?} is a hop-by-hop, framing or credential header"),
-                ));
+            if let Some(reason) = claim_header_refusal(&h, header) {
+                return Err(invalid(spec, &field, reason));
             }
             if claim_headers
                 .iter()
@@ -598,6 +567,16 @@ impl Issuer {
             Some(url) => {
                 let uri =
                     parse_jwks_url(url).map_err(|reason| invalid(spec, "jwks_url", reason))?;
+                if spec.jwks_min_refresh_interval.0 < MIN_JWKS_MIN_REFRESH_INTERVAL {
+                    return Err(invalid(
+                        spec,
+                        "jwks_min_refresh_interval",
+                        format!(
+                            "must be at least {}s (it bounds the fetches unknown kids cause)",
+                            MIN_JWKS_MIN_REFRESH_INTERVAL.as_secs()
+                        ),
+                    ));
+                }
                 if spec.jwks_refresh.0 < Duration::from_secs(1) {
                     return Err(invalid(spec, "jwks_refresh", "must be at least 1s"));
                 }
@@ -3045,9 +3024,18 @@ mod tests {
         s.issuer = Some("https://idp.test".into());
         s.audiences = vec!["api".into()];
         s.jwks_url = Some(url.to_owned());
-        s.jwks_min_refresh_interval = Dur(min_refresh);
+        // Below the config floor, the set's settings are set directly.
+        s.jwks_min_refresh_interval = Dur(min_refresh.max(MIN_JWKS_MIN_REFRESH_INTERVAL));
         s.jwks_timeout = Dur(Duration::from_secs(2));
-        Arc::new(Issuer::build(&s, Path::new("."), &no_env, reg).unwrap())
+        let issuer = Issuer::build(&s, Path::new("."), &no_env, reg).unwrap();
+        if let Some(set) = issuer.jwks() {
+            let settings = JwksSettings {
+                min_refresh_interval: min_refresh,
+                ..set.settings()
+            };
+            reg.get(set.url(), settings);
+        }
+        Arc::new(issuer)
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

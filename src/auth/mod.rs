@@ -7,6 +7,7 @@
 pub mod api_key;
 pub mod jwks;
 pub mod jwt;
+pub mod jwt_config_checks;
 pub mod policy;
 
 use std::sync::Arc;

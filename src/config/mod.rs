@@ -207,6 +207,8 @@ impl ApiKeysConfig {
             verify_wait: self.verify_wait.0,
             failures_per_minute: self.failures_per_minute,
             failure_burst: self.failure_burst,
+            key_failures_per_minute: self.key_failures_per_minute,
+            key_failure_burst: self.key_failure_burst,
             last_used_flush: self.last_used_flush.0,
         }
     }
@@ -234,7 +236,8 @@ pub struct ApiKeysConfig {
     /// Argon2id parallelism (OWASP: 1).
     #[validate(range(min = 1, max = 64))]
     pub argon2_parallelism: u32,
-    /// How long a verified key stays in the in-memory cache.
+    /// How long a verified key stays in the in-memory cache after its last
+    /// use (default `"5m"`; at most 24 h).
     pub cache_ttl: Dur,
     /// Most verified keys cached.
     #[validate(range(min = 1))]
@@ -250,6 +253,15 @@ pub struct ApiKeysConfig {
     /// Failed attempts allowed in a burst.
     #[validate(range(min = 1))]
     pub failure_burst: u32,
+    /// Failed attempts allowed per key id per minute, after the burst,
+    /// whichever addresses made them (default 5); beyond them, attempts
+    /// for that id that miss the verified-key cache get 429 before any
+    /// hashing, while cached (already verified) keys keep working.
+    #[validate(range(min = 1))]
+    pub key_failures_per_minute: u32,
+    /// Failed attempts allowed per key id in a burst (default 10).
+    #[validate(range(min = 1))]
+    pub key_failure_burst: u32,
     /// How often `last used` times are written, in one batch.
     pub last_used_flush: Dur,
     /// Default time an old key keeps working after `keys rotate`.
@@ -268,6 +280,8 @@ impl Default for ApiKeysConfig {
             verify_wait: Dur(Duration::from_secs(2)),
             failures_per_minute: 10,
             failure_burst: 20,
+            key_failures_per_minute: 5,
+            key_failure_burst: 10,
             last_used_flush: Dur(Duration::from_secs(5)),
             rotation_grace: Dur(Duration::from_secs(24 * 3600)),
         }

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 const BEARER: &str = "Bearer realm=\"gatehouse\"";
-const BEARER_INVALID: &str = "Bearer realm=\"gatehouse\", error=\"invalid_token\"";
-const API_KEY: &str = "ApiKey realm=\"gatehouse\", header=\"x-api-key\"";
+pub(crate) const BEARER_INVALID: &str = "Bearer realm=\"gatehouse\", error=\"invalid_token\"";
+pub(crate) const API_KEY: &str = "ApiKey realm=\"gatehouse\", header=\"x-api-key\"";
 
 const ISS: &str = "https://idp.test";
 const HS_ISS: &str = "https://hs.test";
@@ -42,16 +42,16 @@ fn rsa_public_path() -> String {
 
 /// A gateway with API-key, JWT, mixed and open routes in front of a
 /// counting echo backend, and an admin token.
-struct Setup {
-    gw: TestGateway,
+pub(crate) struct Setup {
+    pub(crate) gw: TestGateway,
     hits: Arc<AtomicUsize>,
-    admin: AdminApi,
+    pub(crate) admin: AdminApi,
     hs_secret: String,
     _backend: Backend,
 }
 
 impl Setup {
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 }
@@ -80,7 +80,7 @@ fn route(name: &str, prefix: &str, extra: &str) -> String {
 }
 
 /// `api_keys_extra` goes into `[api_keys]`; `main_extra` into the main file.
-async fn setup(api_keys_extra: &str, main_extra: &str) -> Setup {
+pub(crate) async fn setup(api_keys_extra: &str, main_extra: &str) -> Setup {
     let (backend, hits) = Backend::counting().await;
     let (token, hash) = admin_token();
     let hs_secret = format!(
@@ -142,7 +142,7 @@ async fn setup(api_keys_extra: &str, main_extra: &str) -> Setup {
 
 /// Checks a refusal: status, `WWW-Authenticate` values in order, the JSON
 /// code (and a request id). Returns the body. Bodies never echo credentials.
-async fn check_refused(
+pub(crate) async fn check_refused(
     case: &str,
     resp: reqwest::Response,
     status: u16,
@@ -167,7 +167,11 @@ async fn check_refused(
 }
 
 /// Sends `GET path` with `headers`.
-async fn send(gw: &TestGateway, path: &str, headers: &[(&str, String)]) -> reqwest::Response {
+pub(crate) async fn send(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, String)],
+) -> reqwest::Response {
     let mut req = client().get(gw.url(path));
     for (k, v) in headers {
         req = req.header(*k, v.as_str());
@@ -478,8 +482,8 @@ async fn failed_attempts_are_throttled_before_any_hashing() {
     let verifications = s.gw.running().shared().api_keys().verifications();
     let cases = [
         ("one bad key too many", wrong.clone()),
-        ("a valid, cached key", key.clone()),
         ("a valid key never seen", unused_key.clone()),
+        ("malformed junk", "gth_junk".to_owned()),
     ];
     for (case, k) in &cases {
         let resp = send(&s.gw, "/key/x", &[("x-api-key", k.clone())]).await;
@@ -493,6 +497,16 @@ async fn failed_attempts_are_throttled_before_any_hashing() {
         check_refused(case, resp, 429, "too_many_auth_failures", &[]).await;
     }
     assert_eq!(s.hits(), before, "throttled requests reached the upstream");
+    // A key this address already verified is served from the cache, before
+    // the spent budget is looked at (a shared NAT address keeps working).
+    assert!(
+        send(&s.gw, "/key/x", &[("x-api-key", key.clone())])
+            .await
+            .status()
+            == 200,
+        "a valid, cached key from a throttled address"
+    );
+    assert_eq!(s.hits(), before + 1);
     assert_eq!(
         s.gw.running().shared().api_keys().verifications(),
         verifications,

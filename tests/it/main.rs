@@ -5,11 +5,14 @@
 mod support;
 
 mod admin;
+mod admin_token;
 mod auth;
+mod auth_budgets;
 mod cluster;
 mod edge_conns;
 mod edge_requests;
 mod hostile;
+mod jwt_config;
 mod lambda;
 mod lifecycle;
 mod observability;

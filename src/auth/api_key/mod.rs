@@ -15,13 +15,27 @@
 //! [`ApiKeyAuth`] re-hashes such keys after their next successful use.
 //!
 //! **Authentication** ([`ApiKeyAuth::authenticate`]), cheapest step first:
-//! the client's failure budget (IPv4 address or IPv6 /64; only failures are
-//! charged) → format → key id in the in-memory index → a cache of verified
-//! keys (keyed by SHA-256 of the whole presented key) → on a miss, argon2
-//! on the blocking pool, at most `max_concurrent_verifications` at once and
-//! once per distinct presented key in flight → the key's *current* state in
-//! the index (revoked, expired, consumer disabled), checked on every
-//! request, cache hit or not. Keys and consumers are served from memory:
+//! format → key id in the in-memory index → a cache of verified keys (keyed
+//! by SHA-256 of the whole presented key, holding the key id and hash it
+//! verified against) → on a miss only: the client's failure budget (IPv4
+//! address or IPv6 /64) and the key id's failure budget (only failures are
+//! charged to either) → argon2 on the blocking pool, at most
+//! `max_concurrent_verifications` at once, two per client and two per key
+//! id, and once per distinct presented key in flight → the key's *current*
+//! state in the index (revoked, expired, consumer disabled), checked on
+//! every request, cache hit or not. A cache hit costs no argon2 and is
+//! served even to a throttled client (a NAT address whose neighbours
+//! flooded it with junk) or for a throttled key id (its owner keeps
+//! working while someone guesses its secret); a throttled client's other
+//! attempts all get [`ApiKeyError::Throttled`].
+//!
+//! **Cache lifetime**: only successful verifications insert into the cache
+//! (misses, unknown ids and wrong secrets never do), and an entry lives
+//! `cache_ttl` after its *last use* (moka time-to-idle), so a key in use
+//! never falls out and never needs argon2 again while someone floods its
+//! address or key id. Re-verifying a hot key would add nothing: a changed
+//! hash (rotation, re-hash) misses the cache, and revocation is read from
+//! the index. Keys and consumers are served from memory:
 //! the store is read only by [`ApiKeyAuth::refresh`] (at start, after an
 //! admin write, and when [`ApiKeyAuth::spawn_sync`] sees a new revision) and
 //! written only in batches (last-used times) and for re-hashes.
@@ -36,9 +50,14 @@
 //! - An unknown key id is refused without argon2, so response time tells
 //!   whether a key id exists. Key ids are not secret (they appear in logs
 //!   and admin listings); the secret is what authenticates.
-//! - A cached key keeps working without argon2 for up to `cache_ttl`, but
-//!   revocation, expiry and consumer state are read from the index on every
-//!   request, so they take effect as soon as the index is reloaded.
+//! - A cached key keeps working without argon2 while it is used at least
+//!   every `cache_ttl`, but revocation, expiry and consumer state are read
+//!   from the index on every request, so they take effect as soon as the
+//!   index is reloaded.
+//! - Once a key id's failure budget is spent, a right secret that is not in
+//!   the cache waits too (429 with `Retry-After`, no argon2): telling it
+//!   from a wrong one would take the argon2 run the budget exists to
+//!   prevent. The key's owner is served from the cache meanwhile.
 //! - Secrets are copied into the blocking task that verifies or re-hashes
 //!   them and are not zeroised afterwards.
 //! - Expired/revoked/disabled answers are given only after the secret has
@@ -46,13 +65,12 @@
 
 mod format;
 mod hash;
+mod sync;
 mod throttle;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -69,20 +87,14 @@ pub use self::hash::{
     Argon2Settings, HashError, VerifyError, hash_admin_token, hash_secret, verify_admin_token,
     verify_secret,
 };
-use self::throttle::{FailureBudget, VerifySlot};
+use self::throttle::{
+    ClientKey, FailureBudget, MAX_VERIFYING_PER_CLIENT, MAX_VERIFYING_PER_KEY, VerifySlot,
+};
 use super::{AuthMethod, Clock, Principal, Timestamp};
 use crate::store::{KeySet, KeyStore, StoreError};
 
-/// How long one `wait_for_change` call may wait before it is renewed.
-const SYNC_WAIT: Duration = Duration::from_secs(30);
-/// Pause after a failed refresh or store error before trying again.
-const SYNC_BACKOFF: Duration = Duration::from_secs(1);
-/// How often the failure limiter forgets clients whose budget is full again.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Longest `cache_ttl` honoured (moka refuses absurd values).
 const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Range of `last_used_flush` honoured.
-const FLUSH_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
 
 /// Settings for [`ApiKeyAuth`]. `Default` gives working, safe values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +102,8 @@ pub struct ApiKeySettings {
     /// Parameters for new hashes (re-hashes); weaker stored hashes are
     /// upgraded after their next successful verification.
     pub argon2: Argon2Settings,
-    /// How long a verified key skips argon2 (default 5 min; at most 24 h).
+    /// How long a verified key stays cached (skipping argon2) after its
+    /// last use (default 5 min; at most 24 h).
     pub cache_ttl: Duration,
     /// Most verified keys cached (default 100 000).
     pub cache_capacity: u64,
@@ -103,6 +116,12 @@ pub struct ApiKeySettings {
     pub failures_per_minute: u32,
     /// Failed attempts a client may make at once (default 20; 0 counts as 1).
     pub failure_burst: u32,
+    /// Failed attempts one key id regains per minute, whichever clients
+    /// made them (default 5; 0 counts as 1).
+    pub key_failures_per_minute: u32,
+    /// Failed attempts one key id may take at once (default 10; 0 counts
+    /// as 1).
+    pub key_failure_burst: u32,
     /// How often last-used times are written to the store (default 5 s;
     /// kept within 10 ms ..= 1 h).
     pub last_used_flush: Duration,
@@ -120,6 +139,8 @@ impl Default for ApiKeySettings {
             verify_wait: Duration::from_secs(2),
             failures_per_minute: 10,
             failure_burst: 20,
+            key_failures_per_minute: 5,
+            key_failure_burst: 10,
             last_used_flush: Duration::from_secs(5),
         }
     }
@@ -144,7 +165,7 @@ pub enum ApiKeyError {
     /// The key's consumer is disabled.
     #[error("consumer disabled")]
     ConsumerDisabled,
-    /// Too many failed attempts from this client.
+    /// Too many failed attempts from this client, or for this key id.
     #[error("too many failed authentication attempts")]
     Throttled {
         /// Seconds until the client may try again.
@@ -208,14 +229,16 @@ enum Outcome {
     },
     Invalid,
     Busy,
-    /// The client already has its share of argon2 runs in flight.
+    /// The client (or the key id) already has its share of argon2 runs in
+    /// flight.
     ClientBusy,
     Internal(Arc<InternalError>),
 }
 
 type Digest32 = [u8; 32];
+/// A client's and a key id's place for one argon2 run.
+type RunPlaces = (VerifySlot<ClientKey>, VerifySlot<Arc<str>>);
 type InFlight = Mutex<HashMap<Digest32, Arc<OnceCell<Outcome>>>>;
-type WaitFuture = Pin<Box<dyn Future<Output = Result<i64, StoreError>> + Send>>;
 
 /// Authenticates API keys from memory. Build one per gateway, share it in
 /// an `Arc`, [`refresh`](Self::refresh) it once before serving and run
@@ -229,7 +252,8 @@ pub struct ApiKeyAuth {
     cache: moka::sync::Cache<Digest32, CachedKey>,
     in_flight: InFlight,
     slots: Arc<Semaphore>,
-    failures: Arc<FailureBudget>,
+    failures: Arc<FailureBudget<ClientKey>>,
+    key_failures: Arc<FailureBudget<Arc<str>>>,
     last_used: Mutex<HashMap<Arc<str>, Timestamp>>,
     rehashing: Arc<Mutex<HashSet<Arc<str>>>>,
     verifications: AtomicU64,
@@ -281,12 +305,17 @@ impl ApiKeyAuth {
     ) -> ApiKeyAuth {
         let cache = moka::sync::Cache::builder()
             .max_capacity(settings.cache_capacity)
-            .time_to_live(settings.cache_ttl.min(MAX_CACHE_TTL))
+            .time_to_idle(settings.cache_ttl.min(MAX_CACHE_TTL))
             .build();
         ApiKeyAuth {
             failures: Arc::new(FailureBudget::new(
                 settings.failures_per_minute,
                 settings.failure_burst,
+                settings.cache_capacity,
+            )),
+            key_failures: Arc::new(FailureBudget::new(
+                settings.key_failures_per_minute,
+                settings.key_failure_burst,
                 settings.cache_capacity,
             )),
             slots: Arc::new(Semaphore::new(settings.max_concurrent_verifications.max(1))),
@@ -387,42 +416,51 @@ impl ApiKeyAuth {
         presented: &str,
         client: IpAddr,
     ) -> Result<Principal, ApiKeyError> {
-        if let Err(retry_after_secs) = self.failures.check(client) {
-            return Err(ApiKeyError::Throttled { retry_after_secs });
-        }
-        let Ok(parsed) = parse(presented) else {
-            self.failures.charge(client);
-            return Err(ApiKeyError::Malformed);
-        };
-        let key_id = parsed.id();
-        let Some(hash) = self
-            .index
-            .load()
-            .entries
-            .get(key_id)
-            .map(|e| Arc::clone(&e.hash))
-        else {
-            self.failures.charge(client);
-            tracing::debug!(key_id, %client, "unknown API key id");
-            return Err(ApiKeyError::Invalid);
-        };
-
-        let digest: Digest32 = Sha256::digest(presented.as_bytes()).into();
-        let hit = self
-            .cache
-            .get(&digest)
-            .is_some_and(|c| c.key_id.as_ref() == key_id && c.hash == hash);
+        let who = ClientKey::from(client);
+        let parsed = parse(presented).ok();
+        let found = parsed.and_then(|p| {
+            let index = self.index.load();
+            let entry = index.entries.get(p.id())?;
+            let digest: Digest32 = Sha256::digest(presented.as_bytes()).into();
+            Some((
+                p,
+                Arc::clone(&entry.key_id),
+                Arc::clone(&entry.hash),
+                digest,
+            ))
+        });
+        // A verified key is served before any budget is consulted.
+        let hit = found.as_ref().is_some_and(|(_, key_id, hash, digest)| {
+            self.cache
+                .get(digest)
+                .is_some_and(|c| c.key_id == *key_id && c.hash == *hash)
+        });
         if !hit {
-            match self.verify_once(digest, parsed, hash, client).await {
+            if let Err(retry_after_secs) = self.failures.check(&who) {
+                return Err(ApiKeyError::Throttled { retry_after_secs });
+            }
+            let Some((parsed, key_id, hash, digest)) = found.clone() else {
+                self.failures.charge(&who);
+                if let Some(p) = parsed {
+                    tracing::debug!(key_id = p.id(), %client, "unknown API key id");
+                    return Err(ApiKeyError::Invalid);
+                }
+                return Err(ApiKeyError::Malformed);
+            };
+            if let Err(retry_after_secs) = self.key_failures.check(&key_id) {
+                tracing::debug!(%key_id, %client, "API key id throttled after failed attempts");
+                return Err(ApiKeyError::Throttled { retry_after_secs });
+            }
+            match self.verify_once(digest, parsed, &key_id, hash, who).await {
                 Outcome::Valid { needs_rehash } => {
                     if needs_rehash {
-                        self.spawn_rehash(key_id, parsed.secret());
+                        self.spawn_rehash(&key_id, parsed.secret());
                     }
                 }
                 Outcome::Invalid => {
                     // Charged where argon2 ran (so a cancelled request is
                     // charged too).
-                    tracing::debug!(key_id, %client, "API key secret did not verify");
+                    tracing::debug!(%key_id, %client, "API key secret did not verify");
                     return Err(ApiKeyError::Invalid);
                 }
                 Outcome::Busy => return Err(ApiKeyError::Busy),
@@ -434,6 +472,10 @@ impl ApiKeyAuth {
                 Outcome::Internal(e) => return Err(ApiKeyError::Internal(e)),
             }
         }
+        let Some((_, found_id, _, _)) = found else {
+            return Err(ApiKeyError::Invalid);
+        };
+        let key_id: &str = &found_id;
 
         // The key's state now, whatever the cache says.
         let now = self.clock.now();
@@ -469,22 +511,24 @@ impl ApiKeyAuth {
 
     /// Verifies a presented key whose digest missed the cache, sharing the
     /// work with concurrent requests presenting the same key. Starting a
-    /// new argon2 run takes one of the client's few in-flight places (the
-    /// failure budget is only charged after a run fails, so without them
-    /// one client could start many runs at once); joining a run does not.
+    /// new argon2 run takes one of the client's and one of the key id's few
+    /// in-flight places (the failure budgets are only charged after a run
+    /// fails, so without them one client, or many on one key id, could
+    /// start many runs at once); joining a run does not.
     async fn verify_once(
         &self,
         digest: Digest32,
         parsed: ParsedKey<'_>,
+        key_id: &Arc<str>,
         hash: Arc<str>,
-        client: IpAddr,
+        client: ClientKey,
     ) -> Outcome {
         let (cell, slot) = {
             let mut map = lock(&self.in_flight);
             match map.get(&digest) {
                 Some(cell) => (Arc::clone(cell), None),
                 None => {
-                    let Some(slot) = self.failures.verify_slot(client) else {
+                    let Some(slot) = self.run_places(client, key_id) else {
                         return Outcome::ClientBusy;
                     };
                     let cell = Arc::new(OnceCell::new());
@@ -498,9 +542,21 @@ impl ApiKeyAuth {
             digest,
             cell: Arc::clone(&cell),
         };
-        cell.get_or_init(|| self.verify_now(digest, parsed, hash, slot, client))
+        cell.get_or_init(|| self.verify_now(digest, parsed, key_id, hash, slot, client))
             .await
             .clone()
+    }
+
+    /// A place for one argon2 run in both the client's and the key id's
+    /// in-flight caps, or `None` if either is full.
+    fn run_places(&self, client: ClientKey, key_id: &Arc<str>) -> Option<RunPlaces> {
+        let client = self
+            .failures
+            .verify_slot(&client, MAX_VERIFYING_PER_CLIENT)?;
+        let key = self
+            .key_failures
+            .verify_slot(key_id, MAX_VERIFYING_PER_KEY)?;
+        Some((client, key))
     }
 
     /// Runs argon2 in the blocking pool, within the concurrency bound, and
@@ -509,15 +565,16 @@ impl ApiKeyAuth {
         &self,
         digest: Digest32,
         parsed: ParsedKey<'_>,
+        key_id: &Arc<str>,
         hash: Arc<str>,
-        slot: Option<VerifySlot>,
-        client: IpAddr,
+        slot: Option<RunPlaces>,
+        client: ClientKey,
     ) -> Outcome {
         // A request that joined a run whose starter went away runs it
         // itself, under its own client's place.
         let slot = match slot {
             Some(s) => s,
-            None => match self.failures.verify_slot(client) {
+            None => match self.run_places(client, key_id) {
                 Some(s) => s,
                 None => return Outcome::ClientBusy,
             },
@@ -539,6 +596,8 @@ impl ApiKeyAuth {
         let phc = Arc::clone(&hash);
         let settings = self.settings.argon2;
         let failures = Arc::clone(&self.failures);
+        let key_failures = Arc::clone(&self.key_failures);
+        let charged_id = Arc::clone(key_id);
         let verified = tokio::task::spawn_blocking(move || {
             // The global permit and the client's place are held until
             // argon2 finishes, and a wrong secret is charged here, even if
@@ -547,7 +606,8 @@ impl ApiKeyAuth {
             let _slot = slot;
             let result = verify_secret(&secret, &phc, &settings);
             if matches!(result, Err(VerifyError::Mismatch)) {
-                failures.charge(client);
+                failures.charge(&client);
+                key_failures.charge(&charged_id);
             }
             result
         })
@@ -557,7 +617,7 @@ impl ApiKeyAuth {
                 self.cache.insert(
                     digest,
                     CachedKey {
-                        key_id: Arc::from(parsed.id()),
+                        key_id: Arc::clone(key_id),
                         hash,
                     },
                 );
@@ -626,101 +686,6 @@ impl ApiKeyAuth {
         });
     }
 
-    /// Writes the collected last-used times to the store in one
-    /// `touch_keys` batch. On error they are kept (for keys still in the
-    /// index, so the map stays bounded) for the next flush.
-    pub async fn flush_last_used(&self) {
-        let batch: Vec<(String, Timestamp)> = {
-            let mut used = lock(&self.last_used);
-            used.drain().map(|(id, at)| (id.to_string(), at)).collect()
-        };
-        if batch.is_empty() {
-            return;
-        }
-        if let Err(error) = self.store.touch_keys(&batch).await {
-            tracing::warn!(%error, keys = batch.len(), "could not record API key last-used times; will retry");
-            let index = self.index.load();
-            let mut used = lock(&self.last_used);
-            for (id, at) in batch {
-                if let Some((key_id, _)) = index.entries.get_key_value(id.as_str()) {
-                    let kept = used.entry(Arc::clone(key_id)).or_insert(at);
-                    *kept = (*kept).max(at);
-                }
-            }
-        }
-    }
-
-    /// Follows the store: reloads the index whenever its revision changes
-    /// (Postgres wakes on NOTIFY, SQLite polls), flushes last-used times
-    /// every `last_used_flush` and prunes the failure limiter. A failed
-    /// refresh keeps the old index and is retried after 1 s. When `stop`
-    /// turns true (or its sender is dropped) it flushes once more and ends.
-    pub fn spawn_sync(
-        self: &Arc<Self>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let store = Arc::clone(&this.store);
-            let wait_from = |seen: i64, delay: Duration| -> WaitFuture {
-                let store = Arc::clone(&store);
-                Box::pin(async move {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    store.wait_for_change(seen, SYNC_WAIT).await
-                })
-            };
-            let every = |period: Duration| {
-                let mut ticks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                ticks
-            };
-            let mut flush = every(
-                this.settings
-                    .last_used_flush
-                    .clamp(FLUSH_RANGE.0, FLUSH_RANGE.1),
-            );
-            let mut prune = every(PRUNE_EVERY);
-            let mut revision = this.index.load().revision;
-            let mut wait = wait_from(revision, Duration::ZERO);
-            while !*stop.borrow_and_update() {
-                tokio::select! {
-                    changed = stop.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                    }
-                    _ = flush.tick() => this.flush_last_used().await,
-                    _ = prune.tick() => this.failures.prune(),
-                    seen = &mut wait => {
-                        let delay = match seen {
-                            Ok(rev) if rev == revision => Duration::ZERO,
-                            Ok(rev) => match this.refresh().await {
-                                Ok(()) => {
-                                    revision = this.index.load().revision;
-                                    tracing::debug!(revision = rev, "API key index refreshed");
-                                    Duration::ZERO
-                                }
-                                Err(error) => {
-                                    tracing::warn!(%error, "API key refresh failed; keeping the current index");
-                                    SYNC_BACKOFF
-                                }
-                            },
-                            Err(error) => {
-                                tracing::warn!(%error, "waiting for key store changes failed");
-                                SYNC_BACKOFF
-                            }
-                        };
-                        wait = wait_from(revision, delay);
-                    }
-                }
-            }
-            this.flush_last_used().await;
-        })
-    }
-
     /// Verified keys currently cached (approximate).
     pub fn cache_len(&self) -> u64 {
         self.cache.entry_count()
@@ -734,6 +699,12 @@ impl ApiKeyAuth {
     /// Clients the failure limiter currently tracks (pruned every minute).
     pub fn throttle_len(&self) -> usize {
         self.failures.tracked()
+    }
+
+    /// Key ids the per-key failure limiter currently tracks (only ids in
+    /// the index are ever charged; pruned every minute).
+    pub fn key_throttle_len(&self) -> usize {
+        self.key_failures.tracked()
     }
 
     /// Argon2 verifications run so far (cache misses that got a slot).

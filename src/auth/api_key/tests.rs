@@ -761,6 +761,7 @@ fn default_settings() {
     assert!(s.max_concurrent_verifications >= 1);
     assert_eq!(s.verify_wait, Duration::from_secs(2));
     assert_eq!((s.failures_per_minute, s.failure_burst), (10, 20));
+    assert_eq!((s.key_failures_per_minute, s.key_failure_burst), (5, 10));
     assert_eq!(s.last_used_flush, Duration::from_secs(5));
 }
 
@@ -849,3 +850,5 @@ async fn cancelled_attempts_keep_their_place_and_are_charged() {
         Err(ApiKeyError::Throttled { .. })
     ));
 }
+
+mod budgets;
