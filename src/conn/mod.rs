@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicU64;
 use http::HeaderValue;
 
 pub use activity::{Activity, Drain, DrainGuard, StreamGuard};
-pub use per_address::{AddressSlot, PerAddress};
+pub use per_address::{AddressKey, AddressSlot, PerAddress};
 
 use crate::validate::Verdicts;
 

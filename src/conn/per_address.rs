@@ -13,10 +13,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// A client address as the caps count it.
+/// A client address as per-client limits count it (these caps, the API-key
+/// failure budget): an IPv4 address, or the /64 of an IPv6 one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum AddressKey {
+pub enum AddressKey {
+    /// A whole IPv4 address (IPv4-mapped IPv6 included).
     V4([u8; 4]),
+    /// The /64 an IPv6 address is in.
     V6([u8; 8]),
 }
 

@@ -26,26 +26,9 @@ use governor::clock::Clock as _;
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// A client as the failure budget sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum ClientKey {
-    /// A whole IPv4 address.
-    V4([u8; 4]),
-    /// The /64 an IPv6 address is in.
-    V6([u8; 8]),
-}
-
-impl From<IpAddr> for ClientKey {
-    fn from(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
-            IpAddr::V6(v6) => {
-                let [a, b, c, d, e, f, g, h, ..] = v6.octets();
-                ClientKey::V6([a, b, c, d, e, f, g, h])
-            }
-        }
-    }
-}
+/// A client as the failure budget sees it: the key the connection caps
+/// use too.
+pub(super) use crate::conn::AddressKey as ClientKey;
 
 /// What a budget can be kept for (a client, a key id).
 pub(super) trait BudgetKey: Clone + Hash + Eq + Send + Sync + 'static {}
