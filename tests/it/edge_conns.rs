@@ -511,3 +511,78 @@ async fn listener_settings_that_cannot_work_are_config_errors() {
         );
     }
 }
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn a_real_haproxy_in_front_names_the_client_with_v1_and_v2() {
+    let Ok(haproxy) = which_haproxy() else {
+        println!("skipped: haproxy is not installed (.ci/run installs it)");
+        return;
+    };
+    let backend = Backend::echo().await;
+    let gw = pp_gateway("127.0.0.1/32", &backend.url()).start().await;
+    for send_proxy in ["send-proxy", "send-proxy-v2"] {
+        let port = free_port();
+        let config = gw.dir.path().join(format!("haproxy-{send_proxy}.cfg"));
+        std::fs::write(
+            &config,
+            format!(
+                "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+                 frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+                 backend b\n  server gw {} {send_proxy}\n",
+                gw.addr("pp")
+            ),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new(&haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        // The client connects from 127.0.0.5: only the PROXY header can
+        // tell the gateway, whose peer is HAProxy on 127.0.0.1.
+        let answer = eventually(10, || async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind("127.0.0.5:0".parse().ok()?).ok()?;
+            let tcp = socket
+                .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .ok()?;
+            let (text, _) = raw_exchange(tcp, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            text.starts_with("HTTP/1.1 200").then_some(text)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{send_proxy}: no answer through haproxy"));
+        let echo: Echo = serde_json::from_str(raw_body(&answer)).unwrap();
+        assert_eq!(echo.header("x-real-ip"), Some("127.0.0.5"), "{send_proxy}");
+        assert_eq!(
+            echo.header("x-forwarded-for"),
+            Some("127.0.0.5"),
+            "{send_proxy}"
+        );
+        let _ = child.kill().await;
+    }
+}
+
+fn which_haproxy() -> Result<std::path::PathBuf, ()> {
+    [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+    .ok_or(())
+}

@@ -65,6 +65,18 @@ fn refused_cases() -> Vec<Refused> {
             "invalid_host",
         ),
         r(
+            "dot segment with path parameters",
+            "GET /public/..;/admin HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "invalid_path",
+        ),
+        r(
+            "path parameters where the route does not allow them",
+            "GET /public/x;jsessionid=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "invalid_path",
+        ),
+        r(
             "absolute form disagrees",
             "GET http://other.test/public/x HTTP/1.1\r\nHost: x\r\n\r\n",
             400,
@@ -294,6 +306,9 @@ async fn h2_requests_are_held_to_the_same_rules() {
     let (status, body) = call(http::Method::GET, "/public/x", &[("host", "other.test")]).await;
     assert_eq!(status, 400, "Host differs from :authority: {body}");
     assert!(body.contains("invalid_host"), "{body}");
+    let (status, body) = call(http::Method::GET, "/public/%2e%2e;/admin", &[]).await;
+    assert_eq!(status, 400, "dot segment with parameters: {body}");
+    assert!(body.contains("invalid_path"), "{body}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     // Sanitised.
     let (status, body) = call(
