@@ -241,3 +241,94 @@ pub fn warnings(loaded: &crate::config::Loaded) -> Vec<Finding> {
     }
     out
 }
+
+/// What `gatehouse openapi routes FILE` prints: one line per route the
+/// document would create (method, path, operation, auth, checks), and
+/// every finding. `Err` holds the findings when one of them is fatal
+/// (everything not refused outright is reported, as with
+/// `allow_unsupported`).
+pub fn describe(
+    path: &std::path::Path,
+    path_prefix: Option<&str>,
+) -> Result<(Vec<String>, Vec<Finding>), Vec<Finding>> {
+    use toml::Spanned;
+    let doc = load::load(path)?;
+    let spec = OpenApiSpec {
+        name: Spanned::new(0..0, "openapi".to_owned()),
+        document: Spanned::new(0..0, path.to_path_buf()),
+        upstream: Spanned::new(0..0, "upstream".to_owned()),
+        host: None,
+        path_prefix: path_prefix.map(|p| Spanned::new(0..0, p.to_owned())),
+        auth: None,
+        jwt_issuers: Vec::new(),
+        rate_limits: Vec::new(),
+        max_body: None,
+        validate_responses: false,
+        allow_unsupported: true,
+        underscores_in_headers: Some(crate::config::UnderscoreHeaders::Allow),
+        operations: std::collections::BTreeMap::new(),
+    };
+    let source = SourceFile {
+        path: path.to_path_buf(),
+        text: String::new(),
+    };
+    let out = generate(&doc, &spec, &source, &Metrics::disabled());
+    if out.findings.iter().any(|f| f.fatal) {
+        return Err(out.findings);
+    }
+    let lines = out.routes.iter().map(route_line).collect();
+    Ok((lines, out.findings))
+}
+
+fn route_line(g: &Generated) -> String {
+    use crate::config::AuthSpec;
+    let r = &g.spec;
+    let mut auth = match r.auth.as_ref().map(toml::Spanned::get_ref) {
+        None => "none".to_owned(),
+        Some(AuthSpec::One(m)) => m.clone(),
+        Some(AuthSpec::Any(ms)) => ms.join("|"),
+    };
+    if let Some(h) = &r.api_key_header {
+        auth.push_str(&format!(" (key header {})", h.get_ref()));
+    }
+    if !r.scopes.is_empty() {
+        auth.push_str(&format!(" scopes={}", r.scopes.join(",")));
+    }
+    let params: Vec<String> = g
+        .rules
+        .params
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}{}",
+                p.location.as_str(),
+                p.name,
+                if p.required { "*" } else { "" }
+            )
+        })
+        .collect();
+    let body = match &g.rules.body {
+        None => "none".to_owned(),
+        Some(b) if b.media.is_empty() => "refused".to_owned(),
+        Some(b) => b
+            .media
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}{}",
+                    m.media,
+                    if m.rules.is_some() { "(schema)" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+            + if b.required { " required" } else { "" },
+    };
+    format!(
+        "{:<7} {:<36} {:<40} auth={auth} params=[{}] body={body}",
+        g.method,
+        g.template,
+        r.name.get_ref(),
+        params.join(" ")
+    )
+}
