@@ -428,6 +428,14 @@ struct Auth {
     scopes: Vec<String>,
 }
 
+fn includes_jwt(auth: Option<&Spanned<AuthSpec>>) -> bool {
+    match auth.map(Spanned::get_ref) {
+        Some(AuthSpec::One(m)) => m == "jwt",
+        Some(AuthSpec::Any(ms)) => ms.iter().any(|m| m == "jwt"),
+        None => false,
+    }
+}
+
 fn operation_auth(
     ctx: &mut Ctx<'_>,
     op: &Value,
@@ -438,10 +446,17 @@ fn operation_auth(
     if let Some(o) = over
         && (o.auth.is_some() || o.scopes.is_some() || o.jwt_issuers.is_some())
     {
+        let auth = o.auth.clone().or_else(|| spec.auth.clone());
+        let jwt_issuers = if includes_jwt(auth.as_ref()) {
+            o.jwt_issuers.clone().unwrap_or_else(|| spec.jwt_issuers.clone())
+        } else {
+            // Given without jwt: left for route compilation to refuse.
+            o.jwt_issuers.clone().unwrap_or_default()
+        };
         return Auth {
-            auth: o.auth.clone().or_else(|| spec.auth.clone()),
+            auth,
             api_key_header: o.api_key_header.clone(),
-            jwt_issuers: o.jwt_issuers.clone().unwrap_or_else(|| spec.jwt_issuers.clone()),
+            jwt_issuers,
             scopes: o.scopes.clone().unwrap_or_default(),
         };
     }
@@ -452,7 +467,11 @@ fn operation_auth(
             return Auth {
                 auth: spec.auth.clone(),
                 api_key_header: over.and_then(|o| o.api_key_header.clone()),
-                jwt_issuers: spec.jwt_issuers.clone(),
+                jwt_issuers: if includes_jwt(spec.auth.as_ref()) {
+                    spec.jwt_issuers.clone()
+                } else {
+                    Vec::new()
+                },
                 scopes: Vec::new(),
             };
         }

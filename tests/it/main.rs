@@ -13,6 +13,7 @@ mod hostile;
 mod lambda;
 mod lifecycle;
 mod observability;
+mod openapi;
 mod proxy;
 mod ratelimit;
 mod rules;
