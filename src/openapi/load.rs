@@ -179,6 +179,29 @@ struct Resolver {
     findings: Vec<Finding>,
 }
 
+/// Maps whose keys are names chosen by the author (a property called
+/// `example`, a header called `x-trace`), not keywords.
+const NAMED_MAPS: &[&str] = &[
+    "properties",
+    "patternProperties",
+    "$defs",
+    "definitions",
+    "dependentSchemas",
+    "schemas",
+    "responses",
+    "parameters",
+    "requestBodies",
+    "headers",
+    "securitySchemes",
+    "links",
+    "callbacks",
+    "pathItems",
+    "paths",
+    "webhooks",
+    "content",
+    "encoding",
+];
+
 /// Keys whose values are data, not OpenAPI objects: never searched for refs.
 fn is_data_key(k: &str) -> bool {
     // Not `default`: under `responses` it is a response, not a value.
@@ -203,6 +226,18 @@ impl Resolver {
         pointer: &str,
         stack: &mut Vec<(PathBuf, String)>,
     ) -> Value {
+        self.walk_in(v, file, pointer, stack, false)
+    }
+
+    /// `names`: `v` is a map of author-chosen names (see [`NAMED_MAPS`]).
+    fn walk_in(
+        &mut self,
+        v: &Value,
+        file: &Path,
+        pointer: &str,
+        stack: &mut Vec<(PathBuf, String)>,
+        names: bool,
+    ) -> Value {
         match v {
             Value::Object(map) => {
                 if let Some(Value::String(r)) = map.get("$ref") {
@@ -225,11 +260,12 @@ impl Resolver {
                 }
                 let mut out = Map::new();
                 for (k, child) in map {
-                    let value = if is_data_key(k) {
+                    let value = if !names && is_data_key(k) {
                         child.clone()
                     } else {
                         let p = format!("{pointer}/{}", escape_token(k));
-                        self.walk(child, file, &p, stack)
+                        let named = !names && NAMED_MAPS.contains(&k.as_str());
+                        self.walk_in(child, file, &p, stack, named)
                     };
                     out.insert(k.clone(), value);
                 }
@@ -368,10 +404,15 @@ mod tests {
             "common.yaml",
             "Error:\n  type: object\n  properties:\n    code: {type: integer}\n",
         );
-        let cases: [(&str, &str, Option<&str>); 6] = [
+        let cases: [(&str, &str, Option<&str>); 7] = [
             (
                 "local and sibling refs",
                 "openapi: 3.0.3\ncomponents:\n  schemas:\n    A: {type: string}\n    B: {$ref: '#/components/schemas/A'}\n    E: {$ref: 'common.yaml#/Error'}\n",
+                None,
+            ),
+            (
+                "properties named like keywords",
+                "openapi: 3.0.3\ncomponents:\n  schemas:\n    A: {type: string}\n    B: {$ref: '#/components/schemas/A'}\n    E: {$ref: 'common.yaml#/Error'}\n    P: {type: object, properties: {example: {$ref: '#/components/schemas/A'}, x-id: {$ref: '#/components/schemas/A'}}}\n",
                 None,
             ),
             (
@@ -404,6 +445,8 @@ mod tests {
             let path = write(dir.path(), "doc.yaml", text);
             match (load(&path), refused_at) {
                 (Ok(doc), None) => {
+                    let text = doc.root.to_string();
+                    assert!(!text.contains("$ref"), "{name}: {text}");
                     assert_eq!(
                         doc.root.pointer("/components/schemas/B/type"),
                         Some(&Value::from("string")),
