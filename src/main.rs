@@ -431,7 +431,11 @@ fn openapi_routes(file: &std::path::Path, path_prefix: Option<&str>) -> ExitCode
             for f in &findings {
                 eprintln!("unsupported: {f}");
             }
-            eprintln!("{} route(s), {} unsupported construct(s)", lines.len(), findings.len());
+            eprintln!(
+                "{} route(s), {} unsupported construct(s)",
+                lines.len(),
+                findings.len()
+            );
             ExitCode::SUCCESS
         }
         Err(findings) => {

@@ -23,8 +23,8 @@ use toml::Spanned;
 use validator::Validate;
 
 pub use jwt::*;
-pub use openapi::{OpenApiSpec, OperationOverride};
 pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load, parse_policy};
+pub use openapi::{OpenApiSpec, OperationOverride};
 pub use units::{ByteSize, Dur};
 pub use upstream::*;
 

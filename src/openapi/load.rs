@@ -49,7 +49,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Value, Finding> {
         return serde_json::from_str(text).map_err(|e| Finding {
             file: path.to_path_buf(),
             pointer: String::new(),
-            message: format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
+            message: format!(
+                "invalid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
             fatal: true,
         });
     }
@@ -117,10 +121,7 @@ fn read(path: &Path) -> Result<Value, Finding> {
     };
     let meta = std::fs::metadata(path).map_err(|e| finding(format!("cannot read: {e}")))?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(finding(format!(
-            "larger than {} MiB",
-            MAX_FILE_BYTES >> 20
-        )));
+        return Err(finding(format!("larger than {} MiB", MAX_FILE_BYTES >> 20)));
     }
     let text = std::fs::read_to_string(path).map_err(|e| finding(format!("cannot read: {e}")))?;
     parse(path, &text)
@@ -151,10 +152,7 @@ pub fn load(path: &Path) -> Result<Document, Vec<Finding>> {
             }]);
         }
     };
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut resolver = Resolver {
         base,
         files: HashMap::from([(path.to_path_buf(), root.clone())]),
@@ -474,11 +472,26 @@ mod tests {
     fn versions_and_formats() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("yaml 3.0", "a.yaml", "openapi: 3.0.3\npaths: {}\n", Some(Version::V30)),
-            ("json 3.1", "a.json", r#"{"openapi": "3.1.0", "paths": {}}"#, Some(Version::V31)),
+            (
+                "yaml 3.0",
+                "a.yaml",
+                "openapi: 3.0.3\npaths: {}\n",
+                Some(Version::V30),
+            ),
+            (
+                "json 3.1",
+                "a.json",
+                r#"{"openapi": "3.1.0", "paths": {}}"#,
+                Some(Version::V31),
+            ),
             ("swagger 2", "b.yaml", "swagger: '2.0'\n", None),
             ("bad json", "c.json", "{", None),
-            ("unquoted status keys", "d.yaml", "openapi: 3.0.0\nx:\n  200: ok\n", Some(Version::V30)),
+            (
+                "unquoted status keys",
+                "d.yaml",
+                "openapi: 3.0.0\nx:\n  200: ok\n",
+                Some(Version::V30),
+            ),
         ];
         for (name, file, text, want) in cases {
             let path = write(dir.path(), file, text);

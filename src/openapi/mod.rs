@@ -116,7 +116,13 @@ fn media_of(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -130,9 +136,8 @@ impl OperationRules {
         headers: &HeaderMap,
         streaming: bool,
     ) -> Result<(), GatewayError> {
-        let pairs = params::query_pairs(query).map_err(|()| {
-            GatewayError::InvalidQuery("the query string is not UTF-8 once decoded".to_owned())
-        })?;
+        let pairs =
+            params::query_pairs(query).map_err(|e| GatewayError::InvalidQuery(e.to_string()))?;
         for rule in &self.params {
             rule.check(path_params, &pairs, headers)?;
         }
@@ -217,7 +222,12 @@ pub fn import(
     };
     let out = generate(&doc, spec, source, metrics);
     let mut problems = out.problems;
-    problems.extend(out.findings.iter().filter(|f| f.fatal).map(Finding::problem));
+    problems.extend(
+        out.findings
+            .iter()
+            .filter(|f| f.fatal)
+            .map(Finding::problem),
+    );
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -310,19 +320,20 @@ fn route_line(g: &Generated) -> String {
     let body = match &g.rules.body {
         None => "none".to_owned(),
         Some(b) if b.media.is_empty() => "refused".to_owned(),
-        Some(b) => b
-            .media
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}{}",
-                    m.media,
-                    if m.rules.is_some() { "(schema)" } else { "" }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-            + if b.required { " required" } else { "" },
+        Some(b) => {
+            b.media
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}{}",
+                        m.media,
+                        if m.rules.is_some() { "(schema)" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+                + if b.required { " required" } else { "" }
+        }
     };
     format!(
         "{:<7} {:<36} {:<40} auth={auth} params=[{}] body={body}",

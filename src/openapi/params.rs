@@ -151,13 +151,20 @@ fn decode(text: &str, plus_is_space: bool) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// A parsed query string: decoded `(name, value)` pairs; `Err` when a
-/// pair is not UTF-8 once decoded.
-pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ()> {
+/// A query string that is not UTF-8 once decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the query string is not UTF-8 once decoded")]
+pub struct NotUtf8;
+
+/// A parsed query string: decoded `(name, value)` pairs.
+pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, NotUtf8> {
     let mut out = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.push((decode(k, true).ok_or(())?, decode(v, true).ok_or(())?));
+        out.push((
+            decode(k, true).ok_or(NotUtf8)?,
+            decode(v, true).ok_or(NotUtf8)?,
+        ));
     }
     Ok(out)
 }
@@ -302,22 +309,62 @@ mod tests {
             false,
             json!({"type": "boolean"}),
         );
-        type Case<'a> = (&'a str, &'a ParamRule, &'a [(&'a str, &'a str)], Option<&'a str>);
+        type Case<'a> = (
+            &'a str,
+            &'a ParamRule,
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+        );
         let cases: [Case<'_>; 14] = [
             ("integer ok", &int, &[("p", "7")], None),
-            ("integer text", &int, &[("p", "seven")], Some("is not an integer")),
-            ("integer below minimum", &int, &[("p", "0")], Some("`minimum`")),
+            (
+                "integer text",
+                &int,
+                &[("p", "seven")],
+                Some("is not an integer"),
+            ),
+            (
+                "integer below minimum",
+                &int,
+                &[("p", "0")],
+                Some("`minimum`"),
+            ),
             ("integer missing", &int, &[], Some("is required")),
             ("percent-decoded path", &int, &[("p", "%37")], None),
-            ("enum ok, exploded", &status, &[("p", "available"), ("p", "sold")], None),
+            (
+                "enum ok, exploded",
+                &status,
+                &[("p", "available"), ("p", "sold")],
+                None,
+            ),
             ("enum refused", &status, &[("p", "pending")], Some("`enum`")),
             ("required array missing", &status, &[], Some("is required")),
             ("comma list", &csv, &[("p", "1,2,3")], None),
-            ("comma list bad item", &csv, &[("p", "1,x")], Some("has an item that is not an integer")),
+            (
+                "comma list bad item",
+                &csv,
+                &[("p", "1,x")],
+                Some("has an item that is not an integer"),
+            ),
             ("header pattern ok", &header, &[("p", "abc")], None),
-            ("header pattern refused", &header, &[("p", "ABCD")], Some("`pattern`")),
-            ("boolean text", &flag, &[("p", "yes")], Some("is not a boolean")),
-            ("scalar given twice", &flag, &[("p", "true"), ("p", "false")], Some("more than once")),
+            (
+                "header pattern refused",
+                &header,
+                &[("p", "ABCD")],
+                Some("`pattern`"),
+            ),
+            (
+                "boolean text",
+                &flag,
+                &[("p", "yes")],
+                Some("is not a boolean"),
+            ),
+            (
+                "scalar given twice",
+                &flag,
+                &[("p", "true"), ("p", "false")],
+                Some("more than once"),
+            ),
         ];
         for (name, rule, values, want) in cases {
             let pairs: Vec<(String, String)> = values
@@ -338,7 +385,11 @@ mod tests {
                 (Ok(()), None) => {}
                 (Err(GatewayError::InvalidParameter(errors)), Some(text)) => {
                     assert_eq!(errors[0].pointer, "/paths/~1x/get/parameters/0", "{name}");
-                    assert!(errors[0].message.contains(text), "{name}: {}", errors[0].message);
+                    assert!(
+                        errors[0].message.contains(text),
+                        "{name}: {}",
+                        errors[0].message
+                    );
                     assert!(!errors[0].message.contains("ABCD"), "{name}: value echoed");
                 }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
@@ -350,8 +401,16 @@ mod tests {
     fn query_strings_are_decoded() {
         let cases: [(&str, Option<&str>, Option<Vec<(&str, &str)>>); 4] = [
             ("none", None, Some(vec![])),
-            ("plus and percent", Some("q=a+b%21&x"), Some(vec![("q", "a b!"), ("x", "")])),
-            ("empty pairs skipped", Some("&&a=1&"), Some(vec![("a", "1")])),
+            (
+                "plus and percent",
+                Some("q=a+b%21&x"),
+                Some(vec![("q", "a b!"), ("x", "")]),
+            ),
+            (
+                "empty pairs skipped",
+                Some("&&a=1&"),
+                Some(vec![("a", "1")]),
+            ),
             ("not utf-8", Some("a=%ff"), None),
         ];
         for (name, query, want) in cases {

@@ -103,13 +103,17 @@ impl ResponseRules {
         let Some((_, media)) = entry else {
             return Some(Mismatch::Status);
         };
-        let Some(given) = headers
+        // No Content-Type: nothing to compare.
+        let given = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        else {
-            return None;
-        };
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })?;
         if media.is_empty() || media.iter().any(|m| media_matches(m, &given)) {
             None
         } else {
@@ -171,16 +175,64 @@ mod tests {
             &metrics,
         );
         let cases = [
-            ("declared json", &with_default, 200, Some("application/json; charset=utf-8"), None),
-            ("declared xml", &with_default, 200, Some("application/xml"), None),
-            ("wrong media", &with_default, 200, Some("text/html"), Some(Mismatch::MediaType)),
-            ("range", &with_default, 404, Some("application/problem+json"), None),
-            ("default covers", &with_default, 503, Some("text/plain"), None),
+            (
+                "declared json",
+                &with_default,
+                200,
+                Some("application/json; charset=utf-8"),
+                None,
+            ),
+            (
+                "declared xml",
+                &with_default,
+                200,
+                Some("application/xml"),
+                None,
+            ),
+            (
+                "wrong media",
+                &with_default,
+                200,
+                Some("text/html"),
+                Some(Mismatch::MediaType),
+            ),
+            (
+                "range",
+                &with_default,
+                404,
+                Some("application/problem+json"),
+                None,
+            ),
+            (
+                "default covers",
+                &with_default,
+                503,
+                Some("text/plain"),
+                None,
+            ),
             ("no content type", &with_default, 200, None, None),
-            ("undeclared status", &strict, 500, None, Some(Mismatch::Status)),
-            ("no content declared", &strict, 201, Some("application/json"), None),
+            (
+                "undeclared status",
+                &strict,
+                500,
+                None,
+                Some(Mismatch::Status),
+            ),
+            (
+                "no content declared",
+                &strict,
+                201,
+                Some("application/json"),
+                None,
+            ),
             ("wildcard media", &strict, 404, Some("text/plain"), None),
-            ("wildcard other kind", &strict, 404, Some("application/json"), Some(Mismatch::MediaType)),
+            (
+                "wildcard other kind",
+                &strict,
+                404,
+                Some("application/json"),
+                Some(Mismatch::MediaType),
+            ),
         ];
         for (name, rules, code, ct, want) in cases {
             let mut headers = HeaderMap::new();

@@ -105,7 +105,10 @@ pub fn generate(
     if !prefix.is_empty() && !prefix.starts_with('/') {
         out.problems.push(source.problem(
             spec.path_prefix.as_ref().map_or(0..0, Spanned::span),
-            format!("openapi `{}`: `path_prefix` must start with /", spec.name.get_ref()),
+            format!(
+                "openapi `{}`: `path_prefix` must start with /",
+                spec.name.get_ref()
+            ),
         ));
     }
     let empty = serde_json::Map::new();
@@ -125,11 +128,16 @@ pub fn generate(
             let Some(op) = item.get(method) else { continue };
             let ptr = format!("{item_ptr}/{method}");
             if method == "trace" {
-                ctx.unsupported(&ptr, "TRACE operations are never routed (the gateway refuses TRACE)".to_owned());
+                ctx.unsupported(
+                    &ptr,
+                    "TRACE operations are never routed (the gateway refuses TRACE)".to_owned(),
+                );
                 continue;
             }
             let op_id = op.get("operationId").and_then(Value::as_str);
-            let over = op_id.and_then(|id| spec.operations.get(id)).map(Spanned::get_ref);
+            let over = op_id
+                .and_then(|id| spec.operations.get(id))
+                .map(Spanned::get_ref);
             if let Some(id) = op_id
                 && spec.operations.contains_key(id)
             {
@@ -154,7 +162,11 @@ pub fn generate(
                 .iter()
                 .filter(|p| p.location == Location::Header)
                 .map(|p| (p.pointer.clone(), p.name.clone()))
-                .chain(auth.api_key_header.iter().map(|h| (ptr.clone(), h.get_ref().clone())));
+                .chain(
+                    auth.api_key_header
+                        .iter()
+                        .map(|h| (ptr.clone(), h.get_ref().clone())),
+                );
             for (at, header) in headers.collect::<Vec<_>>() {
                 if header.contains('_')
                     && spec.underscores_in_headers != Some(crate::config::UnderscoreHeaders::Allow)
@@ -281,10 +293,7 @@ fn param_rule(ctx: &mut Ctx<'_>, ptr: &str, p: &Value) -> Option<ParamRule> {
         Some("query") => Location::Query,
         Some("header") => Location::Header,
         Some("cookie") => {
-            ctx.unsupported(
-                ptr,
-                format!("cookie parameter `{name}` is not checked"),
-            );
+            ctx.unsupported(ptr, format!("cookie parameter `{name}` is not checked"));
             return None;
         }
         other => {
@@ -293,14 +302,20 @@ fn param_rule(ctx: &mut Ctx<'_>, ptr: &str, p: &Value) -> Option<ParamRule> {
         }
     };
     let lower = name.to_ascii_lowercase();
-    if location == Location::Header && matches!(lower.as_str(), "accept" | "content-type" | "authorization") {
+    if location == Location::Header
+        && matches!(lower.as_str(), "accept" | "content-type" | "authorization")
+    {
         // OpenAPI: such header parameters are ignored.
         return None;
     }
-    let required = location == Location::Path
-        || p.get("required").and_then(Value::as_bool).unwrap_or(false);
+    let required =
+        location == Location::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
     let mut rule = ParamRule {
-        name: if location == Location::Header { lower } else { name.to_owned() },
+        name: if location == Location::Header {
+            lower
+        } else {
+            name.to_owned()
+        },
         location,
         required,
         pointer: ptr.to_owned(),
@@ -311,21 +326,37 @@ fn param_rule(ctx: &mut Ctx<'_>, ptr: &str, p: &Value) -> Option<ParamRule> {
         },
         schema: None,
     };
-    let default_style = if location == Location::Query { "form" } else { "simple" };
-    let style = p.get("style").and_then(Value::as_str).unwrap_or(default_style);
+    let default_style = if location == Location::Query {
+        "form"
+    } else {
+        "simple"
+    };
+    let style = p
+        .get("style")
+        .and_then(Value::as_str)
+        .unwrap_or(default_style);
     let explode = p
         .get("explode")
         .and_then(Value::as_bool)
         .unwrap_or(style == "form");
     let Some(raw_schema) = p.get("schema") else {
-        let what = if p.get("content").is_some() { "`content`" } else { "no `schema`" };
-        ctx.unsupported(ptr, format!("parameter `{name}` has {what}: checked for presence only"));
+        let what = if p.get("content").is_some() {
+            "`content`"
+        } else {
+            "no `schema`"
+        };
+        ctx.unsupported(
+            ptr,
+            format!("parameter `{name}` has {what}: checked for presence only"),
+        );
         return Some(rule);
     };
     if style != default_style {
         ctx.unsupported(
             ptr,
-            format!("parameter `{name}`: style `{style}` is not supported: checked for presence only"),
+            format!(
+                "parameter `{name}`: style `{style}` is not supported: checked for presence only"
+            ),
         );
         return Some(rule);
     }
@@ -377,7 +408,10 @@ fn request_body(ctx: &mut Ctx<'_>, op: &Value, ptr: &str) -> Option<BodyRules> {
         media: Vec::new(),
     };
     let empty = serde_json::Map::new();
-    let content = rb.get("content").and_then(Value::as_object).unwrap_or(&empty);
+    let content = rb
+        .get("content")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     for (media, mt) in content {
         let media_ptr = format!("{ptr}/requestBody/content/{}", escape_token(media));
         let media = media.to_ascii_lowercase();
@@ -398,7 +432,10 @@ fn request_body(ctx: &mut Ctx<'_>, op: &Value, ptr: &str) -> Option<BodyRules> {
                         ..RequestRules::default()
                     }),
                     Err(e) => {
-                        ctx.refuse(&format!("{media_ptr}/schema"), format!("invalid schema: {e}"));
+                        ctx.refuse(
+                            &format!("{media_ptr}/schema"),
+                            format!("invalid schema: {e}"),
+                        );
                         continue;
                     }
                 },
@@ -448,7 +485,9 @@ fn operation_auth(
     {
         let auth = o.auth.clone().or_else(|| spec.auth.clone());
         let jwt_issuers = if includes_jwt(auth.as_ref()) {
-            o.jwt_issuers.clone().unwrap_or_else(|| spec.jwt_issuers.clone())
+            o.jwt_issuers
+                .clone()
+                .unwrap_or_else(|| spec.jwt_issuers.clone())
         } else {
             // Given without jwt: left for route compilation to refuse.
             o.jwt_issuers.clone().unwrap_or_default()
@@ -481,7 +520,11 @@ fn operation_auth(
         ctx.refuse(&req_ptr, "`security` must be a list".to_owned());
         return Auth::default();
     };
-    if list.is_empty() || list.iter().any(|r| r.as_object().is_some_and(|m| m.is_empty())) {
+    if list.is_empty()
+        || list
+            .iter()
+            .any(|r| r.as_object().is_some_and(|m| m.is_empty()))
+    {
         return Auth {
             auth: Some(spanned(&at, AuthSpec::One("none".to_owned()))),
             ..Auth::default()
@@ -505,11 +548,14 @@ fn operation_auth(
         if req.len() > 1 {
             ctx.refuse(
                 &rptr,
-                "a requirement naming several schemes at once (all of them) cannot be mapped".to_owned(),
+                "a requirement naming several schemes at once (all of them) cannot be mapped"
+                    .to_owned(),
             );
             continue;
         }
-        let Some((name, scopes)) = req.iter().next() else { continue };
+        let Some((name, scopes)) = req.iter().next() else {
+            continue;
+        };
         let Some(scheme) = schemes.get(name) else {
             ctx.refuse(&rptr, format!("unknown security scheme `{name}`"));
             continue;
@@ -534,10 +580,11 @@ fn operation_auth(
                     }
                 }
             }
-            "http" if scheme
-                .get("scheme")
-                .and_then(Value::as_str)
-                .is_some_and(|s| s.eq_ignore_ascii_case("bearer")) =>
+            "http"
+                if scheme
+                    .get("scheme")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("bearer")) =>
             {
                 "jwt"
             }
@@ -553,7 +600,12 @@ fn operation_auth(
         scope_sets.push(
             scopes
                 .as_array()
-                .map(|s| s.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|s| {
+                    s.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default(),
         );
     }

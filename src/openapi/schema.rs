@@ -29,7 +29,12 @@ const ONE: &[&str] = &[
 /// Keywords whose value is a list of schemas.
 const LIST: &[&str] = &["allOf", "anyOf", "oneOf", "prefixItems"];
 /// Keywords whose value is a map of schemas.
-const MAP: &[&str] = &["properties", "patternProperties", "$defs", "dependentSchemas"];
+const MAP: &[&str] = &[
+    "properties",
+    "patternProperties",
+    "$defs",
+    "dependentSchemas",
+];
 
 /// A 3.0 schema rewritten as JSON Schema 2020-12; a 3.1 schema unchanged.
 pub fn to_json_schema(schema: &Value, version: Version) -> Value {

@@ -14,7 +14,9 @@ const HS_ISS: &str = "https://idp.test";
 const AUD: &str = "petstore";
 
 fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/openapi").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/fixtures/openapi")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -28,7 +30,11 @@ fn install(builder: &GatewayBuilder, files: &[&str]) {
 }
 
 fn hs_secret() -> String {
-    format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+    format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    )
 }
 
 fn hs_issuer() -> String {
@@ -152,7 +158,9 @@ async fn petstore_parameters_and_bodies_are_checked_before_the_backend() {
         Case {
             name: "valid order",
             headers: json_ct,
-            body: Some(r#"{"id": 1, "petId": 2, "quantity": 1, "status": "placed", "complete": false}"#),
+            body: Some(
+                r#"{"id": 1, "petId": 2, "quantity": 1, "status": "placed", "complete": false}"#,
+            ),
             ..ok("", "POST", "/api/v3/store/order")
         },
         Case {
@@ -189,7 +197,11 @@ async fn petstore_parameters_and_bodies_are_checked_before_the_backend() {
             code: Some("unsupported_media_type"),
             ..ok("", "GET", "/api/v3/user/logout")
         },
-        ok("status in the enum", "GET", "/api/v3/pet/findByStatus?status=sold"),
+        ok(
+            "status in the enum",
+            "GET",
+            "/api/v3/pet/findByStatus?status=sold",
+        ),
         ok("optional status absent", "GET", "/api/v3/pet/findByStatus"),
         Case {
             name: "status not in the enum",
@@ -202,9 +214,17 @@ async fn petstore_parameters_and_bodies_are_checked_before_the_backend() {
             name: "scalar status twice",
             status: 400,
             code: Some("invalid_parameter"),
-            ..ok("", "GET", "/api/v3/pet/findByStatus?status=sold&status=pending")
+            ..ok(
+                "",
+                "GET",
+                "/api/v3/pet/findByStatus?status=sold&status=pending",
+            )
         },
-        ok("exploded tags", "GET", "/api/v3/pet/findByTags?tags=a&tags=b%20c"),
+        ok(
+            "exploded tags",
+            "GET",
+            "/api/v3/pet/findByTags?tags=a&tags=b%20c",
+        ),
         ok("pet by id", "GET", "/api/v3/pet/7"),
         Case {
             name: "pet id not an integer",
@@ -216,7 +236,9 @@ async fn petstore_parameters_and_bodies_are_checked_before_the_backend() {
         Case {
             name: "valid pet",
             headers: json_ct,
-            body: Some(r#"{"name": "doggie", "photoUrls": ["u"], "category": {"id": 1, "name": "Dogs"}, "status": "available"}"#),
+            body: Some(
+                r#"{"name": "doggie", "photoUrls": ["u"], "category": {"id": 1, "name": "Dogs"}, "status": "available"}"#,
+            ),
             ..ok("", "POST", "/api/v3/pet")
         },
         Case {
@@ -266,7 +288,11 @@ async fn petstore_parameters_and_bodies_are_checked_before_the_backend() {
             code: Some("unsupported_media_type"),
             ..ok("", "POST", "/api/v3/pet/7/uploadImage")
         },
-        ok("login query", "GET", "/api/v3/user/login?username=a&password=b"),
+        ok(
+            "login query",
+            "GET",
+            "/api/v3/user/login?username=a&password=b",
+        ),
         Case {
             name: "unknown path",
             status: 404,
@@ -302,20 +328,72 @@ async fn petstore_security_maps_to_jwt_scopes_and_api_keys() {
     let builder = GatewayBuilder::new()
         .env("OAS_HS_SECRET", &secret)
         .main(&hs_issuer())
-        .policy("pets.toml", &petstore_policy(&backend, "jwt_issuers = [\"idp\"]\n"));
+        .policy(
+            "pets.toml",
+            &petstore_policy(&backend, "jwt_issuers = [\"idp\"]\n"),
+        );
     install(&builder, &["petstore.yaml"]);
     let gw = builder.start().await;
     let c = client();
     let full = format!("Bearer {}", token(&secret, "write:pets read:pets"));
     let read_only = format!("Bearer {}", token(&secret, "read:pets"));
     let cases: [(&str, &str, &str, Option<&str>, u16, Option<&str>); 7] = [
-        ("oauth2 operation without a token", "PUT", "/api/v3/pet", None, 401, Some("missing_credentials")),
-        ("oauth2 operation, missing scope", "GET", "/api/v3/pet/findByTags", Some(&read_only), 403, Some("insufficient_scope")),
-        ("oauth2 operation, all scopes", "GET", "/api/v3/pet/findByTags?tags=a", Some(&full), 200, None),
-        ("api key or oauth2, token", "GET", "/api/v3/pet/1", Some(&full), 200, None),
-        ("api key or oauth2, nothing", "GET", "/api/v3/pet/1", None, 401, Some("missing_credentials")),
-        ("api key operation without a key", "GET", "/api/v3/store/inventory", None, 401, Some("missing_credentials")),
-        ("no security in the document", "GET", "/api/v3/store/order/1", None, 200, None),
+        (
+            "oauth2 operation without a token",
+            "PUT",
+            "/api/v3/pet",
+            None,
+            401,
+            Some("missing_credentials"),
+        ),
+        (
+            "oauth2 operation, missing scope",
+            "GET",
+            "/api/v3/pet/findByTags",
+            Some(&read_only),
+            403,
+            Some("insufficient_scope"),
+        ),
+        (
+            "oauth2 operation, all scopes",
+            "GET",
+            "/api/v3/pet/findByTags?tags=a",
+            Some(&full),
+            200,
+            None,
+        ),
+        (
+            "api key or oauth2, token",
+            "GET",
+            "/api/v3/pet/1",
+            Some(&full),
+            200,
+            None,
+        ),
+        (
+            "api key or oauth2, nothing",
+            "GET",
+            "/api/v3/pet/1",
+            None,
+            401,
+            Some("missing_credentials"),
+        ),
+        (
+            "api key operation without a key",
+            "GET",
+            "/api/v3/store/inventory",
+            None,
+            401,
+            Some("missing_credentials"),
+        ),
+        (
+            "no security in the document",
+            "GET",
+            "/api/v3/store/order/1",
+            None,
+            200,
+            None,
+        ),
     ];
     for (name, method, path, auth, status, code) in cases {
         let before = hits.load(Ordering::SeqCst);
@@ -363,7 +441,8 @@ async fn openapi_31_json_document_with_a_sibling_ref() {
         .policy("orders.toml", &policy);
     install(&builder, &["orders-3.1.json", "order-schemas.json"]);
     let gw = builder.start().await;
-    let tenant_json: &[(&str, &str)] = &[("content-type", "application/json"), ("x-tenant", "acme")];
+    let tenant_json: &[(&str, &str)] =
+        &[("content-type", "application/json"), ("x-tenant", "acme")];
     let cases = [
         ok("list", "GET", "/orders?limit=5&state=open&ids=1,2"),
         Case {
@@ -483,37 +562,55 @@ fn refused_documents_are_config_errors_with_file_and_pointer() {
         ),
         (
             "remote ref",
-            format!("openapi: 3.1.0\npaths:\n  /a:\n    get:\n      {ok_op}\n      parameters:\n        - $ref: 'https://evil.test/p.yaml'\n"),
+            format!(
+                "openapi: 3.1.0\npaths:\n  /a:\n    get:\n      {ok_op}\n      parameters:\n        - $ref: 'https://evil.test/p.yaml'\n"
+            ),
             "",
-            Some("doc.yaml:0:0: #/paths/~1a/get/parameters/0: $ref `https://evil.test/p.yaml` refused"),
+            Some(
+                "doc.yaml:0:0: #/paths/~1a/get/parameters/0: $ref `https://evil.test/p.yaml` refused",
+            ),
         ),
         (
             "http basic cannot be mapped",
-            format!("openapi: 3.0.3\ncomponents:\n  securitySchemes:\n    basic: {{type: http, scheme: basic}}\npaths:\n  /a:\n    get: {{security: [{{basic: []}}], {ok_op}}}\n"),
+            format!(
+                "openapi: 3.0.3\ncomponents:\n  securitySchemes:\n    basic: {{type: http, scheme: basic}}\npaths:\n  /a:\n    get: {{security: [{{basic: []}}], {ok_op}}}\n"
+            ),
             "",
-            Some("#/components/securitySchemes/basic: security scheme type `http` cannot be mapped"),
+            Some(
+                "#/components/securitySchemes/basic: security scheme type `http` cannot be mapped",
+            ),
         ),
         (
             "api key in a query",
-            format!("openapi: 3.0.3\ncomponents:\n  securitySchemes:\n    k: {{type: apiKey, in: query, name: key}}\npaths:\n  /a:\n    get: {{security: [{{k: []}}], {ok_op}}}\n"),
+            format!(
+                "openapi: 3.0.3\ncomponents:\n  securitySchemes:\n    k: {{type: apiKey, in: query, name: key}}\npaths:\n  /a:\n    get: {{security: [{{k: []}}], {ok_op}}}\n"
+            ),
             "allow_unsupported = true\n",
             Some("API keys in query cannot be mapped"),
         ),
         (
             "two schemes at once",
-            format!("openapi: 3.0.3\ncomponents:\n  securitySchemes:\n    k: {{type: apiKey, in: header, name: x-key}}\n    o: {{type: oauth2, flows: {{}}}}\npaths:\n  /a:\n    get: {{security: [{{k: [], o: []}}], {ok_op}}}\n"),
+            format!(
+                "openapi: 3.0.3\ncomponents:\n  securitySchemes:\n    k: {{type: apiKey, in: header, name: x-key}}\n    o: {{type: oauth2, flows: {{}}}}\npaths:\n  /a:\n    get: {{security: [{{k: [], o: []}}], {ok_op}}}\n"
+            ),
             "",
             Some("#/paths/~1a/get/security/0: a requirement naming several schemes"),
         ),
         (
             "xml body is unsupported by default",
-            format!("openapi: 3.0.3\npaths:\n  /a:\n    post:\n      {ok_op}\n      requestBody:\n        content:\n          application/xml: {{schema: {{type: object}}}}\n"),
+            format!(
+                "openapi: 3.0.3\npaths:\n  /a:\n    post:\n      {ok_op}\n      requestBody:\n        content:\n          application/xml: {{schema: {{type: object}}}}\n"
+            ),
             "",
-            Some("#/paths/~1a/post/requestBody/content/application~1xml: `application/xml` bodies cannot be validated"),
+            Some(
+                "#/paths/~1a/post/requestBody/content/application~1xml: `application/xml` bodies cannot be validated",
+            ),
         ),
         (
             "xml body allowed as a warning",
-            format!("openapi: 3.0.3\npaths:\n  /a:\n    post:\n      {ok_op}\n      requestBody:\n        content:\n          application/xml: {{schema: {{type: object}}}}\n"),
+            format!(
+                "openapi: 3.0.3\npaths:\n  /a:\n    post:\n      {ok_op}\n      requestBody:\n        content:\n          application/xml: {{schema: {{type: object}}}}\n"
+            ),
             "allow_unsupported = true\n",
             None,
         ),
@@ -568,10 +665,21 @@ async fn a_changed_document_is_swapped_atomically_on_reload() {
     assert_eq!(status("/things").await, 200, "the new operation");
 
     std::fs::write(&doc, broken).unwrap();
-    let err = gw.running().reload().await.expect_err("a refused ref fails the reload");
+    let err = gw
+        .running()
+        .reload()
+        .await
+        .expect_err("a refused ref fails the reload");
     let text = err.to_string();
-    assert!(text.contains("items.yaml") && text.contains("#/paths/~1items/get/responses/200"), "{text}");
-    assert_eq!(status("/items/abc").await, 200, "the last good document stays");
+    assert!(
+        text.contains("items.yaml") && text.contains("#/paths/~1items/get/responses/200"),
+        "{text}"
+    );
+    assert_eq!(
+        status("/items/abc").await,
+        200,
+        "the last good document stays"
+    );
     assert_eq!(status("/things").await, 200);
     assert_eq!(hits.load(Ordering::SeqCst), 5);
 }
@@ -604,22 +712,44 @@ async fn response_validation_logs_and_counts_without_blocking() {
     std::fs::write(builder.path().join("policies/openapi/api.yaml"), doc).unwrap();
     let gw = builder.start().await;
     let c = client();
-    for (path, want) in [("/good", 200), ("/html", 200), ("/fails", 500), ("/fails", 500)] {
+    for (path, want) in [
+        ("/good", 200),
+        ("/html", 200),
+        ("/fails", 500),
+        ("/fails", 500),
+    ] {
         let r = c.get(gw.url(path)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), want, "{path}: passed on unchanged");
         let body = r.bytes().await.unwrap();
         assert_eq!(&body[..], b"{}", "{path}: body passed on");
     }
-    let metrics = c.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let count = |route: &str, reason: &str| {
-        let key = format!("gatehouse_openapi_response_mismatches_total{{route=\"{route}\",reason=\"{reason}\"}} ");
+        let key = format!(
+            "gatehouse_openapi_response_mismatches_total{{route=\"{route}\",reason=\"{reason}\"}} "
+        );
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(&key))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    assert_eq!(count("api.fails", "undeclared_status"), Some(2), "{metrics}");
-    assert_eq!(count("api.html", "undeclared_media_type"), Some(1), "{metrics}");
+    assert_eq!(
+        count("api.fails", "undeclared_status"),
+        Some(2),
+        "{metrics}"
+    );
+    assert_eq!(
+        count("api.html", "undeclared_media_type"),
+        Some(1),
+        "{metrics}"
+    );
     assert_eq!(count("api.good", "undeclared_status"), Some(0), "{metrics}");
 }
 
@@ -630,9 +760,21 @@ fn openapi_routes_lists_every_operation_and_what_it_cannot_check() {
         gatehouse::openapi::describe(&dir.join("petstore.yaml"), Some("/api/v3")).unwrap();
     assert_eq!(lines.len(), 19, "{lines:#?}");
     let cases = [
-        ("GET", "/api/v3/pet/{petId}", "auth=api_key|jwt (key header api_key) scopes=read:pets,write:pets"),
-        ("POST", "/api/v3/pet", "body=application/json(schema) required"),
-        ("DELETE", "/api/v3/pet/{petId}", "params=[header:api_key path:petId*]"),
+        (
+            "GET",
+            "/api/v3/pet/{petId}",
+            "auth=api_key|jwt (key header api_key) scopes=read:pets,write:pets",
+        ),
+        (
+            "POST",
+            "/api/v3/pet",
+            "body=application/json(schema) required",
+        ),
+        (
+            "DELETE",
+            "/api/v3/pet/{petId}",
+            "params=[header:api_key path:petId*]",
+        ),
         ("POST", "/api/v3/store/order", "auth=none"),
         ("GET", "/api/v3/pet/findByStatus", "params=[query:status]"),
     ];
@@ -644,8 +786,10 @@ fn openapi_routes_lists_every_operation_and_what_it_cannot_check() {
         assert!(line.contains(want), "{method} {path}: {line}");
     }
     assert!(
-        findings.iter().any(|f| !f.fatal
-            && f.pointer == "/paths/~1pet/post/requestBody/content/application~1xml"),
+        findings
+            .iter()
+            .any(|f| !f.fatal
+                && f.pointer == "/paths/~1pet/post/requestBody/content/application~1xml"),
         "{findings:?}"
     );
     let refused = gatehouse::openapi::describe(&dir.join("missing.yaml"), None);
