@@ -795,3 +795,36 @@ fn openapi_routes_lists_every_operation_and_what_it_cannot_check() {
     let refused = gatehouse::openapi::describe(&dir.join("missing.yaml"), None);
     assert!(refused.is_err(), "a missing file is refused");
 }
+
+#[tokio::test]
+async fn the_watcher_reloads_a_changed_document() {
+    let backend = Backend::echo().await;
+    let builder = GatewayBuilder::new().policy(
+        "w.toml",
+        &format!(
+            "[[upstream]]\nname = \"b\"\ntargets = [\"{}\"]\n\n\
+             [[openapi]]\nname = \"w\"\ndocument = \"docs/w.yaml\"\nupstream = \"b\"\n",
+            backend.url()
+        ),
+    );
+    // In a directory of its own: only the watch on the document sees it.
+    let doc = builder.path().join("policies/docs/w.yaml");
+    std::fs::create_dir_all(doc.parent().unwrap()).unwrap();
+    let op = |path: &str| {
+        format!(
+            "openapi: 3.1.0\npaths:\n  {path}:\n    get: {{responses: {{'200': {{description: ok}}}}}}\n"
+        )
+    };
+    std::fs::write(&doc, op("/before")).unwrap();
+    let gw = builder.start_watching().await;
+    let c = client();
+    assert_eq!(c.get(gw.url("/before")).send().await.unwrap().status(), 200);
+    std::fs::write(&doc, op("/after")).unwrap();
+    let served = eventually(10, || async {
+        let s = c.get(gw.url("/after")).send().await.ok()?.status();
+        (s == 200).then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "the new document's operation is served");
+    assert_eq!(c.get(gw.url("/before")).send().await.unwrap().status(), 404);
+}
