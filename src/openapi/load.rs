@@ -19,6 +19,12 @@ use super::Finding;
 const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Deepest chain of refs followed.
 const MAX_REF_DEPTH: usize = 64;
+/// Most JSON values in the inlined document: refs that fan out (A uses B
+/// twice, B uses C twice, …) could otherwise grow it exponentially.
+#[cfg(not(test))]
+const MAX_NODES: usize = 2_000_000;
+#[cfg(test)]
+const MAX_NODES: usize = 100_000;
 
 /// The OpenAPI version family of a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +163,7 @@ pub fn load(path: &Path) -> Result<Document, Vec<Finding>> {
         base,
         files: HashMap::from([(path.to_path_buf(), root.clone())]),
         findings: Vec::new(),
+        nodes: 0,
     };
     let mut stack = Vec::new();
     let resolved = resolver.walk(&root, path, "", &mut stack);
@@ -175,6 +182,8 @@ struct Resolver {
     base: PathBuf,
     files: HashMap<PathBuf, Value>,
     findings: Vec<Finding>,
+    /// Values produced so far (see [`MAX_NODES`]).
+    nodes: usize,
 }
 
 /// Maps whose keys are names chosen by the author (a property called
@@ -236,6 +245,17 @@ impl Resolver {
         stack: &mut Vec<(PathBuf, String)>,
         names: bool,
     ) -> Value {
+        self.nodes += 1;
+        if self.nodes == MAX_NODES {
+            return self.refuse(
+                file,
+                pointer,
+                format!("the document with its refs inlined exceeds {MAX_NODES} values"),
+            );
+        }
+        if self.nodes > MAX_NODES {
+            return Value::Null;
+        }
         match v {
             Value::Object(map) => {
                 if let Some(Value::String(r)) = map.get("$ref") {
@@ -394,6 +414,17 @@ mod tests {
         p
     }
 
+    /// S0 uses S1 twice, S1 uses S2 twice, …: 2^30 copies once inlined.
+    fn fan_out() -> String {
+        let mut doc = String::from("openapi: 3.1.0\ncomponents:\n  schemas:\n");
+        for i in 0..30 {
+            let next = format!("{{$ref: '#/components/schemas/S{}'}}", i + 1);
+            doc.push_str(&format!("    S{i}: {{allOf: [{next}, {next}]}}\n"));
+        }
+        doc.push_str("    S30: {type: string}\n");
+        doc
+    }
+
     #[test]
     fn refs_are_inlined_and_remote_ones_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -402,7 +433,7 @@ mod tests {
             "common.yaml",
             "Error:\n  type: object\n  properties:\n    code: {type: integer}\n",
         );
-        let cases: [(&str, &str, Option<&str>); 7] = [
+        let cases: [(&str, &str, Option<&str>); 8] = [
             (
                 "local and sibling refs",
                 "openapi: 3.0.3\ncomponents:\n  schemas:\n    A: {type: string}\n    B: {$ref: '#/components/schemas/A'}\n    E: {$ref: 'common.yaml#/Error'}\n",
@@ -412,6 +443,11 @@ mod tests {
                 "properties named like keywords",
                 "openapi: 3.0.3\ncomponents:\n  schemas:\n    A: {type: string}\n    B: {$ref: '#/components/schemas/A'}\n    E: {$ref: 'common.yaml#/Error'}\n    P: {type: object, properties: {example: {$ref: '#/components/schemas/A'}, x-id: {$ref: '#/components/schemas/A'}}}\n",
                 None,
+            ),
+            (
+                "refs that fan out exponentially",
+                &fan_out(),
+                Some("/components/schemas/S"),
             ),
             (
                 "https ref",
@@ -459,7 +495,9 @@ mod tests {
                 }
                 (Err(findings), Some(pointer)) => {
                     assert!(
-                        findings.iter().any(|f| f.pointer == pointer && f.fatal),
+                        findings
+                            .iter()
+                            .any(|f| f.pointer.starts_with(pointer) && f.fatal),
                         "{name}: {findings:?}"
                     );
                 }

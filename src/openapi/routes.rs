@@ -69,12 +69,19 @@ impl Ctx<'_> {
         });
     }
 
+    /// `message` says what is unsupported and how it would be handled.
     fn unsupported(&mut self, pointer: &str, message: String) {
+        let fatal = !self.spec.allow_unsupported;
+        let message = if fatal {
+            format!("unsupported: {message} (only with `allow_unsupported = true`)")
+        } else {
+            message
+        };
         self.findings.push(Finding {
             file: self.doc.path.clone(),
             pointer: pointer.to_owned(),
             message,
-            fatal: !self.spec.allow_unsupported,
+            fatal,
         });
     }
 }
