@@ -603,7 +603,7 @@ fn refused_documents_are_config_errors_with_file_and_pointer() {
             ),
             "",
             Some(
-                "#/paths/~1a/post/requestBody/content/application~1xml: `application/xml` bodies cannot be validated",
+                "#/paths/~1a/post/requestBody/content/application~1xml: unsupported: `application/xml` bodies cannot be validated",
             ),
         ),
         (
