@@ -936,7 +936,7 @@ async fn forward(
     })?;
     let mut resp = forwarded.response;
     if let Some(operation) = &route.openapi {
-        operation.observe_response(resp.status(), resp.headers());
+        resp = operation.observe_response(resp);
     }
 
     // 12. Finish.

@@ -41,9 +41,9 @@ pub struct OpenApiSpec {
     pub rate_limits: Vec<Spanned<String>>,
     /// Largest request body (default from `[defaults]`).
     pub max_body: Option<ByteSize>,
-    /// Check upstream responses against the document's declared statuses
-    /// and media types, log and count mismatches, never block (default
-    /// `false`).
+    /// Check upstream responses against the document's declared statuses,
+    /// media types and JSON body schemas, log and count mismatches, never
+    /// block (default `false`).
     #[serde(default)]
     pub validate_responses: bool,
     /// Turn unsupported constructs (request media types that cannot be

@@ -34,7 +34,7 @@ pub mod schema;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, header};
 
 use crate::config::{OpenApiSpec, Problem, SourceFile};
 use crate::error::GatewayError;
@@ -185,10 +185,15 @@ impl OperationRules {
         }
     }
 
-    /// Dry-run: records a response that breaks the contract.
-    pub fn observe_response(&self, status: StatusCode, headers: &HeaderMap) {
-        if let Some(r) = &self.responses {
-            r.observe(status, headers);
+    /// Dry-run: records a response that breaks the contract (its body as
+    /// it streams); the response itself is passed on unchanged.
+    pub fn observe_response(
+        &self,
+        response: http::Response<crate::body::GwBody>,
+    ) -> http::Response<crate::body::GwBody> {
+        match &self.responses {
+            Some(r) => r.observe(response),
+            None => response,
         }
     }
 }

@@ -161,9 +161,9 @@ pub fn generate(
             let params = operation_params(&mut ctx, item, op, &item_ptr, &ptr);
             let body = request_body(&mut ctx, op, &ptr);
             let auth = operation_auth(&mut ctx, op, &ptr, over);
-            let responses = spec
-                .validate_responses
-                .then(|| ResponseRules::new(&route_name, op.get("responses"), metrics));
+            let responses = spec.validate_responses.then(|| {
+                ResponseRules::new(&route_name, op.get("responses"), doc.version, metrics)
+            });
             let template = format!("{prefix}{path}");
             let headers = params
                 .iter()

@@ -688,7 +688,7 @@ async fn a_changed_document_is_swapped_atomically_on_reload() {
 async fn response_validation_logs_and_counts_without_blocking() {
     let backend = Backend::start(|req| async move {
         let (status, ct) = match req.uri().path() {
-            "/good" => (200, "application/json"),
+            "/good" | "/typed" => (200, "application/json"),
             "/html" => (200, "text/html"),
             _ => (500, "application/json"),
         };
@@ -699,7 +699,7 @@ async fn response_validation_logs_and_counts_without_blocking() {
             .unwrap()
     })
     .await;
-    let doc = "openapi: 3.1.0\npaths:\n  /good:\n    get: {operationId: good, responses: {'200': {description: ok, content: {application/json: {}}}}}\n  /html:\n    get: {operationId: html, responses: {'200': {description: ok, content: {application/json: {}}}}}\n  /fails:\n    get: {operationId: fails, responses: {'200': {description: ok}}}\n";
+    let doc = "openapi: 3.1.0\npaths:\n  /good:\n    get: {operationId: good, responses: {'200': {description: ok, content: {application/json: {schema: {type: object}}}}}}\n  /typed:\n    get: {operationId: typed, responses: {'200': {description: ok, content: {application/json: {schema: {type: object, required: [id]}}}}}}\n  /html:\n    get: {operationId: html, responses: {'200': {description: ok, content: {application/json: {}}}}}\n  /fails:\n    get: {operationId: fails, responses: {'200': {description: ok}}}\n";
     let builder = GatewayBuilder::new().policy(
         "r.toml",
         &format!(
@@ -714,6 +714,7 @@ async fn response_validation_logs_and_counts_without_blocking() {
     let c = client();
     for (path, want) in [
         ("/good", 200),
+        ("/typed", 200),
         ("/html", 200),
         ("/fails", 500),
         ("/fails", 500),
@@ -751,6 +752,12 @@ async fn response_validation_logs_and_counts_without_blocking() {
         "{metrics}"
     );
     assert_eq!(count("api.good", "undeclared_status"), Some(0), "{metrics}");
+    assert_eq!(count("api.good", "body_schema"), Some(0), "{metrics}");
+    assert_eq!(
+        count("api.typed", "body_schema"),
+        Some(1),
+        "body without `id`: {metrics}"
+    );
 }
 
 #[test]
