@@ -426,4 +426,62 @@ mod tests {
             "{text}"
         );
     }
+
+    /// A streamed body made of `chunks`, without a length.
+    fn streamed(chunks: Vec<Vec<u8>>) -> GwBody {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from(c))));
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    }
+
+    #[tokio::test]
+    async fn streamed_bodies_are_checked_at_their_end_and_passed_on() {
+        let metrics = Metrics::new().unwrap();
+        let rules = ResponseRules::new(
+            "b",
+            Some(
+                &json!({"200": {"content": {"application/json": {"schema": {"type": "object", "required": ["id"]}}}}}),
+            ),
+            Version::V30,
+            &metrics,
+        );
+        let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_CHECKED_BODY));
+        let cases: [(&str, Vec<Vec<u8>>, u64); 4] = [
+            (
+                "valid in two chunks",
+                vec![b"{\"id\"".to_vec(), b": 1}".to_vec()],
+                0,
+            ),
+            ("missing id", vec![b"{}".to_vec()], 1),
+            ("not json", vec![b"{".to_vec(), b"oops".to_vec()], 1),
+            ("too large to check", vec![big.into_bytes()], 0),
+        ];
+        let mut expected = 0;
+        for (name, chunks, mismatches) in cases {
+            let sent: Vec<u8> = chunks.concat();
+            let mut response = Response::new(streamed(chunks));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            let got = rules
+                .observe(response)
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(&got[..], &sent[..], "{name}: passed on unchanged");
+            expected += mismatches;
+            let want = format!(
+                r#"gatehouse_openapi_response_mismatches_total{{route="b",reason="body_schema"}} {expected}"#
+            );
+            assert!(
+                metrics.render().contains(&want),
+                "{name}: {}",
+                metrics.render()
+            );
+        }
+    }
 }
