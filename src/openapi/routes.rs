@@ -158,7 +158,7 @@ pub fn generate(
                 str::to_owned,
             );
             let route_name = format!("{}.{label}", spec.name.get_ref());
-            let params = operation_params(&mut ctx, item, op, &item_ptr, &ptr);
+            let params = operation_params(&mut ctx, path, item, op, &item_ptr, &ptr);
             let body = request_body(&mut ctx, op, &ptr);
             let auth = operation_auth(&mut ctx, op, &ptr, over);
             let responses = spec.validate_responses.then(|| {
@@ -261,6 +261,7 @@ pub fn generate(
 /// Path-level parameters, overridden by the operation's by (name, in).
 fn operation_params(
     ctx: &mut Ctx<'_>,
+    path: &str,
     item: &Value,
     op: &Value,
     item_ptr: &str,
@@ -283,14 +284,14 @@ fn operation_params(
     }
     let mut out = Vec::new();
     for (ptr, p) in all {
-        if let Some(rule) = param_rule(ctx, &ptr, p) {
+        if let Some(rule) = param_rule(ctx, path, &ptr, p) {
             out.push(rule);
         }
     }
     out
 }
 
-fn param_rule(ctx: &mut Ctx<'_>, ptr: &str, p: &Value) -> Option<ParamRule> {
+fn param_rule(ctx: &mut Ctx<'_>, path: &str, ptr: &str, p: &Value) -> Option<ParamRule> {
     let Some(name) = p.get("name").and_then(Value::as_str) else {
         ctx.refuse(ptr, "a parameter needs a `name`".to_owned());
         return None;
@@ -308,6 +309,17 @@ fn param_rule(ctx: &mut Ctx<'_>, ptr: &str, p: &Value) -> Option<ParamRule> {
             return None;
         }
     };
+    if location == Location::Path && !path.contains(&format!("{{{name}}}")) {
+        ctx.refuse(
+            ptr,
+            format!("path parameter `{name}` is not in the path template `{path}`"),
+        );
+        return None;
+    }
+    if location == Location::Header && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        ctx.refuse(ptr, format!("`{name}` is not a valid header name"));
+        return None;
+    }
     let lower = name.to_ascii_lowercase();
     if location == Location::Header
         && matches!(lower.as_str(), "accept" | "content-type" | "authorization")

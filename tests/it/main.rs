@@ -14,6 +14,7 @@ mod lambda;
 mod lifecycle;
 mod observability;
 mod openapi;
+mod openapi_config;
 mod proxy;
 mod ratelimit;
 mod rules;
