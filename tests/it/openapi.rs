@@ -694,3 +694,78 @@ async fn the_watcher_reloads_a_changed_document() {
     assert!(served.is_some(), "the new document's operation is served");
     assert_eq!(c.get(gw.url("/before")).send().await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn petstore_api_keys_are_read_from_the_documents_header() {
+    let (backend, hits) = Backend::counting().await;
+    let (token, hash) = admin_token();
+    let builder = GatewayBuilder::new()
+        .admin_token_hash(&hash)
+        .main(&fast_api_keys(""))
+        .env("OAS_HS_SECRET", &hs_secret())
+        .main(&hs_issuer())
+        .policy("pets.toml", &petstore_policy(&backend, ""));
+    install(&builder, &["petstore.yaml"]);
+    let gw = builder.start().await;
+    let admin = AdminApi::new(&gw, &token);
+    let consumer = admin.create_consumer("shop").await;
+    let (_, key) = admin
+        .create_key(&consumer, json!({"scopes": ["read:pets", "write:pets"]}))
+        .await;
+    let (_, unscoped) = admin.create_key(&consumer, json!({})).await;
+    let c = client();
+    let cases = [
+        (
+            "key in the api_key header",
+            "/api/v3/store/inventory",
+            Some(("api_key", key.as_str())),
+            200,
+        ),
+        (
+            "key in another header",
+            "/api/v3/store/inventory",
+            Some(("x-api-key", key.as_str())),
+            401,
+        ),
+        (
+            "wrong key",
+            "/api/v3/store/inventory",
+            Some(("api_key", "gh_nope")),
+            401,
+        ),
+        // getPetById: api_key or oauth2, with the oauth2 scopes asked of both.
+        (
+            "scoped key on the mixed operation",
+            "/api/v3/pet/3",
+            Some(("api_key", key.as_str())),
+            200,
+        ),
+        (
+            "unscoped key on the mixed operation",
+            "/api/v3/pet/3",
+            Some(("api_key", unscoped.as_str())),
+            403,
+        ),
+    ];
+    for (name, path, header, status) in cases {
+        let before = hits.load(Ordering::SeqCst);
+        let mut req = c.get(gw.url(path));
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{name}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst) - before,
+            usize::from(status == 200),
+            "{name}: backend hits"
+        );
+        if status == 200 {
+            let echo: Echo = resp.json().await.unwrap();
+            assert!(
+                echo.header("api_key").is_none(),
+                "{name}: the key is not forwarded"
+            );
+        }
+    }
+}
