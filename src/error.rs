@@ -53,6 +53,10 @@ pub enum GatewayError {
     /// The query string breaks the route's rules.
     #[error("{0}")]
     InvalidQuery(String),
+    /// A path, query or header parameter breaks the OpenAPI operation's
+    /// schema; each error names the parameter's JSON pointer in the document.
+    #[error("invalid request parameter")]
+    InvalidParameter(Vec<crate::validate::SchemaError>),
     /// The body is not valid JSON (for a route with a schema).
     #[error("request body is not valid JSON")]
     InvalidJson,
@@ -219,6 +223,7 @@ impl GatewayError {
             | GatewayError::InvalidHeader(_)
             | GatewayError::MissingHeader(_)
             | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidParameter(_)
             | GatewayError::InvalidJson => StatusCode::BAD_REQUEST,
             GatewayError::TraceRefused => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::ConnectRefused => StatusCode::NOT_IMPLEMENTED,
@@ -271,6 +276,7 @@ impl GatewayError {
             GatewayError::MissingHeader(_) => "missing_header",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::InvalidQuery(_) => "invalid_query",
+            GatewayError::InvalidParameter(_) => "invalid_parameter",
             GatewayError::InvalidJson => "invalid_json",
             GatewayError::SchemaViolation(_) => "schema_violation",
             GatewayError::IpDenied => "ip_denied",
@@ -324,6 +330,7 @@ impl GatewayError {
             | GatewayError::MissingHeader(_)
             | GatewayError::UnsupportedMediaType
             | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidParameter(_)
             | GatewayError::InvalidJson
             | GatewayError::SchemaViolation(_)
             | GatewayError::IpDenied
@@ -368,7 +375,9 @@ impl GatewayError {
     /// The full answer: status, JSON body, and `Allow` / `Connection` where due.
     pub fn to_response(&self, request_id: &str) -> Response<GwBody> {
         let details = match self {
-            GatewayError::SchemaViolation(errors) => serde_json::to_value(errors).ok(),
+            GatewayError::SchemaViolation(errors) | GatewayError::InvalidParameter(errors) => {
+                serde_json::to_value(errors).ok()
+            }
             _ => None,
         };
         error_response_with(

@@ -360,6 +360,14 @@ async fn process(
         req.uri().query(),
         !http_body::Body::is_end_stream(req.body()),
     )?;
+    if let Some(operation) = &route.openapi {
+        operation.check_head(
+            &params,
+            req.uri().query(),
+            req.headers(),
+            !http_body::Body::is_end_stream(req.body()),
+        )?;
+    }
 
     // 5–7. Authenticate and authorise. The per-client failure gate runs
     // inside the API-key check before any hashing.
@@ -849,7 +857,7 @@ async fn forward(
     let small = http_body::Body::is_end_stream(&body)
         || validate::content_length(&parts.headers)
             .is_some_and(|len| len <= upstream.retry.buffer_limit.0);
-    let body = if route.rules.schema.is_some() || (retry_method && small) {
+    let body = if route.buffers_body() || (retry_method && small) {
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) if stats.too_large.load(Ordering::Relaxed) => {
@@ -862,8 +870,8 @@ async fn forward(
             }
             Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
         };
-        if route.rules.schema.is_some() {
-            route.rules.check_body(&bytes)?;
+        if route.buffers_body() {
+            route.check_body(&parts.headers, &bytes)?;
         }
         proxy::OutBody::Buffered(bytes)
     } else {
@@ -927,6 +935,9 @@ async fn forward(
         ForwardError::InvalidPath => GatewayError::InvalidPath("path cannot be forwarded"),
     })?;
     let mut resp = forwarded.response;
+    if let Some(operation) = &route.openapi {
+        resp = operation.observe_response(resp);
+    }
 
     // 12. Finish.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -1001,8 +1012,8 @@ async fn forward_lambda(
         }
         Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
     };
-    if route.rules.schema.is_some() {
-        route.rules.check_body(&bytes)?;
+    if route.buffers_body() {
+        route.check_body(&parts.headers, &bytes)?;
     }
     let function_path = route.upstream_path(path, params);
     let event = lambda::event(&lambda::EventInput {

@@ -12,6 +12,7 @@ pub mod conn;
 pub mod cors;
 pub mod error;
 pub mod gateway;
+pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
 pub mod route;

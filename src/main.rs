@@ -70,6 +70,11 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// OpenAPI helpers.
+    Openapi {
+        #[command(subcommand)]
+        command: OpenapiCommand,
+    },
     /// Certificate helpers.
     Certs {
         #[command(subcommand)]
@@ -288,6 +293,20 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum OpenapiCommand {
+    /// Print the routes an OpenAPI document (YAML or JSON) would create,
+    /// and every construct the gateway refuses or handles partially (with
+    /// the file and JSON pointer).
+    Routes {
+        /// The document.
+        file: PathBuf,
+        /// Prepended to every path (as an `[[openapi]]` table's `path_prefix`).
+        #[arg(long)]
+        path_prefix: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CertsCommand {
     /// Write a local CA and a certificate for localhost / 127.0.0.1 / ::1.
     Dev {
@@ -347,6 +366,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
+        Command::Openapi {
+            command: OpenapiCommand::Routes { file, path_prefix },
+        } => Ok(openapi_routes(&file, path_prefix.as_deref())),
         Command::Consumers { target, command } => {
             cli_runtime()?.block_on(consumers(&target, command))
         }
@@ -400,9 +422,41 @@ fn environment() -> Environment {
     )
 }
 
+fn openapi_routes(file: &std::path::Path, path_prefix: Option<&str>) -> ExitCode {
+    match gatehouse::openapi::describe(file, path_prefix) {
+        Ok((lines, findings)) => {
+            for line in &lines {
+                println!("{line}");
+            }
+            for f in &findings {
+                eprintln!("unsupported: {f}");
+            }
+            eprintln!(
+                "{} route(s), {} unsupported construct(s)",
+                lines.len(),
+                findings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(findings) => {
+            for f in &findings {
+                let what = if f.fatal { "error" } else { "unsupported" };
+                eprintln!("{what}: {f}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn check(config: &std::path::Path) -> ExitCode {
     match server::check(config, &environment()) {
         Ok((routes, upstreams)) => {
+            // Unsupported OpenAPI constructs a table allowed: still reported.
+            if let Ok(loaded) = config::load(config) {
+                for w in gatehouse::openapi::warnings(&loaded) {
+                    eprintln!("warning: {w}");
+                }
+            }
             println!(
                 "{}: ok ({routes} routes, {upstreams} upstreams)",
                 config.display()

@@ -124,6 +124,9 @@ pub struct Route {
     pub tunnel_idle_timeout: std::time::Duration,
     /// Its request meters.
     pub meters: Arc<crate::telemetry::requests::RouteMetrics>,
+    /// The OpenAPI operation it was generated from: parameter, body and
+    /// (dry-run) response checks.
+    pub openapi: Option<Arc<crate::openapi::OperationRules>>,
 }
 
 impl Route {
@@ -132,6 +135,25 @@ impl Route {
         match &self.methods {
             None => true,
             Some(list) => list.contains(method),
+        }
+    }
+
+    /// Whether the body must be buffered to check it (a JSON Schema, or an
+    /// OpenAPI request body).
+    pub fn buffers_body(&self) -> bool {
+        self.rules.schema.is_some() || self.openapi.as_ref().is_some_and(|o| o.needs_body())
+    }
+
+    /// Checks a buffered body: the OpenAPI operation's media-type schema,
+    /// else the route's JSON Schema.
+    pub fn check_body(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), crate::error::GatewayError> {
+        match &self.openapi {
+            Some(o) => o.check_body(headers, body),
+            None => self.rules.check_body(body),
         }
     }
 
@@ -301,7 +323,10 @@ fn select<'a>(
     for route in candidates {
         if route.allows(method) {
             // Rewrites and Lambda events use them; plain forwarding does not.
-            let params = if route.rewrite.is_some() || matches!(route.action, Action::Invoke(_)) {
+            let params = if route.rewrite.is_some()
+                || route.openapi.is_some()
+                || matches!(route.action, Action::Invoke(_))
+            {
                 params
                     .iter()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -465,6 +490,7 @@ mod tests {
             meters: Arc::new(crate::telemetry::requests::RouteMetrics::unrouted(
                 &Arc::new(crate::telemetry::Metrics::new().unwrap()),
             )),
+            openapi: None,
         }
     }
 

@@ -5,6 +5,8 @@
 //! the current snapshot in an `ArcSwap`; a request loads it once and keeps it
 //! to the end, so a reload never changes the rules under a request in flight.
 
+mod openapi_routes;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -266,6 +268,27 @@ impl Snapshot {
                     Err(ps) => problems.extend(ps),
                 }
             }
+        }
+        for policy in &loaded.policies {
+            let ctx = RouteCtx {
+                source: &policy.source,
+                defaults,
+                upstreams: &upstreams,
+                functions: &functions,
+                upstream_places: &upstream_places,
+                merge_slashes: loaded.config.server.merge_slashes,
+                server: &loaded.config.server,
+                issuers: &issuer_names,
+                rate: &rate_index,
+                metrics: deps.metrics,
+            };
+            let mut sink = openapi_routes::Sink {
+                builder: &mut builder,
+                places: &mut route_places,
+                list: &mut route_list,
+                problems: &mut problems,
+            };
+            openapi_routes::add(policy, &ctx, &mut sink);
         }
         let routes = match builder.build() {
             Ok(t) => Some(t),
@@ -994,6 +1017,7 @@ fn compile_route(
                     upstream_label.as_deref(),
                     r.consumer_metrics.then_some(CONSUMER_SERIES_CAP),
                 )),
+                openapi: None,
             },
         )),
         _ => Err(problems),

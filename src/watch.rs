@@ -52,6 +52,11 @@ fn watch_set(config_path: &Path, loaded: &Loaded) -> WatchSet {
         }
     }
     for p in &loaded.policies {
+        // OpenAPI documents (their sibling `$ref` files are not watched).
+        let dir = p.source.path.parent().unwrap_or(Path::new(""));
+        for o in &p.file.openapi {
+            add_file(dir.join(o.get_ref().document.get_ref()), &mut set);
+        }
         for u in &p.file.upstream {
             if let Some(ca) = &u.get_ref().tls_ca {
                 add_file(loaded.resolve(ca.get_ref()), &mut set);

@@ -9,6 +9,7 @@
 
 mod jwt;
 mod load;
+mod openapi;
 pub mod units;
 mod upstream;
 
@@ -23,6 +24,7 @@ use validator::Validate;
 
 pub use jwt::*;
 pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load, parse_policy};
+pub use openapi::{OpenApiSpec, OperationOverride};
 pub use units::{ByteSize, Dur};
 pub use upstream::*;
 
@@ -606,6 +608,9 @@ pub struct PolicyFile {
     /// Rate-limit policies declared in this file.
     #[serde(default)]
     pub rate_limit: Vec<Spanned<RateLimitSpec>>,
+    /// OpenAPI documents whose operations become routes.
+    #[serde(default)]
+    pub openapi: Vec<Spanned<OpenApiSpec>>,
 }
 
 /// A named rate-limit policy.

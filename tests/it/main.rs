@@ -16,6 +16,8 @@ mod jwt_config;
 mod lambda;
 mod lifecycle;
 mod observability;
+mod openapi;
+mod openapi_config;
 mod proxy;
 mod ratelimit;
 mod rules;
