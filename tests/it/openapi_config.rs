@@ -156,3 +156,40 @@ fn openapi_routes_lists_every_operation_and_what_it_cannot_check() {
     let refused = gatehouse::openapi::describe(&dir.join("missing.yaml"), None);
     assert!(refused.is_err(), "a missing file is refused");
 }
+
+#[tokio::test]
+async fn check_prints_allowed_unsupported_constructs_with_file_and_pointer() {
+    let builder = GatewayBuilder::new().policy(
+        "p.toml",
+        "[[upstream]]\nname = \"b\"\ntargets = [\"http://127.0.0.1:9\"]\n\n\
+         [[openapi]]\nname = \"doc\"\ndocument = \"openapi/doc.yaml\"\nupstream = \"b\"\nallow_unsupported = true\n",
+    );
+    let config = builder.write();
+    std::fs::create_dir_all(builder.path().join("policies/openapi")).unwrap();
+    std::fs::write(
+        builder.path().join("policies/openapi/doc.yaml"),
+        "openapi: 3.0.3\npaths:\n  /a:\n    post:\n      responses: {'200': {description: ok}}\n      requestBody:\n        content:\n          application/xml: {schema: {type: object}}\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("ok (1 routes"), "{stdout}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.contains("doc.yaml"),
+        "the document's file: {warning}"
+    );
+    assert!(
+        warning.contains("#/paths/~1a/post/requestBody/content/application~1xml"),
+        "the JSON pointer: {warning}"
+    );
+}
