@@ -17,6 +17,8 @@
 //! `shipped_and_documented_configs_are_accepted` goes the other way: the
 //! example configs and every TOML block in the docs parse as the real types
 //! (which deny unknown keys), so no documented key is a typo.
+//! `doc_links_resolve` checks that every relative link between the Markdown
+//! pages (README.md, docs/src/) names an existing file and heading.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
