@@ -3,7 +3,7 @@
 #   docker build -t gatehouse .
 #   docker run -p 8080:8080 -p 8443:8443 -v "$PWD/deploy:/etc/gatehouse" gatehouse
 #
-# /etc/gatehouse holds gatehouse.toml, policies/ and certs/ (see README.md, "Docker").
+# /etc/gatehouse holds gatehouse.toml, policies/ and certs/ (see docs/src/docker.md).
 # The listeners in that config must bind 0.0.0.0 to be reachable from outside;
 # the admin listener (default 127.0.0.1:9901) stays inside and is not exposed.
 

@@ -49,7 +49,7 @@ pub struct OpenApiSpec {
     /// Turn unsupported constructs (request media types that cannot be
     /// validated, parameter styles, cookie parameters, scope lists that
     /// differ between alternatives) from errors into warnings, each handled
-    /// the strict way (see the README). Refused refs and security schemes
+    /// the strict way (see docs/src/openapi.md). Refused refs and security schemes
     /// that cannot be mapped stay errors. Default `false`.
     #[serde(default)]
     pub allow_unsupported: bool,
