@@ -22,7 +22,9 @@
 //!   `timeout` and `attempts` of resolv.conf (read anew, without blocking,
 //!   on every resolution), and `getaddrinfo` if resolv.conf names no
 //!   nameserver. hickory's own hosts-file reading is off (it would block
-//!   and give hosts entries a day-long TTL).
+//!   and give hosts entries a day-long TTL). Either way a lookup ends once
+//!   every try has had its timeout, even with search-list names left
+//!   (hickory would go on asking the silent servers for them).
 //! - **The address family**: `ipv4` asks A only, `ipv6` AAAA only, `any`
 //!   both at once (one family answering is enough).
 //! - **SRV**: the lowest priority present (RFC 2782), at most 64 targets,
@@ -150,6 +152,10 @@ pub struct DnsResolver {
 struct Client {
     resolver: TokioResolver,
     servers: String,
+    /// The longest one name's lookup may take: every try timing out.
+    /// hickory walks on through the search list after a timeout; past
+    /// this, more names would only wait more, so the resolution ends.
+    budget: Duration,
 }
 
 impl DnsResolver {
@@ -203,11 +209,15 @@ impl DnsResolver {
         // single timeout, so a silent server ends the try): a try per
         // server and round, the first included. Its query statistics put a
         // server that timed out behind the others for the next try.
+        let tries = rounds * servers.len();
         opts.num_concurrent_reqs = 1;
-        opts.attempts = (rounds * servers.len()).saturating_sub(1);
+        opts.attempts = tries.saturating_sub(1);
         opts.timeout = opts
             .timeout
             .clamp(Duration::from_millis(10), Duration::from_secs(30));
+        let budget = opts
+            .timeout
+            .saturating_mul(u32::try_from(tries.max(1)).unwrap_or(u32::MAX));
         // Our TTL handling schedules the next resolution: no cache.
         opts.cache_size = 0;
         // The hosts file is read here (without blocking), not by hickory.
@@ -223,6 +233,7 @@ impl DnsResolver {
         Ok(Some(Client {
             resolver,
             servers: servers.join(", "),
+            budget,
         }))
     }
 }
@@ -241,7 +252,7 @@ impl Client {
     /// smallest TTL of the answer; `Ok(None)` when it has none (NXDOMAIN,
     /// no data).
     async fn addresses(&self, host: impl IntoName) -> Result<Option<(Vec<IpAddr>, u32)>, NetError> {
-        match self.resolver.lookup_ip(host).await {
+        match self.within(self.resolver.lookup_ip(host)).await {
             Ok(found) => {
                 let answer = found.as_lookup();
                 let records = on_chain(answer.query().name(), answer.answers());
@@ -254,6 +265,16 @@ impl Client {
             Err(e) if e.is_no_records_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `lookup`, cut at the budget.
+    async fn within<T>(
+        &self,
+        lookup: impl Future<Output = Result<T, NetError>>,
+    ) -> Result<T, NetError> {
+        tokio::time::timeout(self.budget, lookup)
+            .await
+            .unwrap_or(Err(NetError::Timeout))
     }
 
     /// `e` for the log: what went wrong and whom we asked.
@@ -363,7 +384,7 @@ impl Resolve for DnsResolver {
                 reason: "resolv.conf names no nameserver".into(),
             });
         };
-        let answer = match client.resolver.srv_lookup(name).await {
+        let answer = match client.within(client.resolver.srv_lookup(name)).await {
             Ok(answer) => answer,
             Err(e) if e.is_no_records_found() => {
                 return Err(DiscoveryError::NoAddress(name.to_owned()));
