@@ -4,8 +4,8 @@
 //!
 //! A failed resolution or an unreadable file keeps the last good set and
 //! logs why; an empty list is a valid answer (requests then get 503). Names
-//! are resolved through the [`Resolve`] seam: our DNS stub resolver
-//! ([`super::dns`], which reports record TTLs: the next resolution is due
+//! are resolved through the [`Resolve`] seam: DNS ([`super::dns`], on
+//! hickory-resolver, which reports record TTLs: the next resolution is due
 //! when the answer expires, clamped to `min_ttl..max_ttl`) asking the
 //! configured nameservers or those of `/etc/resolv.conf`, or a hosts-style
 //! file named in the config (tests, and deployments that want overrides
