@@ -1,281 +1,15 @@
-//! Tests for both store backends.
-//!
-//! The behaviour tests are written once, as async functions over
-//! `&dyn KeyStore` (or over a [`Harness`] when they need a second handle or
-//! raw SQL), and the `on_both_backends!` macro runs each against SQLite (a
-//! file in a temporary directory) and Postgres (the server at
-//! `GATEHOUSE_TEST_POSTGRES_URL`, in a random schema dropped afterwards; the
-//! Postgres tests are skipped, not failed, when the variable is unset).
+//! Behaviour cases run on both backends (see the `on_both_backends!` list in
+//! the module above).
 
-use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use rand::Rng;
-use sqlx::Connection;
 use tokio::time::Instant;
 
-use super::{ApiKey, AuditEntry, Consumer, KeyStore, StoreError, StoreOptions, Timestamp, open};
+use crate::store::{ApiKey, AuditEntry, Consumer, KeyStore, StoreError, Timestamp};
 
-const T0: Timestamp = 1_700_000_000;
+use super::*;
 
-/// The Postgres server for tests, if the environment names one.
-#[allow(clippy::disallowed_methods)]
-fn postgres_url() -> Option<String> {
-    std::env::var("GATEHOUSE_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-}
-
-fn options(url: String, schema: Option<String>) -> StoreOptions {
-    StoreOptions {
-        url,
-        schema,
-        max_connections: 4,
-        connect_timeout: Duration::from_secs(5),
-    }
-}
-
-enum Backend {
-    Sqlite {
-        _dir: tempfile::TempDir,
-        path: PathBuf,
-    },
-    Postgres {
-        schema: String,
-    },
-}
-
-/// One store under test: its options (to open more handles), a first
-/// handle, and what to clean up.
-struct Harness {
-    opts: StoreOptions,
-    store: Arc<dyn KeyStore>,
-    backend: Backend,
-}
-
-impl Harness {
-    async fn sqlite() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gatehouse.db");
-        let opts = options(path.to_str().unwrap().to_owned(), None);
-        let store = open(&opts).await.unwrap();
-        Harness {
-            opts,
-            store,
-            backend: Backend::Sqlite { _dir: dir, path },
-        }
-    }
-
-    async fn postgres() -> Option<Harness> {
-        let Some(url) = postgres_url() else {
-            println!("skipped: GATEHOUSE_TEST_POSTGRES_URL is not set");
-            return None;
-        };
-        let schema = format!("gh_test_{:016x}", rand::rng().random::<u64>());
-        let opts = options(url, Some(schema.clone()));
-        let store = open(&opts).await.unwrap();
-        Some(Harness {
-            opts,
-            store,
-            backend: Backend::Postgres { schema },
-        })
-    }
-
-    /// A second, independent handle on the same store (another process, in
-    /// real life).
-    async fn reopen(&self) -> Arc<dyn KeyStore> {
-        open(&self.opts).await.unwrap()
-    }
-
-    /// Runs raw SQL on the store's database (in its schema).
-    async fn execute(&self, sql: &str) {
-        match &self.backend {
-            Backend::Sqlite { path, .. } => {
-                let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
-                let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-                conn.close().await.unwrap();
-            }
-            Backend::Postgres { schema } => {
-                let mut conn = self.postgres_connection(Some(schema)).await;
-                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-                conn.close().await.unwrap();
-            }
-        }
-    }
-
-    async fn postgres_connection(&self, schema: Option<&str>) -> sqlx::PgConnection {
-        let mut opts: sqlx::postgres::PgConnectOptions = self.opts.url.parse().unwrap();
-        if let Some(schema) = schema {
-            opts = opts.options([("search_path", schema)]);
-        }
-        sqlx::PgConnection::connect_with(&opts).await.unwrap()
-    }
-
-    /// Drops the Postgres schema (the temporary directory goes by itself).
-    async fn finish(self) {
-        let Harness { store, backend, .. } = self;
-        drop(store);
-        if let Backend::Postgres { schema } = backend {
-            let url = postgres_url().unwrap_or_default();
-            let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-            let mut conn = sqlx::PgConnection::connect_with(&opts).await.unwrap();
-            sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-        }
-    }
-}
-
-/// Runs `case` and then cleans up, also when the case panicked.
-async fn run<F>(harness: Option<Harness>, case: F)
-where
-    F: for<'a> FnOnce(&'a Harness) -> futures_util::future::LocalBoxFuture<'a, ()>,
-{
-    let Some(harness) = harness else { return };
-    let outcome = AssertUnwindSafe(case(&harness)).catch_unwind().await;
-    harness.finish().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Generates `sqlite::NAME` and `postgres::NAME` tests for every case:
-/// `store` cases take `&dyn KeyStore`, `harness` cases take `&Harness`.
-macro_rules! on_both_backends {
-    (store: [$($case:ident),* $(,)?], harness: [$($hcase:ident),* $(,)?] $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::run(Some(super::Harness::sqlite().await), |h| {
-                        Box::pin(super::$case(&*h.store))
-                    })
-                    .await;
-                }
-            )*
-            $(
-                #[tokio::test]
-                async fn $hcase() {
-                    super::run(Some(super::Harness::sqlite().await), |h| {
-                        Box::pin(super::$hcase(h))
-                    })
-                    .await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::run(super::Harness::postgres().await, |h| {
-                        Box::pin(super::$case(&*h.store))
-                    })
-                    .await;
-                }
-            )*
-            $(
-                #[tokio::test]
-                async fn $hcase() {
-                    super::run(super::Harness::postgres().await, |h| {
-                        Box::pin(super::$hcase(h))
-                    })
-                    .await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends! {
-    store: [
-        consumers_are_created_listed_and_found,
-        consumer_conflicts_leave_the_store_unchanged,
-        disabling_twice_keeps_the_first_time,
-        key_for_a_missing_consumer_writes_nothing,
-        duplicate_key_id_conflicts,
-        keys_are_listed_per_consumer_in_creation_order,
-        rotation_sets_the_earlier_expiry,
-        failed_rotation_writes_nothing,
-        revoking_twice_keeps_the_first_time,
-        touch_keeps_the_latest_use,
-        update_hash_replaces_the_hash,
-        key_set_excludes_revoked_keys_and_carries_the_revision,
-        revision_bumps_on_changes_only,
-        audit_is_newest_first,
-        wait_for_change_returns_at_once_or_after_max_wait,
-        quota_usage_adds_up_without_bumping_the_revision,
-        a_failing_quota_batch_writes_nothing,
-    ],
-    harness: [
-        wait_for_change_wakes_on_a_write_from_another_handle,
-        concurrent_writes_from_two_handles_all_land,
-        bad_json_in_a_row_is_corrupt,
-    ],
-}
-
-// ---------------------------------------------------------------- fixtures
-
-fn consumer(id: &str, name: &str, created_at: Timestamp) -> Consumer {
-    let metadata = serde_json::json!({"team": "payments", "limits": {"burst": 10}});
-    Consumer {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        plan: Some("free".to_owned()),
-        metadata: metadata.as_object().cloned().unwrap_or_default(),
-        created_at,
-        disabled_at: None,
-    }
-}
-
-fn key(
-    id: &str,
-    consumer_id: &str,
-    created_at: Timestamp,
-    expires_at: Option<Timestamp>,
-) -> ApiKey {
-    ApiKey {
-        id: id.to_owned(),
-        consumer_id: consumer_id.to_owned(),
-        name: format!("label-{id}"),
-        scopes: vec!["orders:read".to_owned(), "orders:write".to_owned()],
-        expires_at,
-        created_at,
-        last_used_at: None,
-        revoked_at: None,
-    }
-}
-
-fn hash_of(id: &str) -> String {
-    format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$hash-of-{id}")
-}
-
-fn audit_entry(at: Timestamp, action: &str) -> AuditEntry {
-    AuditEntry {
-        at,
-        actor: "cli:alice".to_owned(),
-        client: Some("127.0.0.1".to_owned()),
-        action: action.to_owned(),
-        target: Some("c_a".to_owned()),
-        outcome: "ok".to_owned(),
-    }
-}
-
-/// A store with consumer `c_a` ("alpha").
-async fn with_alpha(store: &dyn KeyStore) -> Consumer {
-    let alpha = consumer("c_a", "alpha", T0);
-    store.create_consumer(&alpha).await.unwrap();
-    alpha
-}
-
-// ----------------------------------------------------------------- cases
-
-async fn consumers_are_created_listed_and_found(store: &dyn KeyStore) {
+pub(super) async fn consumers_are_created_listed_and_found(store: &dyn KeyStore) {
     let b = consumer("c_b", "beta", T0 + 10);
     let a = consumer("c_a", "alpha", T0);
     let zero = Consumer {
@@ -310,7 +44,7 @@ async fn consumers_are_created_listed_and_found(store: &dyn KeyStore) {
     }
 }
 
-async fn consumer_conflicts_leave_the_store_unchanged(store: &dyn KeyStore) {
+pub(super) async fn consumer_conflicts_leave_the_store_unchanged(store: &dyn KeyStore) {
     with_alpha(store).await;
     let before = store.list_consumers().await.unwrap();
     let revision = store.revision().await.unwrap();
@@ -330,7 +64,7 @@ async fn consumer_conflicts_leave_the_store_unchanged(store: &dyn KeyStore) {
     }
 }
 
-async fn disabling_twice_keeps_the_first_time(store: &dyn KeyStore) {
+pub(super) async fn disabling_twice_keeps_the_first_time(store: &dyn KeyStore) {
     let alpha = with_alpha(store).await;
     let r0 = store.revision().await.unwrap();
 
@@ -358,7 +92,7 @@ async fn disabling_twice_keeps_the_first_time(store: &dyn KeyStore) {
     assert!(matches!(err, StoreError::NotFound("consumer")), "{err:?}");
 }
 
-async fn key_for_a_missing_consumer_writes_nothing(store: &dyn KeyStore) {
+pub(super) async fn key_for_a_missing_consumer_writes_nothing(store: &dyn KeyStore) {
     with_alpha(store).await;
     let revision = store.revision().await.unwrap();
     let err = store
@@ -371,7 +105,7 @@ async fn key_for_a_missing_consumer_writes_nothing(store: &dyn KeyStore) {
     assert_eq!(store.revision().await.unwrap(), revision);
 }
 
-async fn duplicate_key_id_conflicts(store: &dyn KeyStore) {
+pub(super) async fn duplicate_key_id_conflicts(store: &dyn KeyStore) {
     with_alpha(store).await;
     let first = key("k_1", "c_a", T0, None);
     store.create_key(&first, &hash_of("k_1")).await.unwrap();
@@ -389,7 +123,7 @@ async fn duplicate_key_id_conflicts(store: &dyn KeyStore) {
     assert_eq!(set.credentials[0].hash, hash_of("k_1"));
 }
 
-async fn keys_are_listed_per_consumer_in_creation_order(store: &dyn KeyStore) {
+pub(super) async fn keys_are_listed_per_consumer_in_creation_order(store: &dyn KeyStore) {
     with_alpha(store).await;
     store
         .create_consumer(&consumer("c_b", "beta", T0))
@@ -422,7 +156,7 @@ async fn keys_are_listed_per_consumer_in_creation_order(store: &dyn KeyStore) {
     assert_eq!(store.key("k_9").await.unwrap(), None);
 }
 
-async fn rotation_sets_the_earlier_expiry(store: &dyn KeyStore) {
+pub(super) async fn rotation_sets_the_earlier_expiry(store: &dyn KeyStore) {
     with_alpha(store).await;
     let given = T0 + 100;
     let cases = [
@@ -470,7 +204,7 @@ async fn rotation_sets_the_earlier_expiry(store: &dyn KeyStore) {
     }
 }
 
-async fn failed_rotation_writes_nothing(store: &dyn KeyStore) {
+pub(super) async fn failed_rotation_writes_nothing(store: &dyn KeyStore) {
     with_alpha(store).await;
     let live = key("k_live", "c_a", T0, Some(T0 + 1000));
     let revoked = key("k_revoked", "c_a", T0, None);
@@ -520,7 +254,7 @@ async fn failed_rotation_writes_nothing(store: &dyn KeyStore) {
     }
 }
 
-async fn revoking_twice_keeps_the_first_time(store: &dyn KeyStore) {
+pub(super) async fn revoking_twice_keeps_the_first_time(store: &dyn KeyStore) {
     with_alpha(store).await;
     let k = key("k_1", "c_a", T0, None);
     store.create_key(&k, &hash_of("k_1")).await.unwrap();
@@ -550,7 +284,7 @@ async fn revoking_twice_keeps_the_first_time(store: &dyn KeyStore) {
     assert!(matches!(err, StoreError::NotFound("key")), "{err:?}");
 }
 
-async fn touch_keys_batch(store: &dyn KeyStore, batch: &[(&str, Timestamp)]) {
+pub(super) async fn touch_keys_batch(store: &dyn KeyStore, batch: &[(&str, Timestamp)]) {
     let batch: Vec<(String, Timestamp)> = batch
         .iter()
         .map(|(id, at)| ((*id).to_owned(), *at))
@@ -558,7 +292,7 @@ async fn touch_keys_batch(store: &dyn KeyStore, batch: &[(&str, Timestamp)]) {
     store.touch_keys(&batch).await.unwrap();
 }
 
-async fn touch_keeps_the_latest_use(store: &dyn KeyStore) {
+pub(super) async fn touch_keeps_the_latest_use(store: &dyn KeyStore) {
     with_alpha(store).await;
     for id in ["k_1", "k_2"] {
         store
@@ -608,7 +342,7 @@ async fn touch_keeps_the_latest_use(store: &dyn KeyStore) {
     }
 }
 
-async fn update_hash_replaces_the_hash(store: &dyn KeyStore) {
+pub(super) async fn update_hash_replaces_the_hash(store: &dyn KeyStore) {
     with_alpha(store).await;
     store
         .create_key(&key("k_1", "c_a", T0, None), "old-hash")
@@ -623,7 +357,7 @@ async fn update_hash_replaces_the_hash(store: &dyn KeyStore) {
     assert!(matches!(err, StoreError::NotFound("key")), "{err:?}");
 }
 
-async fn key_set_excludes_revoked_keys_and_carries_the_revision(store: &dyn KeyStore) {
+pub(super) async fn key_set_excludes_revoked_keys_and_carries_the_revision(store: &dyn KeyStore) {
     let alpha = with_alpha(store).await;
     let beta = consumer("c_b", "beta", T0 + 1);
     store.create_consumer(&beta).await.unwrap();
@@ -655,7 +389,7 @@ async fn key_set_excludes_revoked_keys_and_carries_the_revision(store: &dyn KeyS
     assert_eq!(set.revision, store.revision().await.unwrap());
 }
 
-async fn revision_bumps_on_changes_only(store: &dyn KeyStore) {
+pub(super) async fn revision_bumps_on_changes_only(store: &dyn KeyStore) {
     let mut last = store.revision().await.unwrap();
     let mut step = async |name: &str, changed: bool| {
         let now = store.revision().await.unwrap();
@@ -701,7 +435,7 @@ async fn revision_bumps_on_changes_only(store: &dyn KeyStore) {
     step("reads", false).await;
 }
 
-async fn audit_is_newest_first(store: &dyn KeyStore) {
+pub(super) async fn audit_is_newest_first(store: &dyn KeyStore) {
     assert_eq!(store.audit(10).await.unwrap(), vec![]);
     let entries = [
         audit_entry(T0, "consumer.create"),
@@ -728,7 +462,7 @@ async fn audit_is_newest_first(store: &dyn KeyStore) {
     }
 }
 
-async fn wait_for_change_returns_at_once_or_after_max_wait(store: &dyn KeyStore) {
+pub(super) async fn wait_for_change_returns_at_once_or_after_max_wait(store: &dyn KeyStore) {
     let seen = store.revision().await.unwrap();
 
     let started = Instant::now();
@@ -748,7 +482,7 @@ async fn wait_for_change_returns_at_once_or_after_max_wait(store: &dyn KeyStore)
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
-async fn wait_for_change_wakes_on_a_write_from_another_handle(h: &Harness) {
+pub(super) async fn wait_for_change_wakes_on_a_write_from_another_handle(h: &Harness) {
     let other = h.reopen().await;
     let seen = h.store.revision().await.unwrap();
     // Let the waiting handle set up (for Postgres: subscribe) first, so the
@@ -794,7 +528,7 @@ async fn wait_for_change_wakes_on_a_write_from_another_handle(h: &Harness) {
     );
 }
 
-async fn concurrent_writes_from_two_handles_all_land(h: &Harness) {
+pub(super) async fn concurrent_writes_from_two_handles_all_land(h: &Harness) {
     let other = h.reopen().await;
     let before = h.store.revision().await.unwrap();
     let writes = (0..20).map(|i| {
@@ -812,7 +546,7 @@ async fn concurrent_writes_from_two_handles_all_land(h: &Harness) {
     assert_eq!(h.store.revision().await.unwrap(), before + 20);
 }
 
-async fn bad_json_in_a_row_is_corrupt(h: &Harness) {
+pub(super) async fn bad_json_in_a_row_is_corrupt(h: &Harness) {
     let store = &*h.store;
     with_alpha(store).await;
     store
@@ -847,255 +581,4 @@ async fn bad_json_in_a_row_is_corrupt(h: &Harness) {
             "case {name}: {err:?}"
         );
     }
-}
-
-// ------------------------------------------------- one backend, or neither
-
-#[tokio::test]
-async fn sqlite_reopen_keeps_data_and_does_not_rerun_migrations() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gatehouse.db");
-    let opts = options(format!("sqlite://{}", path.display()), None);
-    let migrations = || async {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT version, CAST(installed_on AS TEXT) FROM _sqlx_migrations ORDER BY version",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-        rows
-    };
-
-    let store = open(&opts).await.unwrap();
-    with_alpha(&*store).await;
-    let revision = store.revision().await.unwrap();
-    drop(store);
-    let applied = migrations().await;
-    assert_eq!(applied.len(), 2, "0001_init and 0002_quota");
-
-    let store = open(&opts).await.unwrap();
-    assert_eq!(
-        store.consumer("alpha").await.unwrap(),
-        Some(consumer("c_a", "alpha", T0))
-    );
-    assert_eq!(store.revision().await.unwrap(), revision);
-    assert_eq!(migrations().await, applied, "migrations are not re-run");
-}
-
-#[tokio::test]
-async fn sqlite_file_is_in_wal_mode_with_its_directory_created() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a").join("b").join("gatehouse.db");
-    let _store = open(&options(path.to_str().unwrap().to_owned(), None))
-        .await
-        .unwrap();
-
-    // WAL mode is a property of the file: a plain new connection sees it.
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(mode, "wal");
-    conn.close().await.unwrap();
-
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "not readable by others: {mode:o}");
-    }
-}
-
-#[tokio::test]
-async fn unsupported_urls_are_refused() {
-    for url in [
-        "mysql://x",
-        "redis://127.0.0.1:6379",
-        "http://example.com/db",
-    ] {
-        let err = open(&options(url.to_owned(), None)).await.unwrap_err();
-        assert!(matches!(err, StoreError::InvalidUrl), "case {url}: {err:?}");
-    }
-}
-
-#[tokio::test]
-async fn bad_schema_names_are_refused_before_connecting() {
-    // Nothing listens on port 1: the name is checked first.
-    let url = "postgres://postgres@127.0.0.1:1/test".to_owned();
-    for schema in [
-        "",
-        "Upper",
-        "1starts_with_digit",
-        "semi;colon",
-        "quo\"te",
-        "dash-ed",
-        &"a".repeat(64),
-    ] {
-        let err = open(&options(url.clone(), Some(schema.to_owned())))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::InvalidSchema),
-            "case {schema:?}: {err:?}"
-        );
-    }
-}
-
-#[test]
-fn schema_names() {
-    let long = "a".repeat(63);
-    let cases = [
-        ("lowercase", "gatehouse", true),
-        ("underscore first", "_private", true),
-        ("digits after the first", "gh_test_0123", true),
-        ("63 bytes", long.as_str(), true),
-        ("empty", "", false),
-        ("digit first", "9lives", false),
-        ("upper case", "Gatehouse", false),
-        ("space", "gate house", false),
-        ("quote", "a\"b", false),
-        ("non-ascii", "gätehouse", false),
-    ];
-    for (name, schema, ok) in cases {
-        assert_eq!(
-            super::postgres::checked_schema(schema).is_ok(),
-            ok,
-            "case {name}"
-        );
-    }
-}
-
-#[test]
-fn channel_names() {
-    let long = "s".repeat(63);
-    let cases = [
-        ("no schema", None, "gatehouse_changes".to_owned()),
-        (
-            "schema",
-            Some("tenant_a"),
-            "gatehouse_changes_tenant_a".to_owned(),
-        ),
-        (
-            "cut to 63 bytes",
-            Some(long.as_str()),
-            format!("gatehouse_changes_{}", &long[..45]),
-        ),
-    ];
-    for (name, schema, want) in cases {
-        assert_eq!(super::postgres::channel_name(schema), want, "case {name}");
-    }
-}
-
-#[tokio::test]
-async fn postgres_tables_and_migrations_live_in_the_schema() {
-    run(Harness::postgres().await, |h| {
-        Box::pin(async move {
-            let Backend::Postgres { schema } = &h.backend else {
-                unreachable!()
-            };
-            let mut conn = h.postgres_connection(None).await;
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT table_name::text FROM information_schema.tables \
-                 WHERE table_schema = $1 ORDER BY table_name",
-            )
-            .bind(schema)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-            assert_eq!(
-                tables,
-                [
-                    "_sqlx_migrations",
-                    "api_keys",
-                    "audit",
-                    "consumers",
-                    "quota_usage",
-                    "store_meta"
-                ]
-            );
-            conn.close().await.unwrap();
-
-            // Reopening applies nothing new.
-            let again = h.reopen().await;
-            assert_eq!(again.revision().await.unwrap(), 0);
-        })
-    })
-    .await;
-}
-
-// ------------------------------------------------------------ quota usage
-
-fn quota_batch(rows: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
-    rows.iter()
-        .map(|(key, period, delta)| ((*key).to_owned(), (*period).to_owned(), *delta))
-        .collect()
-}
-
-async fn quota_usage_adds_up_without_bumping_the_revision(store: &dyn KeyStore) {
-    let revision = store.revision().await.unwrap();
-    store.add_quota_usage(&[]).await.unwrap();
-    store
-        .add_quota_usage(&quota_batch(&[
-            ("q:c_a", "2026-12", 3),
-            ("q:c_a", "2026-11", 5),
-            ("q:c_b", "2026-12", 1),
-            ("q:c_a", "2026-12-02", 7),
-        ]))
-        .await
-        .unwrap();
-    // Existing rows grow; the same key and period twice in one batch adds both.
-    store
-        .add_quota_usage(&quota_batch(&[
-            ("q:c_a", "2026-12", 2),
-            ("q:c_a", "2026-12", 4),
-            ("q:c_b", "2026-12", 0),
-        ]))
-        .await
-        .unwrap();
-
-    let cases = [
-        ("added over two batches", "q:c_a", "2026-12", 9),
-        ("another period", "q:c_a", "2026-11", 5),
-        ("a day period", "q:c_a", "2026-12-02", 7),
-        ("another key, zero delta", "q:c_b", "2026-12", 1),
-        ("never recorded period", "q:c_b", "2026-11", 0),
-        ("never recorded key", "q:nobody", "2026-12", 0),
-    ];
-    for (name, key, period, want) in cases {
-        assert_eq!(
-            store.quota_usage(key, period).await.unwrap(),
-            want,
-            "case {name}"
-        );
-    }
-    assert_eq!(
-        store.revision().await.unwrap(),
-        revision,
-        "usage is not a change"
-    );
-}
-
-async fn a_failing_quota_batch_writes_nothing(store: &dyn KeyStore) {
-    let full = u64::try_from(i64::MAX).unwrap();
-    store
-        .add_quota_usage(&quota_batch(&[("q:full", "2026-12", full)]))
-        .await
-        .unwrap();
-    // The second row overflows BIGINT: the whole batch fails, the first row
-    // included.
-    let err = store
-        .add_quota_usage(&quota_batch(&[
-            ("q:c_a", "2026-12", 1),
-            ("q:full", "2026-12", 1),
-        ]))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
-    assert_eq!(store.quota_usage("q:c_a", "2026-12").await.unwrap(), 0);
-    assert_eq!(store.quota_usage("q:full", "2026-12").await.unwrap(), full);
 }
