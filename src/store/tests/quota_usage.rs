@@ -1,6 +1,5 @@
 //! Quota usage cases, run on both backends.
 
-
 use crate::store::{KeyStore, StoreError};
 
 pub(super) fn quota_batch(rows: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
