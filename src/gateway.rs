@@ -1,7 +1,7 @@
 //! The per-request pipeline (Tier B in DESIGN.md), top to bottom.
 //!
 //! [`Gateway::handle`] loads one config snapshot, then runs the steps in
-//! order as plain functions over a [`RequestCtx`]: normalise and strictly
+//! order as plain functions over a `RequestCtx`: normalise and strictly
 //! parse, route, check limits, authenticate (the per-client failure gate
 //! first, so bad keys cannot burn argon2), authorise, rate-limit, rewrite,
 //! forward, finish. Before any of it, a request beyond the global in-flight

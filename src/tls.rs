@@ -383,7 +383,7 @@ impl DevCa {
         Ok(DevCa { cert, key })
     }
 
-    /// Loads a CA written earlier by [`DevCa::write`].
+    /// Loads a CA saved earlier from [`DevCa::pem`].
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<DevCa, TlsError> {
         let key = rcgen::KeyPair::from_pem(key_pem)?;
         let params = rcgen::CertificateParams::from_ca_cert_pem(cert_pem)?;

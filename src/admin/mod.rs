@@ -9,7 +9,7 @@
 //! target) with who, what, when and the outcome — never a secret. It never
 //! serves proxied traffic.
 //!
-//! Also here (see [`status`]): `/metrics` (Prometheus; open by default,
+//! Also here (see `status`): `/metrics` (Prometheus; open by default,
 //! token with `[admin] metrics_require_token`) and the status page at `/`
 //! (with `/status.json`), behind the admin token like `/v1/`; a browser
 //! sends it as the password of HTTP Basic auth.

@@ -3,7 +3,7 @@
 //!
 //! This module owns reading the document ([`load`]: YAML or JSON, `$ref`s
 //! inlined, remote refs refused), turning operations into route specs and
-//! their checks ([`routes`]), the parameter checks ([`params`]), the 3.0 to
+//! their checks (`routes`), the parameter checks ([`params`]), the 3.0 to
 //! JSON Schema rewrite ([`schema`]) and the dry-run response checks
 //! ([`responses`]). It does not compile routes: the generated
 //! [`RouteSpec`](crate::config::RouteSpec)s go through the same

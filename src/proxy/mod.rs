@@ -6,8 +6,8 @@
 //! grouped in named sets, and its runtime state (health, ejections, breaker,
 //! retry budget, drain flags) taken from the [`UpstreamRegistry`] so that a
 //! reload keeps it. The request path never blocks and holds no lock: targets
-//! are read from an `ArcSwap` and picked with atomics ([`balance`]); the
-//! attempt loop (retries, breaker, outlier detection) is [`forward`].
+//! are read from an `ArcSwap` and picked with atomics (`balance`); the
+//! attempt loop (retries, breaker, outlier detection) is `forward`.
 //! Upstream error text is logged, never sent to the client.
 
 mod balance;

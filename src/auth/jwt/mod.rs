@@ -1,9 +1,9 @@
 //! JWT bearer tokens: trusted issuers, verification, and dev-token minting.
 //!
-//! This module owns turning a [`JwtIssuerSpec`] into an [`Issuer`] (reading
+//! This module owns turning a [`JwtIssuerSpec`](crate::config::JwtIssuerSpec) into an [`Issuer`] (reading
 //! its PEM keys, resolving its HMAC secret from an environment value handed
 //! in by the caller, cross-checking algorithms against key types), verifying
-//! a compact JWS token into a [`Principal`] ([`JwtVerifier::verify`]), and
+//! a compact JWS token into a [`Principal`](super::Principal) ([`JwtVerifier::verify`]), and
 //! minting dev tokens for `gatehouse token` ([`mint`], [`ensure_dev_keys`]).
 //! It does not extract the token from the request, answer the client or
 //! strip client-sent copies of the derived identity headers: the pipeline
@@ -21,17 +21,17 @@
 //!   checks are all off (`validate_exp`/`validate_nbf`/`validate_aud` false,
 //!   no required spec claims) because its defaults are unsafe (60 s leeway,
 //!   no `nbf`, no `iat`, wrong-typed `aud`/`iss`/`sub` accepted). Every claim
-//!   is checked here against the injected [`Clock`]: `exp` required and
+//!   is checked here against the injected [`Clock`](super::Clock): `exp` required and
 //!   numeric, `nbf`/`iat` numeric when present, `iss`/`aud` equal when
 //!   configured, `sub` a non-empty string, explicit leeway.
 //! - HMAC secrets must be at least 32 bytes; they never appear in errors or
 //!   `Debug` output, and neither do tokens or claim values.
 //! - Only configured claims leave as derived headers, never raw claims.
 //!
-//! Files: [`errors`] (what can go wrong, and how it is told), [`issuer`]
-//! (a spec turned into keys and checks), [`verify`] (the verifier and its
-//! token cache), [`claims`] (our claim checks on top of jsonwebtoken's
-//! signature check), [`mint`] (dev tokens and keys), [`b64url`].
+//! Files: `errors` (what can go wrong, and how it is told), `issuer`
+//! (a spec turned into keys and checks), `verify` (the verifier and its
+//! token cache), `claims` (our claim checks on top of jsonwebtoken's
+//! signature check), `mint` (dev tokens and keys), `b64url`.
 
 mod b64url;
 mod claims;

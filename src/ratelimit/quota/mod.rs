@@ -7,7 +7,7 @@
 //! the [`QuotaCounter`] trait with two implementations:
 //!
 //! - [`StoreQuotas`] (the default, one node): counts in memory and writes the
-//!   counts to the key store ([`KeyStore::add_quota_usage`]) in one batch per
+//!   counts to the key store ([`KeyStore::add_quota_usage`](crate::store::KeyStore::add_quota_usage)) in one batch per
 //!   flush interval, so a restart resumes from the last flush. The store is
 //!   read once per key and period (the first request that needs it, bounded
 //!   by a timeout), never per request. Several nodes on one Postgres store
