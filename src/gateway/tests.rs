@@ -1,5 +1,7 @@
 //! Tests of the pipeline helpers: Host checks and request ids.
 
+use http::Version;
+
 use super::*;
 
 fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
