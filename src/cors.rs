@@ -4,12 +4,31 @@
 //! CORS is a browser contract, not access control: a request from an origin
 //! that is not allowed is still handled (the browser hides the answer), but
 //! a preflight for it is refused with 403 and never forwarded.
+//!
+//! On a route with a CORS policy that policy is the only one: the backend's
+//! own `Access-Control-*` response headers are removed from every response,
+//! so a backend that echoes any origin (with credentials) cannot widen it.
+//!
+//! Ours rather than tower-http's `CorsLayer`: that layer answers every
+//! preflight itself and never refuses a disallowed one, and it leaves the
+//! backend's headers in place.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::body::{GwBody, empty};
 use crate::error::GatewayError;
+
+/// The response headers that carry a CORS decision: on a route with a
+/// policy, only the gateway sets them.
+const UPSTREAM_CORS_HEADERS: [HeaderName; 6] = [
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::ACCESS_CONTROL_ALLOW_METHODS,
+    header::ACCESS_CONTROL_ALLOW_HEADERS,
+    header::ACCESS_CONTROL_MAX_AGE,
+];
 
 /// A route's compiled CORS policy.
 #[derive(Debug, Clone)]
@@ -153,8 +172,20 @@ impl Cors {
         Ok(resp)
     }
 
+    /// Applies the policy to a real response: the backend's CORS headers
+    /// are removed, then, when the request named an `origin`, the answer
+    /// varies on it and an allowed origin gets our headers.
+    pub fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        for name in UPSTREAM_CORS_HEADERS {
+            headers.remove(name);
+        }
+        if let Some(origin) = origin {
+            self.decorate(origin, headers);
+        }
+    }
+
     /// Adds the CORS headers to a real response for an allowed origin.
-    pub fn decorate(&self, origin: &HeaderValue, headers: &mut HeaderMap) {
+    fn decorate(&self, origin: &HeaderValue, headers: &mut HeaderMap) {
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
         if !self.allows_origin(origin) {
             return;
@@ -268,6 +299,39 @@ mod tests {
         c.decorate(&HeaderValue::from_static("https://evil.test"), &mut h);
         assert!(h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         assert_eq!(h[header::VARY], "Origin");
+    }
+
+    #[test]
+    fn the_backends_cors_headers_never_survive() {
+        let backend = |h: &mut HeaderMap| {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("https://evil.test"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("DELETE"),
+            );
+        };
+        let c = cors(&["https://app.test"], false);
+        for origin in [None, Some("https://evil.test"), Some("https://app.test")] {
+            let mut h = HeaderMap::new();
+            backend(&mut h);
+            c.apply(origin.map(HeaderValue::from_static).as_ref(), &mut h);
+            let allowed = origin == Some("https://app.test");
+            assert_eq!(
+                h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                    .map(|v| v.to_str().unwrap_or_default()),
+                allowed.then_some("https://app.test"),
+                "{origin:?}"
+            );
+            assert!(h.get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+            assert!(h.get(header::ACCESS_CONTROL_ALLOW_METHODS).is_none());
+        }
     }
 
     #[test]

@@ -246,10 +246,8 @@ impl Gateway {
         for (name, value) in ctx.rate_headers.drain(..) {
             response.headers_mut().insert(name, value);
         }
-        if let (Some(route), Some(origin)) = (&ctx.route, &origin)
-            && let Some(cors) = &route.cors
-        {
-            cors.decorate(origin, response.headers_mut());
+        if let Some(cors) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
+            cors.apply(origin.as_ref(), response.headers_mut());
         }
         if let Some(hsts) = &conn.hsts {
             response

@@ -271,6 +271,85 @@ async fn cors_preflights_are_answered_at_the_gateway() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
+/// A backend that answers CORS itself, wrongly: it echoes any origin and
+/// allows credentials. On a route with a CORS policy only the gateway's
+/// policy reaches the browser.
+#[tokio::test]
+async fn a_backends_own_cors_headers_never_widen_the_routes_policy() {
+    let backend = Backend::start(|req: http::Request<hyper::body::Incoming>| async move {
+        let origin = req
+            .headers()
+            .get("origin")
+            .cloned()
+            .unwrap_or_else(|| http::HeaderValue::from_static("*"));
+        let mut resp = http::Response::new(full("hi"));
+        let h = resp.headers_mut();
+        h.insert("access-control-allow-origin", origin);
+        h.insert(
+            "access-control-allow-credentials",
+            http::HeaderValue::from_static("true"),
+        );
+        h.insert(
+            "access-control-expose-headers",
+            http::HeaderValue::from_static("x-secret"),
+        );
+        resp
+    })
+    .await;
+    let gw = GatewayBuilder::new()
+        .policy(
+            "a.toml",
+            &format!(
+                "[[upstream]]\nname = \"b\"\ntargets = [\"{}\"]\n\
+                 [[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"b\"\n\
+                 cors = {{ allow_origins = [\"https://app.test\"], expose_headers = [\"x-request-id\"] }}\n\
+                 [[route]]\nname = \"plain\"\nprefix = \"/plain\"\nupstream = \"b\"\n",
+                backend.url()
+            ),
+        )
+        .start()
+        .await;
+    let c = client();
+    let get = |path: &str, origin: Option<&'static str>| {
+        let mut r = c.get(gw.url(path));
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    let r = get("/api/x", Some("https://evil.test")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert!(
+        r.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    assert!(r.headers().get("access-control-expose-headers").is_none());
+
+    let r = get("/api/x", Some("https://app.test")).await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.test"
+    );
+    assert!(
+        r.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    assert_eq!(r.headers()["access-control-expose-headers"], "x-request-id");
+
+    let r = get("/api/x", None).await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    // A route without a CORS policy leaves CORS to its backend.
+    let r = get("/plain/x", Some("https://evil.test")).await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://evil.test"
+    );
+}
+
 #[tokio::test]
 async fn a_stalled_upload_gets_408() {
     let (backend, _hits) = Backend::counting().await;
