@@ -7,6 +7,10 @@
 //! the answer on its way back: it counts bytes, enforces the whole-request
 //! deadline, and hands the finished [`AccessRecord`] to the log when the last
 //! byte is sent or the client goes away. Nothing here buffers a body.
+//!
+//! The size cap is ours rather than `http_body_util::Limited`: it shares one
+//! pass with the pace timers and the trailer drop, and sets the flags that let
+//! a 413 or 408 survive hyper's wrapping of body errors.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -4,6 +4,10 @@
 //! Directories are watched (editors and deploy tools replace files by
 //! renaming), events are filtered to the files that matter and debounced, and
 //! the watch list is refreshed after every successful reload.
+//!
+//! On `notify` directly, without a debouncer crate: any relevant path reloads
+//! the whole configuration, so a debouncer's rename stitching buys nothing
+//! over our 200 ms drain.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

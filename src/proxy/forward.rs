@@ -2,6 +2,11 @@
 //! request deadline header, retries with backoff under a budget, and the
 //! outcome fed to outlier detection and the breaker.
 //!
+//! Retries are ours rather than `tower::retry`: each one picks another target
+//! and passes the breaker, outlier detection and the request's deadline, which
+//! a retry `Policy` cannot see; the budget is lock-free, where tower's
+//! `TpsBudget` takes a lock per request.
+//!
 //! A request is retried only when the route allows its method (idempotent
 //! methods, or `retry_non_idempotent`), its body was buffered (under the
 //! upstream's `retry.buffer_limit`; a streamed body is never resent), the

@@ -25,6 +25,12 @@
 //! The OTLP messages are declared here with `prost` (the few fields we
 //! send, with the tags of `opentelemetry/proto/trace/v1/trace.proto`); the
 //! tests decode what arrives with the `opentelemetry-proto` crate.
+//!
+//! Hand-written rather than on `opentelemetry-otlp`: the SDK reads `OTEL_*`
+//! from the process environment itself (we hand settings in), and its batch
+//! exporter runs on a thread of its own with its own HTTP client; ours is one
+//! tokio task on our pooled hyper client, and an unsampled request records
+//! nothing and reads no clock.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,10 @@
-//! Claim checks on top of jsonwebtoken's signature check. Ours, not the
-//! library's: its defaults are unsafe (60 s leeway, no `nbf`/`iat` type
-//! checks, wrong-typed `aud`/`iss`/`sub` accepted); see the security rules in the `jwt` module doc.
+//! Claim checks on top of jsonwebtoken's signature check.
+//!
+//! Ours, not jsonwebtoken's `Validation`: even configured, it never checks
+//! `iat`, accepts an array `iss` and wrong-typed optional claims, rounds
+//! `exp`, and reads the system clock instead of our [`Clock`](crate::auth::Clock)
+//! (which the verified-token cache relies on too). See the security rules in
+//! the `jwt` module doc.
 
 use std::sync::Arc;
 

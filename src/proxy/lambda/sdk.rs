@@ -21,7 +21,7 @@ use crate::config::Environment;
 
 use super::*;
 
-/// Full jitter over 50 ms · 2^attempt, capped at 1 s.
+/// "Equal jitter": between half and all of 50 ms · 2^attempt, capped at 1 s.
 pub(super) fn backoff(attempt: u32) -> Duration {
     let cap = 50u64.saturating_mul(1 << attempt.min(5)).min(1000);
     Duration::from_millis(rand::random_range(cap / 2..=cap))
