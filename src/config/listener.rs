@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub(super) use units::{ByteSize, Dur};
-
 use super::*;
 
 /// One public listener.

@@ -8,10 +8,6 @@ use serde::Deserialize;
 use toml::Spanned;
 use validator::Validate;
 
-pub(super) use openapi::OpenApiSpec;
-pub(super) use units::Dur;
-pub(super) use upstream::*;
-
 use super::*;
 
 /// One policy file: upstreams and routes.

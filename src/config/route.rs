@@ -8,8 +8,6 @@ use serde::Deserialize;
 use toml::Spanned;
 use validator::Validate;
 
-pub(super) use units::{ByteSize, Dur};
-
 use super::*;
 
 /// A route: which requests it matches and what happens to them.

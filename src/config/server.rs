@@ -8,8 +8,6 @@ use serde::Deserialize;
 use toml::Spanned;
 use validator::Validate;
 
-pub(super) use units::{ByteSize, Dur};
-
 use super::*;
 
 /// The admin listener.

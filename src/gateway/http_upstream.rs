@@ -9,7 +9,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::RequestBody;
-pub(super) use crate::conn::ConnInfo;
 use crate::error::GatewayError;
 use crate::proxy::{self, ForwardError};
 use crate::route::Route;

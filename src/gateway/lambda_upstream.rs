@@ -8,7 +8,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{RequestBody, empty, full};
-pub(super) use crate::conn::ConnInfo;
 use crate::error::GatewayError;
 use crate::proxy::{self};
 use crate::route::Route;

@@ -4,7 +4,6 @@
 use http::header::{self};
 
 use crate::auth::policy::{self};
-pub(super) use crate::conn::ConnInfo;
 use crate::proxy::{self, ForwardedFor};
 use crate::route::Route;
 use crate::telemetry::trace::{Kind as SpanKind, Value as TraceValue};

@@ -1,9 +1,6 @@
 //! What an upstream does at run time: targets replaced by discovery, the
 //! pick (balancing, hashing, sets), shifts and drains, status, sending.
 
-pub(super) use balance::{Member, Members};
-pub(super) use forward::Plan;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 

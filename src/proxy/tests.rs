@@ -2,8 +2,6 @@
 
 use super::*;
 
-pub(super) use state::UpstreamRegistry;
-
 use std::path::Path;
 use std::sync::Arc;
 
