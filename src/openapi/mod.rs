@@ -34,7 +34,7 @@ pub mod schema;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::{HeaderMap, header};
+use http::HeaderMap;
 
 use crate::config::{OpenApiSpec, Problem, SourceFile};
 use crate::error::GatewayError;
@@ -113,17 +113,7 @@ pub struct OperationRules {
 }
 
 fn media_of(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
+    crate::validate::media_type(headers).unwrap_or_default()
 }
 
 impl OperationRules {

@@ -150,16 +150,7 @@ impl ResponseRules {
             return Err(Mismatch::Status);
         };
         // No Content-Type: nothing to compare.
-        let given = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
+        let given = crate::validate::media_type(headers);
         let Some(given) = given else { return Ok(None) };
         if media.is_empty() {
             return Ok(None);

@@ -66,6 +66,22 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// The media type of `Content-Type`, lower case, without parameters
+/// (`application/json; charset=utf-8` → `application/json`); `None` when
+/// there is none or it is not text.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
 /// The declared body length, if any (already checked by [`check_framing`]).
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers

@@ -138,17 +138,7 @@ impl RequestRules {
         }
         if (!self.content_types.is_empty() || self.schema.is_some()) && has_body(headers, streaming)
         {
-            let media = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
+            let media = super::media_type(headers).unwrap_or_default();
             let allowed = if self.content_types.is_empty() {
                 // A schema implies JSON.
                 media == "application/json" || media.ends_with("+json")
