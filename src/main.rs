@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use gatehouse::config::Environment;
+use gatehouse::telemetry::access_log::{self, AccessLog};
 use gatehouse::tls;
 
 // glibc malloc showed up at ~15% of the proxy's CPU under load; mimalloc's
@@ -107,11 +108,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { config, no_watch } => {
             let _log_guard = init_logging(&cli.log_level, cli.log_format)?;
+            // JSON access lines skip the subscriber: their own writer thread
+            // (see gatehouse::telemetry::access_log). Dropped last, after
+            // the runtime, so that every line is written.
+            let access = match cli.log_format {
+                LogFormat::Json => Some(
+                    AccessLog::start(std::io::stdout(), access_log::DEFAULT_CAPACITY)
+                        .context("cannot start the access log writer")?,
+                ),
+                LogFormat::Text => None,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(serve(config, !no_watch))
+            let log = access.as_ref().map(|(log, _)| log.clone());
+            let code = runtime.block_on(serve(config, !no_watch, log));
+            drop(runtime);
+            drop(access);
+            code
         }
     }
 }

@@ -63,7 +63,11 @@ pub(crate) fn check(config: &std::path::Path) -> ExitCode {
     }
 }
 
-pub(crate) async fn serve(config: PathBuf, watch: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn serve(
+    config: PathBuf,
+    watch: bool,
+    access_log: Option<gatehouse::telemetry::access_log::AccessLog>,
+) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
@@ -72,6 +76,7 @@ pub(crate) async fn serve(config: PathBuf, watch: bool) -> anyhow::Result<ExitCo
         config_path: config,
         watch,
         env: environment(),
+        access_log,
     })
     .await
     {

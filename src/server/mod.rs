@@ -38,6 +38,7 @@ use crate::conn::Drain;
 use crate::proxy::UpstreamRegistry;
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::store::{KeyStore, StoreError};
+use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::CertInfo;
 
@@ -87,6 +88,9 @@ pub struct StartOptions {
     pub watch: bool,
     /// Environment values the config may name (HMAC secrets).
     pub env: Environment,
+    /// The access log's writer (JSON logs); `None`: access lines are
+    /// `tracing` events.
+    pub access_log: Option<AccessLog>,
 }
 
 /// A listener's TLS config, swapped on reload.

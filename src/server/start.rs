@@ -51,7 +51,17 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         }
         None => (None, None),
     };
-    let telemetry = Arc::new(Telemetry::new(metrics.clone(), tracer));
+    if let Some(log) = &opts.access_log {
+        metrics.describe_counter(
+            "gatehouse_access_log_dropped_total",
+            "Access lines dropped because the log writer was behind or its output failed.",
+        );
+        log.count_drops_in(metrics.counter("gatehouse_access_log_dropped_total", &[]));
+    }
+    let telemetry = Arc::new(Telemetry {
+        access_log: opts.access_log.clone(),
+        ..Telemetry::new(metrics.clone(), tracer)
+    });
     let built = {
         let (env, jwks, clock, metrics, upstreams) = (
             opts.env.clone(),

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Telemetry;
+use super::access_log::JsonLine;
 use super::history::Sample;
 use super::metrics::Gauge;
 use super::requests::{Finished, RouteMetrics};
@@ -188,6 +189,75 @@ impl AccessRecord {
             refused: self.refused,
             latency_us: duration_us,
         });
+        self.log(&Logged {
+            duration_us,
+            bytes_in,
+            bytes_out,
+            complete,
+        });
+    }
+}
+
+/// The figures of a finished request that only the end knows.
+#[derive(Debug, Clone, Copy)]
+struct Logged {
+    duration_us: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    complete: bool,
+}
+
+impl AccessRecord {
+    /// Writes the access line: through the [`AccessLog`](super::access_log::AccessLog) writer when one is
+    /// installed (`gatehouse serve` with JSON logs), else as a `tracing`
+    /// event (text logs, tests). Either way only when the log filter
+    /// enables `gatehouse::access` at `info`.
+    fn log(&self, l: &Logged) {
+        match &self.telemetry.access_log {
+            Some(log) => {
+                if tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO) {
+                    log.write_with(|line| self.json_line(line, l));
+                }
+            }
+            None => self.tracing_event(l),
+        }
+    }
+
+    /// The access line as JSON, with the keys tracing-subscriber's
+    /// flattened JSON format gives the same event.
+    fn json_line(&self, line: &mut JsonLine<'_>, l: &Logged) {
+        line.display(
+            "timestamp",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()),
+        );
+        line.str("level", "INFO");
+        line.str("message", "access");
+        line.str("request_id", &self.request_id);
+        line.str("method", self.method.as_str());
+        line.str("path", &self.path);
+        line.str("route", self.route.as_deref().unwrap_or("-"));
+        line.str("upstream", self.upstream.as_deref().unwrap_or("-"));
+        line.str("target_addr", self.target.as_deref().unwrap_or("-"));
+        line.uint("status", u64::from(self.status));
+        line.str("error", self.error.unwrap_or("-"));
+        line.str("reason", self.reason.as_deref().unwrap_or("-"));
+        line.str("consumer", self.consumer.as_deref().unwrap_or("-"));
+        line.str("auth", self.auth.unwrap_or("-"));
+        line.uint("duration_us", l.duration_us);
+        line.uint("bytes_in", l.bytes_in);
+        line.uint("bytes_out", l.bytes_out);
+        line.bool("complete", l.complete);
+        line.display("client", self.client);
+        line.display("peer", self.peer);
+        line.str("listener", &self.listener);
+        line.str("tls", self.tls_version.unwrap_or("-"));
+        line.str("http", version_text(self.http_version));
+        line.str("trace_id", self.trace_id.as_deref().unwrap_or("-"));
+        line.str("target", "gatehouse::access");
+        line.end();
+    }
+
+    fn tracing_event(&self, l: &Logged) {
         tracing::info!(
             target: "gatehouse::access",
             request_id = %self.request_id,
@@ -201,18 +271,29 @@ impl AccessRecord {
             reason = self.reason.as_deref().unwrap_or("-"),
             consumer = self.consumer.as_deref().unwrap_or("-"),
             auth = self.auth.unwrap_or("-"),
-            duration_us,
-            bytes_in,
-            bytes_out,
-            complete,
+            duration_us = l.duration_us,
+            bytes_in = l.bytes_in,
+            bytes_out = l.bytes_out,
+            complete = l.complete,
             client = %self.client,
             peer = %self.peer,
             listener = %self.listener,
             tls = self.tls_version.unwrap_or("-"),
-            http = ?self.http_version,
+            http = version_text(self.http_version),
             trace_id = self.trace_id.as_deref().unwrap_or("-"),
             "access"
         );
+    }
+}
+
+/// `HTTP/1.1` and so on, as `Debug` prints them.
+fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 

@@ -1,6 +1,7 @@
 //! Telemetry: the access log, Prometheus metrics, traces.
 //!
-//! - [`access`]: one structured log line per request.
+//! - [`access`]: one structured log line per request; [`access_log`]: the
+//!   writer thread those lines go through.
 //! - [`metrics`]: the [`Metrics`] registry every component records into
 //!   (built per running gateway, never global), rendered at `/metrics`.
 //! - [`requests`]: the meters the request path adds to.
@@ -11,6 +12,7 @@
 //! The tracing subscriber itself is installed by `main`.
 
 pub mod access;
+pub mod access_log;
 pub mod history;
 pub mod metrics;
 pub mod process;
@@ -37,6 +39,9 @@ pub struct Telemetry {
     pub config: process::ConfigMeters,
     /// Spans, when tracing is on.
     pub tracer: Option<trace::Tracer>,
+    /// The access log's writer; without one, access lines are `tracing`
+    /// events.
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 impl Telemetry {
@@ -47,6 +52,7 @@ impl Telemetry {
         Telemetry {
             config: process::ConfigMeters::new(&metrics),
             tracer,
+            access_log: None,
             meters: requests::GatewayMeters::new(&metrics),
             unrouted: Arc::new(requests::RouteMetrics::unrouted(&metrics)),
             history: history::History::default(),

@@ -170,6 +170,7 @@ async fn start_with_admin(builder: GatewayBuilder, token_hash: &str) -> TestGate
         config_path,
         watch: false,
         env: gatehouse::config::Environment::default(),
+        access_log: None,
     })
     .await
     .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));

@@ -263,6 +263,22 @@ async fn access_log_has_the_fields_and_never_the_secrets() {
         "{line}"
     );
     assert_eq!(line["client"], "127.0.0.1", "{line}");
+    for (field, want) in [
+        ("level", "INFO"),
+        ("message", "access"),
+        ("target", "gatehouse::access"),
+        ("http", "HTTP/1.1"),
+        ("error", "-"),
+        ("auth", "-"),
+    ] {
+        assert_eq!(line[field], want, "field {field} in {line}");
+    }
+    assert_eq!(line["complete"], true, "{line}");
+    let stamp = line["timestamp"].as_str().unwrap_or_default();
+    assert!(
+        humantime::parse_rfc3339(stamp).is_ok() && stamp.ends_with('Z'),
+        "{line}"
+    );
     assert!(
         line["peer"]
             .as_str()
@@ -277,6 +293,43 @@ async fn access_log_has_the_fields_and_never_the_secrets() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_log_filter_can_turn_the_access_log_off() {
+    let backend = Backend::echo().await;
+    let b = GatewayBuilder::new().policy(
+        "a.toml",
+        &format!("{}{}", upstream(&backend.url()), route("all", "/")),
+    );
+    let config = b.write();
+    let mut proc = Proc::spawn(&[
+        "serve",
+        "--no-watch",
+        "--log-level",
+        "info,gatehouse::access=off",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let listening = proc.wait_for("listening").await;
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let r = client()
+        .get(format!("http://{addr}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    proc.signal("-TERM");
+    let (status, lines) = proc.finish().await;
+    assert!(status.success(), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("SIGTERM")),
+        "info lines still written: {lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("gatehouse::access")),
+        "access line written: {lines:?}"
+    );
 }
 
 #[tokio::test]

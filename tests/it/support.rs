@@ -276,6 +276,7 @@ impl GatewayBuilder {
             config_path,
             watch,
             env: gatehouse::config::Environment::new(self.env),
+            access_log: None,
         })
         .await
         .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
@@ -679,6 +680,7 @@ pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
         config_path: dir.path().join("gatehouse.toml"),
         watch: false,
         env: gatehouse::config::Environment::default(),
+        access_log: None,
     })
     .await
     .unwrap_or_else(|e| panic!("gateway failed to restart: {e}"));
