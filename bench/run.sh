@@ -17,6 +17,17 @@
 #   BENCH_TELEMETRY_COMPARE 1: two extra gatehouse plain runs, one with
 #                      metrics off (GATEHOUSE_METRICS=off) and one with
 #                      metrics and OTLP traces, 10% sampled  (default 1)
+#   BENCH_FULL         1: the full-pipeline row (TLS, API key, JWT, a rate
+#                      limit, access log at info)           (default 1)
+#   BENCH_MANY         connections of the many-connections rows (nginx and
+#                      gatehouse under wrk) and of the idle-connections RSS
+#                      figure; 0 skips them                 (default 1000)
+#   BENCH_BEFORE       path of another gatehouse binary (say, a build of the
+#                      previous commit): its plain, HTTPS, log-info and full
+#                      rows are measured in the same run, labelled "(before)"
+#   BENCH_PERF         1: after the rounds, profile gatehouse's plain and
+#                      full-pipeline rows with perf (when installed) and
+#                      list the top functions                 (default 1)
 #   BENCH_QUIET_WAIT   seconds, in all, to wait for an idle machine before
 #                      measuring (default 60; 0 skips the check)
 #   BENCH_OUTPUT       report file            (default BENCHMARKS.md at the repo root)
@@ -38,6 +49,10 @@ ROUNDS="${BENCH_ROUNDS:-2}"
 LOG_COMPARE="${BENCH_LOG_COMPARE:-1}"
 TELEMETRY_COMPARE="${BENCH_TELEMETRY_COMPARE:-1}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-60}"
+FULL="${BENCH_FULL:-1}"
+MANY="${BENCH_MANY:-1000}"
+BEFORE="${BENCH_BEFORE:-}"
+PERF="${BENCH_PERF:-1}"
 OUTPUT="${BENCH_OUTPUT:-$ROOT/BENCHMARKS.md}"
 KEEP="${BENCH_KEEP:-0}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -49,7 +64,7 @@ die() {
     exit 1
 }
 
-for v in DURATION CONNS THREADS WARMUP ROUNDS QUIET_WAIT; do
+for v in DURATION CONNS THREADS WARMUP ROUNDS QUIET_WAIT MANY; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 ((DURATION > 0 && CONNS > 0 && THREADS > 0 && ROUNDS > 0)) || die "duration, connections, threads and rounds must be positive"
@@ -60,6 +75,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if ((${#missing[@]})); then
     log "installing ${missing[*]} with apt-get"
     apt-get update -qq
@@ -75,6 +91,9 @@ GATEHOUSE="$TARGET_DIR/release/gatehouse"
 BACKEND="$TARGET_DIR/release/examples/bench_backend"
 [[ -x $GATEHOUSE ]] || die "no binary at $GATEHOUSE"
 [[ -x $BACKEND ]] || die "no binary at $BACKEND"
+[[ -z $BEFORE || -x $BEFORE ]] || die "BENCH_BEFORE: no binary at $BEFORE"
+# The binary the next gatehouse start runs (BEFORE for the "(before)" rows).
+GH_BIN="$GATEHOUSE"
 
 # ------------------------------------------------- process bookkeeping
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")"
@@ -251,6 +270,17 @@ addr = "$LOOPBACK:$ADMIN_PORT"
 shutdown_grace = "1s"
 # Every load connection comes from one loopback address.
 max_connections_per_ip = 4096
+
+# The full-pipeline row: API keys from this store, tokens from this issuer.
+[store]
+url = "$WORK/gh/gatehouse.db"
+
+[[jwt_issuer]]
+name = "bench"
+issuer = "https://bench.gatehouse.local"
+audiences = ["bench"]
+algorithms = ["HS256"]
+hmac_secret_env = "BENCH_JWT_SECRET"
 EOF
 cat >"$WORK/gh/policies/bench.toml" <<EOF
 [[upstream]]
@@ -281,7 +311,43 @@ failure_threshold = 50
 name = "three"
 prefix = "/three"
 upstream = "three"
+
+# The full-pipeline row: an API-key route and a JWT route, each under a
+# per-consumer rate limit that never trips.
+[[route]]
+name = "full-key"
+prefix = "/full/key"
+upstream = "backend"
+auth = "api_key"
+
+[[route]]
+name = "full-jwt"
+prefix = "/full/jwt"
+upstream = "backend"
+auth = "jwt"
+jwt_issuers = ["bench"]
+
+[[rate_limit]]
+name = "full-per-consumer"
+rate = "1000000/s"
+burst = 1000000
+key = "consumer"
+routes = ["full-key", "full-jwt"]
 EOF
+
+# A consumer with an API key, and a token, for the full-pipeline row. wrk
+# reads them from its environment (bench/full_pipeline.lua); they are never
+# printed.
+BENCH_JWT_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export BENCH_JWT_SECRET
+"$GATEHOUSE" consumers --config "$WORK/gh/gatehouse.toml" create --name bench >"$WORK/consumer.log" 2>&1 ||
+    die "creating the bench consumer failed: $(cat "$WORK/consumer.log")"
+BENCH_API_KEY="$("$GATEHOUSE" keys --config "$WORK/gh/gatehouse.toml" --output json create --consumer bench 2>"$WORK/key.log" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')" ||
+    die "creating the bench API key failed: $(cat "$WORK/key.log")"
+BENCH_JWT="$("$GATEHOUSE" token --config "$WORK/gh/gatehouse.toml" --issuer bench --sub bench-jwt --ttl 24h 2>"$WORK/token.log")" ||
+    die "making the bench token failed: $(cat "$WORK/token.log")"
+export BENCH_API_KEY BENCH_JWT
 
 GH_PID=
 # Extra environment for the next gatehouse start (telemetry rows).
@@ -290,7 +356,7 @@ GH_ENV=()
 start_gatehouse() {
     local level=$1 name=$2
     log "gatehouse (--log-level $level${GH_ENV[*]:+, ${GH_ENV[*]}}) on $LOOPBACK:$GH_PORT, https $GH_TLS_PORT, admin $ADMIN_PORT"
-    env "${GH_ENV[@]}" "$GATEHOUSE" serve --config "$WORK/gh/gatehouse.toml" --no-watch --log-level "$level" \
+    env "${GH_ENV[@]}" "$GH_BIN" serve --config "$WORK/gh/gatehouse.toml" --no-watch --log-level "$level" \
         >"$WORK/$name.log" 2>&1 &
     GH_PID=$!
     PIDS+=("$GH_PID")
@@ -298,7 +364,6 @@ start_gatehouse() {
     wait_http "$name" "$GH_PID" "http://$LOOPBACK:$GH_PORT/"
     wait_http "$name" "$GH_PID" "https://$LOOPBACK:$GH_TLS_PORT/" -k
 }
-start_gatehouse warn gatehouse-warn-1
 
 # ------------------------------------------------------- 4. measurements
 CLK_TCK="$(getconf CLK_TCK)"
@@ -364,7 +429,7 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 2.01s -> milliseconds
     }'
 }
 
-declare -A LABEL RPS REQS P50 P99 NON2XX SOCKERR WRK_CPU PROXY_CPU BACKEND_CPU BUSY STEAL SOFTIRQ WALL OTHERS OTHER_CORES
+declare -A LABEL RPS REQS P50 P99 NON2XX SOCKERR WRK_CPU PROXY_CPU BACKEND_CPU BUSY STEAL SOFTIRQ WALL OTHERS OTHER_CORES RSS_MB CONNS_OF
 KEYS=()
 ROUND=1
 
@@ -398,11 +463,32 @@ top_others() {
         END { printf "%.2f %s", total / 100, names }' "$1"
 }
 
+# Resident memory (VmRSS) of the given PIDs, summed, in MB. nginx's master
+# and workers share pages, so its sum overstates it a little.
+rss_mb() {
+    local total=0 pid kb
+    for pid in "$@"; do
+        kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        total=$((total + ${kb:-0}))
+    done
+    awk -v k="$total" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+
+# Options of the next measure call, reset after it: WRK_SCRIPT (a wrk Lua
+# script) and MEASURE_CONNS (connections instead of CONNS).
+WRK_SCRIPT=""
+MEASURE_CONNS=""
+
 # measure KEY LABEL URL PROXY_KIND(none|nginx|gatehouse): one wrk run,
 # stored under KEY.ROUND.
 measure() {
     local base=$1 label=$2 url=$3 kind=$4
     local key="$base.$ROUND"
+    local conns=${MEASURE_CONNS:-$CONNS}
+    local -a extra=()
+    [[ -n $WRK_SCRIPT ]] && extra=(-s "$WRK_SCRIPT")
+    WRK_SCRIPT=""
+    MEASURE_CONNS=""
     local out="$WORK/wrk-$key.txt"
     local -a proxy_pids=()
     case $kind in
@@ -412,12 +498,14 @@ measure() {
     wait_quiet
     if ((WARMUP > 0)); then
         log "$label: warm-up ${WARMUP}s"
-        timeout $((WARMUP + 30)) "$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null 2>&1 || true
+        timeout $((WARMUP + 30)) "$WRK" -t"$THREADS" -c"$conns" -d"${WARMUP}s" "${extra[@]}" "$url" >/dev/null 2>&1 || true
     fi
     log "$label: measuring ${DURATION}s ($url)"
     local p0 b0 m0 m1 st0 st1 si0 si1 p1 b1 s0 s1 rc=0 top_pid
     # A top snapshot half-way through, to name any other work on the machine.
-    (sleep $((DURATION / 2)) && top -b -d 1 -n 2 -w 250 >"$WORK/top-$key.txt" 2>/dev/null) &
+    # And the proxy's resident memory at that point.
+    (sleep $((DURATION / 2)) && rss_mb "${proxy_pids[@]}" >"$WORK/rss-$key.txt" &&
+        top -b -d 1 -n 2 -w 250 >"$WORK/top-$key.txt" 2>/dev/null) &
     top_pid=$!
     PIDS+=("$top_pid")
     p0=$(proc_ticks "${proxy_pids[@]}")
@@ -425,7 +513,7 @@ measure() {
     read -r m0 _ st0 si0 < <(machine_ticks)
     s0=$(date +%s.%N)
     local TIMEFORMAT='%U %S'
-    { time timeout $((DURATION + 30)) "$WRK" -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out" 2>&1; } 2>"$WORK/time-$key.txt" || rc=$?
+    { time timeout $((DURATION + 30)) "$WRK" -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" "$url" >"$out" 2>&1; } 2>"$WORK/time-$key.txt" || rc=$?
     s1=$(date +%s.%N)
     read -r m1 _ st1 si1 < <(machine_ticks)
     b1=$(proc_ticks "${BACKEND_PIDS[@]}")
@@ -439,6 +527,9 @@ measure() {
 
     ((ROUND == 1)) && KEYS+=("$base")
     LABEL[$base]=$label
+    CONNS_OF[$key]=$conns
+    RSS_MB[$key]=$(cat "$WORK/rss-$key.txt" 2>/dev/null || echo n/a)
+    [[ $kind == none ]] && RSS_MB[$key]="—"
     RPS[$key]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     REQS[$key]=$(awk '/ requests in / { print $1 }' "$out")
     P50[$key]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
@@ -472,16 +563,49 @@ restart_gatehouse() { # LEVEL LOGNAME
     start_gatehouse "$1" "$2"
 }
 
-for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-    log "round $ROUND of $ROUNDS"
-    ((ROUND == 1)) || restart_gatehouse warn "gatehouse-warn-$ROUND"
-    measure direct "backend (direct)" "http://$LOOPBACK:$BACKEND_PORT/" none
-    measure nginx "nginx, HTTP" "http://$LOOPBACK:$NGINX_PORT/" nginx
-    measure gh "gatehouse, HTTP" "http://$LOOPBACK:$GH_PORT/" gatehouse
-    measure gh3 "gatehouse, HTTP, 3 targets" "http://$LOOPBACK:$GH_PORT/three/" gatehouse
-    measure nginx_tls "nginx, HTTPS" "https://$LOOPBACK:$NGINX_TLS_PORT/" nginx
-    measure gh_tls "gatehouse, HTTPS" "https://$LOOPBACK:$GH_TLS_PORT/" gatehouse
-    if [[ $TELEMETRY_COMPARE == 1 ]]; then
+# hold_idle KEY PORT PIDS...: opens MANY keep-alive connections to PORT,
+# one request on each, and records the PIDs' RSS while they sit idle.
+declare -A IDLE_RSS
+hold_idle() {
+    local key=$1 port=$2 holder i
+    shift 2
+    python3 "$ROOT/bench/hold_conns.py" "$LOOPBACK" "$port" "$MANY" 30 >"$WORK/hold-$key.txt" 2>&1 &
+    holder=$!
+    PIDS+=("$holder")
+    for i in $(seq 1 300); do
+        grep -q '^ready' "$WORK/hold-$key.txt" 2>/dev/null && break
+        kill -0 "$holder" 2>/dev/null || break
+        sleep 0.1
+    done
+    if grep -q '^ready' "$WORK/hold-$key.txt"; then
+        sleep 1
+        IDLE_RSS[$key]=$(rss_mb "$@")
+    else
+        log "idle connections to $port: $(tail -n 3 "$WORK/hold-$key.txt")"
+        IDLE_RSS[$key]="n/a"
+    fi
+    stop_pid "$holder"
+    forget_pid "$holder"
+}
+
+# The gatehouse rows on GH_BIN; KEY and LABEL get SUFFIX (for "(before)").
+gatehouse_rows() {
+    local k=$1 l=$2 all=$3
+    restart_gatehouse warn "gatehouse-warn$k-$ROUND"
+    measure "gh$k" "gatehouse, HTTP$l" "http://$LOOPBACK:$GH_PORT/" gatehouse
+    if [[ $all == 1 ]]; then
+        measure "gh3$k" "gatehouse, HTTP, 3 targets$l" "http://$LOOPBACK:$GH_PORT/three/" gatehouse
+    fi
+    measure "gh_tls$k" "gatehouse, HTTPS$l" "https://$LOOPBACK:$GH_TLS_PORT/" gatehouse
+    if ((MANY > 0)) && [[ $all == 1 ]]; then
+        MEASURE_CONNS=$MANY
+        measure gh_many "gatehouse, HTTP, $MANY connections" "http://$LOOPBACK:$GH_PORT/" gatehouse
+        # A fresh process, so that the figure is the idle connections', not
+        # what the load left behind.
+        restart_gatehouse warn "gatehouse-idle-$ROUND"
+        if ((ROUND == ROUNDS)); then hold_idle gh "$GH_PORT" "$GH_PID"; fi
+    fi
+    if [[ $TELEMETRY_COMPARE == 1 && $all == 1 ]]; then
         GH_ENV=(GATEHOUSE_METRICS=off)
         restart_gatehouse warn "gatehouse-nometrics-$ROUND"
         measure gh_nometrics "gatehouse, HTTP, metrics off" "http://$LOOPBACK:$GH_PORT/" gatehouse
@@ -493,15 +617,71 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         measure gh_traced "gatehouse, HTTP, metrics + traces 10%" "http://$LOOPBACK:$GH_PORT/" gatehouse
         GH_ENV=()
     fi
+    if [[ $LOG_COMPARE == 1 || $FULL == 1 ]]; then
+        restart_gatehouse info "gatehouse-info$k-$ROUND"
+    fi
     if [[ $LOG_COMPARE == 1 ]]; then
-        restart_gatehouse info "gatehouse-info-$ROUND"
-        measure gh_info "gatehouse, HTTP, log info" "http://$LOOPBACK:$GH_PORT/" gatehouse
-        INFO_LINES=$(grep -c '"gatehouse::access"' "$WORK/gatehouse-info-$ROUND.log" || true)
-        INFO_BYTES=$(stat -c %s "$WORK/gatehouse-info-$ROUND.log")
+        measure "gh_info$k" "gatehouse, HTTP, log info$l" "http://$LOOPBACK:$GH_PORT/" gatehouse
+        if [[ $all == 1 ]]; then
+            INFO_LINES=$(grep -c '"gatehouse::access"' "$WORK/gatehouse-info$k-$ROUND.log" || true)
+            INFO_BYTES=$(stat -c %s "$WORK/gatehouse-info$k-$ROUND.log")
+        fi
+    fi
+    if [[ $FULL == 1 ]]; then
+        WRK_SCRIPT="$ROOT/bench/full_pipeline.lua"
+        measure "gh_full$k" "gatehouse, HTTPS, full pipeline, log info$l" "https://$LOOPBACK:$GH_TLS_PORT/" gatehouse
+    fi
+}
+
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    log "round $ROUND of $ROUNDS"
+    measure direct "backend (direct)" "http://$LOOPBACK:$BACKEND_PORT/" none
+    measure nginx "nginx, HTTP" "http://$LOOPBACK:$NGINX_PORT/" nginx
+    measure nginx_tls "nginx, HTTPS" "https://$LOOPBACK:$NGINX_TLS_PORT/" nginx
+    if ((MANY > 0)); then
+        MEASURE_CONNS=$MANY
+        measure nginx_many "nginx, HTTP, $MANY connections" "http://$LOOPBACK:$NGINX_PORT/" nginx
+        if ((ROUND == ROUNDS)); then
+            # shellcheck disable=SC2046 # one PID a word
+            hold_idle nginx "$NGINX_PORT" $(nginx_pids)
+        fi
+    fi
+    GH_BIN="$GATEHOUSE"
+    gatehouse_rows "" "" 1
+    if [[ -n $BEFORE ]]; then
+        GH_BIN="$BEFORE"
+        gatehouse_rows "_before" " (before)" 0
+        GH_BIN="$GATEHOUSE"
     fi
 done
 
 ((${#KEYS[@]} > 0)) || die "no measurement was made"
+
+# Profiles (unmeasured runs): where gatehouse's own CPU goes, by function.
+declare -A PROFILE
+profile() { # KEY URL [WRK SCRIPT]
+    local key=$1 url=$2 perf_pid
+    local -a extra=()
+    [[ -n ${3:-} ]] && extra=(-s "$3")
+    log "profiling $key with perf for ${DURATION}s"
+    perf record -F 499 -p "$GH_PID" -o "$WORK/perf-$key.data" -- sleep "$DURATION" >"$WORK/perf-$key.log" 2>&1 &
+    perf_pid=$!
+    PIDS+=("$perf_pid")
+    timeout $((DURATION + 30)) "$WRK" -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "${extra[@]}" "$url" >/dev/null 2>&1 || true
+    wait "$perf_pid" 2>/dev/null || true
+    forget_pid "$perf_pid"
+    PROFILE[$key]=$(perf report -i "$WORK/perf-$key.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+        awk '/^ +[0-9.]+%/ && n < 25 { sub(/^ +/, ""); print "    " $0; n++ }' || true)
+}
+if [[ $PERF == 1 ]] && command -v perf >/dev/null 2>&1; then
+    GH_BIN="$GATEHOUSE"
+    restart_gatehouse warn gatehouse-perf-warn
+    profile gh "http://$LOOPBACK:$GH_PORT/"
+    if [[ $FULL == 1 ]]; then
+        restart_gatehouse info gatehouse-perf-info
+        profile gh_full "https://$LOOPBACK:$GH_TLS_PORT/" "$ROOT/bench/full_pipeline.lua"
+    fi
+fi
 
 # Keep each target's best round (highest req/s); errors count over all rounds.
 declare -A ALL_RPS ALL_NON2XX ALL_SOCKERR
@@ -519,7 +699,7 @@ for base in "${KEYS[@]}"; do
             best=$k
         fi
     done
-    for arr in RPS REQS P50 P99 NON2XX SOCKERR WRK_CPU PROXY_CPU BACKEND_CPU BUSY STEAL SOFTIRQ WALL OTHERS OTHER_CORES; do
+    for arr in RPS REQS P50 P99 NON2XX SOCKERR WRK_CPU PROXY_CPU BACKEND_CPU BUSY STEAL SOFTIRQ WALL OTHERS OTHER_CORES RSS_MB CONNS_OF; do
         declare -n ref=$arr
         # shellcheck disable=SC2004 # ref is an associative array
         ref[$base]=${ref[$best]}
@@ -528,237 +708,5 @@ for base in "${KEYS[@]}"; do
 done
 
 # ------------------------------------------------------------ 5. report
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-per_req_us() { awk -v c="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "n/a" }'; }
-cores() { awk -v c="$1" -v w="$2" 'BEGIN { if (w > 0) printf "%.2f", c / w; else print "n/a" }'; }
-fmt_rps() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
-
-nginx_peer() { # the nginx run with the same scheme
-    case $1 in
-        *tls) echo nginx_tls ;;
-        *) echo nginx ;;
-    esac
-}
-
-RESULTS="| Target | Req/s | p50 ms | p99 ms | × direct | × nginx (same scheme) | non-2xx | socket errors | req/s per round |
-|---|---:|---:|---:|---:|---:|---:|---:|---|"
-CPU_TABLE="| Target | machine busy | wrk | proxy | backend | softirq | other processes | steal | proxy CPU µs/req | wrk + backend CPU µs/req |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-OTHER_NOTES=""
-for k in "${KEYS[@]}"; do
-    vs_nginx="—"
-    [[ $k != direct && $k != nginx* ]] && vs_nginx=$(ratio "${RPS[$k]}" "${RPS[$(nginx_peer "$k")]}")
-    RESULTS+="
-| ${LABEL[$k]} | $(fmt_rps "${RPS[$k]}") | ${P50[$k]} | ${P99[$k]} | $(ratio "${RPS[$k]}" "${RPS[direct]}") | $vs_nginx | ${ALL_NON2XX[$k]} | ${ALL_SOCKERR[$k]} | ${ALL_RPS[$k]} |"
-    wb=$(awk -v w="${WRK_CPU[$k]}" -v k="${BACKEND_CPU[$k]}" 'BEGIN { print w + k }')
-    CPU_TABLE+="
-| ${LABEL[$k]} | $(cores "${BUSY[$k]}" "${WALL[$k]}") | $(cores "${WRK_CPU[$k]}" "${WALL[$k]}") | $(cores "${PROXY_CPU[$k]}" "${WALL[$k]}") | $(cores "${BACKEND_CPU[$k]}" "${WALL[$k]}") | $(cores "${SOFTIRQ[$k]}" "${WALL[$k]}") | ${OTHER_CORES[$k]} | $(cores "${STEAL[$k]}" "${WALL[$k]}") | $(per_req_us "${PROXY_CPU[$k]}" "${REQS[$k]}") | $(per_req_us "$wb" "${REQS[$k]}") |"
-    if awk -v o="${OTHER_CORES[$k]}" 'BEGIN { exit !(o >= 0.1) }' && [[ -n ${OTHERS[$k]} ]]; then
-        OTHER_NOTES+="- ${LABEL[$k]}: top saw ${OTHERS[$k]}.
-"
-    fi
-done
-
-printf '\n%s\n\n%s\n\n' "$RESULTS" "$CPU_TABLE"
-
-# Errors under load, and what gatehouse logged besides access lines.
-GH_LOGS=("$WORK"/gatehouse-*.log)
-ERRORS=""
-for k in "${KEYS[@]}"; do
-    if [[ ${ALL_NON2XX[$k]} != 0 || ${ALL_SOCKERR[$k]} != 0 ]]; then
-        ERRORS+="- **${LABEL[$k]}**: ${ALL_NON2XX[$k]} non-2xx/3xx responses, ${ALL_SOCKERR[$k]} socket errors (all rounds).
-"
-    fi
-done
-GH_WARNINGS=$(cat "${GH_LOGS[@]}" | grep -c '"level":"\(WARN\|ERROR\)"' || true)
-GH_WARN_TOP=$(cat "${GH_LOGS[@]}" | grep '"level":"\(WARN\|ERROR\)"' |
-    sed -n 's/.*"level":"\([A-Z]*\)","message":"\([^"]*\)".*/\1: \2/p' |
-    sort | uniq -c | sort -rn | head -n 5 | awk '{ n = $1; $1 = ""; printf "- %d × %s\n", n, substr($0, 2) }' || true)
-GH_LOG_TAIL=""
-if [[ -n $ERRORS ]]; then
-    log "!!! ERRORS UNDER LOAD:"
-    printf '%s' "$ERRORS" >&2
-    GH_LOG_TAIL=$(cat "${GH_LOGS[@]}" | grep -v '"gatehouse::access"' | tail -n 20 || true)
-    log "gatehouse log (last lines other than access lines):"
-    printf '%s\n' "$GH_LOG_TAIL" >&2
-fi
-
-# Machine and versions.
-CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-KERNEL=$(uname -sr)
-NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
-WRK_VERSION=$("$WRK" -v 2>&1 | head -n 1 | awk '{ print $1, $2 }' || true)
-RUSTC_VERSION=$(rustc -V 2>/dev/null || echo unknown)
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-    COMMIT+=" (with uncommitted changes in src/ or Cargo.*)"
-fi
-DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
-
-# What limits it: numbers for the paragraphs.
-per_req() { # component key -> CPU µs per request
-    local c
-    case $1 in
-        proxy) c=${PROXY_CPU[$2]} ;;
-        wrk) c=${WRK_CPU[$2]} ;;
-        backend) c=${BACKEND_CPU[$2]} ;;
-    esac
-    per_req_us "$c" "${REQS[$2]}"
-}
-busy_pct() { awk -v b="${BUSY[$1]}" -v w="${WALL[$1]}" -v n="$NPROC" 'BEGIN { printf "%.0f", 100 * b / (w * n) }'; }
-GH_US=$(per_req proxy gh)
-NGINX_US=$(per_req proxy nginx)
-GH_TLS_US=$(per_req proxy gh_tls)
-NGINX_TLS_US=$(per_req proxy nginx_tls)
-LIMITS="All three programs and the load generator share the same $NPROC cores, so this is a
-CPU-bound test, not a network one: in the reported runs the machine was $(busy_pct direct)% busy
-(direct), $(busy_pct nginx)% (nginx HTTP), $(busy_pct gh)% (gatehouse HTTP) and $(busy_pct gh_tls)% (gatehouse
-HTTPS). Throughput is then roughly the number of cores divided by the CPU time one request costs
-across wrk, the proxy and the backend, and a proxy that costs more CPU per request also takes cores
-away from wrk and the backend. The fairest single figure is the proxy's own CPU time per request:
-gatehouse spent $GH_US µs per plain request against nginx's $NGINX_US µs
-($(ratio "$GH_US" "$NGINX_US")×), and $GH_TLS_US µs against $NGINX_TLS_US µs over HTTPS
-($(ratio "$GH_TLS_US" "$NGINX_TLS_US")×). wrk itself needs about $(per_req wrk direct) µs and the backend
-about $(per_req backend direct) µs per request (direct run), which caps the direct figure. The kernel's
-loopback TCP receive path runs as softirq ($(cores "${SOFTIRQ[direct]}" "${WALL[direct]}") cores in the direct run), only partly charged to
-the processes, and a proxy adds a second TCP connection's worth of it per request. Latency follows
-from the saturation: with $CONNS connections and every core busy, p50 is mostly queueing
-(connections ÷ throughput), not processing time.
-
-Per request, gatehouse also does more than nginx as configured here: it validates framing and
-normalises the path, takes or makes a request id, builds an access record even when the access
-log is off, adds \`X-Forwarded-For\`, \`X-Forwarded-Proto\`, \`X-Forwarded-Host\`, \`Forwarded\`,
-\`Via\` and \`X-Request-Id\` upstream and \`Via\` and \`X-Request-Id\` to the response, and hands
-each upstream exchange to the pooled client's connection task. nginx here adds no forwarding
-headers and no access log."
-if [[ $LOG_COMPARE == 1 ]]; then
-    INFO_US=$(per_req proxy gh_info)
-    LIMITS+="
-
-The access log costs throughput: at \`--log-level info\` gatehouse writes one JSON line per request
-(${INFO_LINES} lines, $((INFO_BYTES / (INFO_LINES > 0 ? INFO_LINES : 1))) bytes each on average, to a file in the last round), and
-its CPU per request went from $GH_US µs (warn) to $INFO_US µs (info), throughput from
-$(fmt_rps "${RPS[gh]}") to $(fmt_rps "${RPS[gh_info]}") req/s ($(ratio "${RPS[gh_info]}" "${RPS[gh]}")×)."
-    if awk -v a="${OTHER_CORES[gh]}" -v b="${OTHER_CORES[gh_info]}" 'BEGIN { exit !(a >= 0.1 || b >= 0.1) }'; then
-        LIMITS+=" Other processes took ${OTHER_CORES[gh]} and ${OTHER_CORES[gh_info]} cores during
-those two runs, so the throughput ratio is skewed by them; the CPU per request is the steadier figure."
-    fi
-fi
-
-if [[ $TELEMETRY_COMPARE == 1 ]]; then
-    OFF_US=$(per_req proxy gh_nometrics)
-    TRACED_US=$(per_req proxy gh_traced)
-    LIMITS+="
-
-Metrics and traces: with metrics off (\`GATEHOUSE_METRICS=off\`) gatehouse spent $OFF_US µs of CPU
-per request and served $(fmt_rps "${RPS[gh_nometrics]}") req/s; with metrics on (the default, the
-\"gatehouse, HTTP\" row) $GH_US µs and $(fmt_rps "${RPS[gh]}") req/s
-($(ratio "${RPS[gh]}" "${RPS[gh_nometrics]}")× the throughput without metrics); with metrics and OTLP
-traces for 10% of requests $TRACED_US µs and $(fmt_rps "${RPS[gh_traced]}") req/s
-($(ratio "${RPS[gh_traced]}" "${RPS[gh_nometrics]}")×)."
-fi
-
-LOG_NOTE=""
-[[ $TELEMETRY_COMPARE == 1 ]] && LOG_NOTE+="
-- \"gatehouse, HTTP, metrics off\" is \"gatehouse, HTTP\" started with \`GATEHOUSE_METRICS=off\`
-  (every metric handle a no-op); \"metrics + traces 10%\" adds \`OTEL_EXPORTER_OTLP_ENDPOINT\`
-  (the third backend, answering 200 to the exports) and \`OTEL_TRACES_SAMPLER=traceidratio\` with
-  \`OTEL_TRACES_SAMPLER_ARG=0.1\`."
-[[ $LOG_COMPARE == 1 ]] && LOG_NOTE+="
-- \"gatehouse, HTTP, log info\" is the same as \"gatehouse, HTTP\" but started with
-  \`--log-level info\` (JSON access log on stdout, redirected to a file), to price the access log."
-
-ERROR_SECTION=""
-if [[ -n $ERRORS ]]; then
-    ERROR_SECTION="
-## ⚠ Errors under load
-
-$ERRORS
-Last gatehouse log lines (access lines left out):
-
-\`\`\`
-$GH_LOG_TAIL
-\`\`\`
-"
-fi
-
-OTHER_SECTION=""
-[[ -n $OTHER_NOTES ]] && OTHER_SECTION="
-Runs where other processes took 0.1 core or more, with the busiest of them:
-
-$OTHER_NOTES"
-
-WARN_SECTION="gatehouse wrote no warning or error lines during the benchmark."
-((GH_WARNINGS > 0)) && WARN_SECTION="gatehouse wrote $GH_WARNINGS warning or error lines during the benchmark
-(all rounds, every level of run). The most frequent:
-
-$GH_WARN_TOP"
-
-cat >"$OUTPUT" <<EOF
-# Benchmarks
-
-Generated by \`bench/run.sh\` on $DATE, from commit $COMMIT.
-Re-run with \`bash bench/run.sh\`; it overwrites this file. Every figure below was measured on
-the machine described here. Expect some noise between runs, and more when other work shares the
-machine (the "other" column below).
-
-## Machine
-
-- CPU: $CPU_MODEL, $NPROC cores (\`nproc\`)
-- Memory: $MEM
-- Kernel: $KERNEL
-- Tools: $NGINX_VERSION, $WRK_VERSION, $RUSTC_VERSION
-
-## Settings
-
-- Load: \`wrk -t$THREADS -c$CONNS -d${DURATION}s --latency URL\`, after a ${WARMUP} s unmeasured
-  warm-up; \`GET /\` with wrk's default headers; HTTP/1.1 with keep-alive.
-- $ROUNDS round(s) over all targets; each row reports the target's best round (highest req/s)
-  and lists every round's req/s; non-2xx and socket errors are summed over all rounds.
-- Everything on loopback ($LOOPBACK), on the same $NPROC cores: wrk, the proxy and the backend
-  compete for CPU; nothing is pinned.
-- Backend: \`examples/bench_backend.rs\` (hyper 1, tokio multi-thread runtime), answers every request
-  with 200 and \`{"ok":true}\` (11 bytes, \`content-type: application/json\`).
-- nginx: \`worker_processes $NPROC\`, \`access_log off\`, \`proxy_pass\` to an \`upstream\` with
-  \`keepalive 64\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection ""\`,
-  \`keepalive_requests 1000000\` on both sides (gatehouse has no per-connection request cap);
-  HTTPS on a second \`listen ... ssl\` with the same certificate as gatehouse.
-- gatehouse: release build (\`lto = "thin"\`, \`codegen-units = 4\`),
-  \`gatehouse serve --config gatehouse.toml --no-watch --log-level warn\`, a plain listener, a TLS
-  listener (\`dev_certs\` certificate for localhost), default \`[server]\` and \`[defaults]\`
-  limits, one upstream \`http://$LOOPBACK:<port>\` (default pool) and one route
-  \`prefix = "/"\` to it. At \`warn\` no access line is written.$LOG_NOTE
-- "gatehouse, HTTP, 3 targets" goes to an upstream of three targets (round robin, active
-  health checks every 1 s, outlier detection, \`retry.attempts = 2\`, a breaker) on
-  \`/three/\`; the targets are three base paths (\`/a\`, \`/b\`, \`/c\`) on the same backend
-  process, so that the row prices the gateway's balancing and health checking, not three
-  backend processes sharing the cores. Compare it with "gatehouse, HTTP" (one target).
-- "× direct" is req/s divided by the direct run's; "× nginx" divides by the nginx run with the
-  same scheme (HTTP or HTTPS).
-$ERROR_SECTION
-## Results
-
-$RESULTS
-
-## Where the CPU went
-
-Measured from \`/proc\` over each reported run, in cores (CPU seconds ÷ wall seconds): machine busy
-from \`/proc/stat\`, wrk from its rusage, proxy (nginx master and workers, or gatehouse) and
-backend from their \`/proc/PID/stat\` user + system time. "softirq" is the machine's time in soft
-interrupts, mostly loopback TCP receive work; the kernel charges part of it to whichever process it
-interrupted, so the columns overlap and need not add up to "machine busy". "other processes" is
-what everything else used in a 1 s \`top\` sample half-way through the run; "steal" is time the
-hypervisor gave to someone else. CPU µs/req divides CPU seconds by the requests wrk completed.
-
-$CPU_TABLE
-$OTHER_SECTION
-## gatehouse's own log
-
-$WARN_SECTION
-
-## What limits it
-
-$LIMITS
-EOF
-log "wrote $OUTPUT"
+# shellcheck source=bench/report.sh
+source "$ROOT/bench/report.sh"
