@@ -6,12 +6,25 @@ local token = os.getenv("BENCH_JWT")
 if not key or not token then
   error("BENCH_API_KEY and BENCH_JWT must be set")
 end
-local requests = {
-  wrk.format("GET", "/full/key/", { ["x-api-key"] = key }),
-  wrk.format("GET", "/full/jwt/", { ["authorization"] = "Bearer " .. token }),
-}
+
+local requests = {}
 local n = 0
-request = function()
+
+-- wrk has set wrk.headers.Host by the time init runs; a request with its
+-- own header table must carry it too.
+local function with(name, value)
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h[name] = value
+  return h
+end
+
+function init(args)
+  requests[1] = wrk.format("GET", "/full/key/", with("x-api-key", key))
+  requests[2] = wrk.format("GET", "/full/jwt/", with("Authorization", "Bearer " .. token))
+end
+
+function request()
   n = n + 1
   return requests[(n % 2) + 1]
 end

@@ -43,7 +43,9 @@ pub(super) struct Acceptor {
     pub(super) redirect_https_port: Option<u16>,
     pub(super) proxy_protocol: bool,
     pub(super) hsts: Option<HeaderValue>,
-    pub(super) gateway: Gateway,
+    /// Shared by this listener's connections: one reference count per
+    /// request, not one per field of the gateway.
+    pub(super) gateway: Arc<Gateway>,
     pub(super) http: Arc<auto::Builder<TokioExecutor>>,
     pub(super) limit: Arc<Semaphore>,
     pub(super) per_address: Arc<PerAddress>,
@@ -293,12 +295,16 @@ impl Acceptor {
             .service_fn(move |req: Request<Incoming>| {
                 let gateway = gateway.clone();
                 let info = info.clone();
+                // Boxed: hyper keeps one slot for the service's future for
+                // the connection's whole life, and `handle`'s future is some
+                // 10 KB; boxed, an idle connection holds a pointer and the
+                // 10 KB exist only while a request runs (BENCHMARKS.md,
+                // idle-connections memory).
+                let handling = Box::pin(async move { gateway.handle(req, info).await });
                 async move {
                     // A panic must never take the connection down silently or
                     // leak details: answer a redacted 500 instead.
-                    let handled = AssertUnwindSafe(gateway.handle(req, info))
-                        .catch_unwind()
-                        .await;
+                    let handled = AssertUnwindSafe(handling).catch_unwind().await;
                     Ok::<Response<GwBody>, Infallible>(handled.unwrap_or_else(on_panic))
                 }
             });

@@ -235,7 +235,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             redirect_https_port: l.redirect_https_port,
             proxy_protocol: l.proxy_protocol,
             hsts,
-            gateway: gateway.clone(),
+            gateway: Arc::new(gateway.clone()),
             http: Arc::new(http_builder(&effective)),
             limit: limit.clone(),
             per_address: per_address.clone(),

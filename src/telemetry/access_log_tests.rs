@@ -112,7 +112,10 @@ fn a_stalled_output_drops_and_counts_lines_beyond_the_capacity_instead_of_blocki
     log.write_with(fill);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !log.lock().buf.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the writer never took the line");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never took the line"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     // Five more fit in 100 bytes; the other 44 are dropped, at once.
