@@ -131,12 +131,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Picks a loopback port nothing listens on (and that this run has not
-# handed out already); sets REPLY.
+# handed out already); sets REPLY. Below the kernel's ephemeral range: the
+# 1,000-connection runs use a thousand ephemeral ports, and one of them may
+# be a port picked here before a server (re)starts on it.
 USED_PORTS=" "
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+((EPHEMERAL_LOW > 12000)) || die "ephemeral port range starts at $EPHEMERAL_LOW; need free ports below it"
 free_port() {
     local p i
     for i in $(seq 1 500); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
         [[ $USED_PORTS == *" $p "* ]] && continue
         if ! (exec 3<>"/dev/tcp/$LOOPBACK/$p") 2>/dev/null; then
             USED_PORTS+="$p "
@@ -658,7 +662,7 @@ done
 ((${#KEYS[@]} > 0)) || die "no measurement was made"
 
 # Profiles (unmeasured runs): where gatehouse's own CPU goes, by function.
-declare -A PROFILE
+declare -A PROFILE PROFILE_DSO PROFILE_WRITEV
 profile() { # KEY URL [WRK SCRIPT]
     local key=$1 url=$2 perf_pid
     local -a extra=()
@@ -671,7 +675,13 @@ profile() { # KEY URL [WRK SCRIPT]
     wait "$perf_pid" 2>/dev/null || true
     forget_pid "$perf_pid"
     PROFILE[$key]=$(perf report -i "$WORK/perf-$key.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-        awk '/^ +[0-9.]+%/ && n < 25 { sub(/^ +/, ""); print "    " $0; n++ }' || true)
+        awk '/^ +[0-9.]+%/ && n < 25 { sub(/^ +/, ""); sub(/[ -]+$/, ""); print "    " $0; n++ }' || true)
+    # Kernel against user space, and the share under writev (which, on
+    # loopback, includes delivering the bytes to the peer and waking it).
+    PROFILE_DSO[$key]=$(perf report -i "$WORK/perf-$key.data" --no-children --sort dso --stdio 2>/dev/null |
+        awk '/^ +[0-9.]+%/ { sub(/^ +/, ""); sub(/[ -]+$/, ""); printf "%s%s", (n++ ? ", " : ""), $0 }' || true)
+    PROFILE_WRITEV[$key]=$(perf report -i "$WORK/perf-$key.data" --children --sort symbol --stdio -g none 2>/dev/null |
+        awk '/__GI___writev|\] __writev$/ { print $1; exit }' || true)
 }
 if [[ $PERF == 1 ]] && command -v perf >/dev/null 2>&1; then
     GH_BIN="$GATEHOUSE"
