@@ -201,7 +201,7 @@ for k in gh gh_full; do
     PROFILE_SECTION+="
 ### ${LABEL[$k]}
 
-\`perf record -F 499\` on the gatehouse process for one unmeasured ${DURATION} s run of this
+\`perf record -F 499 -g\` on the gatehouse process for one unmeasured ${DURATION} s run of this
 row (same load); self time by library and function, top entries:
 
 \`\`\`

@@ -668,7 +668,7 @@ profile() { # KEY URL [WRK SCRIPT]
     local -a extra=()
     [[ -n ${3:-} ]] && extra=(-s "$3")
     log "profiling $key with perf for ${DURATION}s"
-    perf record -F 499 -p "$GH_PID" -o "$WORK/perf-$key.data" -- sleep "$DURATION" >"$WORK/perf-$key.log" 2>&1 &
+    perf record -F 499 -g -p "$GH_PID" -o "$WORK/perf-$key.data" -- sleep "$DURATION" >"$WORK/perf-$key.log" 2>&1 &
     perf_pid=$!
     PIDS+=("$perf_pid")
     timeout $((DURATION + 30)) "$WRK" -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "${extra[@]}" "$url" >/dev/null 2>&1 || true
