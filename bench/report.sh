@@ -229,17 +229,21 @@ Suspects from issue 16, by measurement: the framing guard's \`examine\` with \`h
 under 1% of samples, so parsing each head twice is not where the gap is (kept: it is what refuses
 ambiguous framing); what it did cost was memory, a zeroed 16 KiB buffer per connection, now gone.
 The access log through tracing-subscriber's JSON formatter is replaced by one serialised line
-and a writer thread woken every 20 ms (compare the \"log info\" rows). Per-request allocations
-and metric label lookups are each below the noise of this bench (a few tenths of a µs).
+and a writer thread woken every 20 ms (compare the \"log info\" rows). Per-request allocations:
+the allocator takes about 5% of samples, spread over many small allocations with none standing
+out. Metric updates go through handles resolved once per route; the \"metrics off\" row differs
+from the default by less than this bench's run-to-run noise.
 
 Next steps where a goal is not met: (1) a thread-per-core mode (a current-thread runtime per
 core, \`SO_REUSEPORT\` listeners, a pool per core), as nginx's workers are, so a request and
 its upstream exchange never cross threads; (2) in it, hyper's \`client::conn::http1\` senders
 in our own per-core pool instead of hyper-util's legacy client, whose connection task is one
-more task wake-up per exchange; (3) the 1,000-connection figure is mostly per-connection
-buffers in hyper (8 KiB read and 8 KiB write buffer, kept while idle) and the connection
-task's future (10 KB): shrinking those needs hyper's buffer sizes made
-adaptive for idle connections, and the connection future split so that its large states are boxed."
+more task wake-up per exchange; (3) the 1,000-connection figure, some 28 KB per idle
+connection over the memory at start, is not broken down yet: boxing a connection's serve
+futures (its task is 10 KB) changed nothing measurable; hyper's per-connection read and
+write buffers (8 KiB each, kept while idle) and the upstream pool's connections are the
+next suspects, for a heap profiler.
+"
 
 LOG_NOTE=""
 [[ $TELEMETRY_COMPARE == 1 ]] && LOG_NOTE+="
