@@ -18,9 +18,9 @@ use gatehouse::tls;
 // glibc malloc showed up at ~15% of the proxy's CPU under load; mimalloc's
 // thread-local free lists suit the many small per-request allocations.
 // Built with `no_thp`: mimalloc otherwise asks for transparent huge pages on
-// its arenas, and each touched 2 MiB page counts whole in RSS (measured: 41
-// MB at start and 85 MB with 1,000 idle connections, against 28 and 57
-// without; BENCHMARKS.md).
+// its arenas, and each touched 2 MiB page counts whole in RSS (measured with
+// bench/hold_conns.py on the bench config: 41 MB at start and 85 MB with
+// 1,000 idle connections, against 28 and 57 without).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
