@@ -136,6 +136,8 @@ fn lines_that_cannot_be_written_are_counted_as_dropped() {
         ..Sink::default()
     };
     let (log, guard) = AccessLog::start(sink, DEFAULT_CAPACITY).unwrap();
+    let metrics = crate::telemetry::Metrics::new().unwrap();
+    log.count_drops_in(metrics.counter("gatehouse_access_log_dropped_total", &[]));
     for _ in 0..3 {
         log.write_with(|l| l.end());
     }
@@ -144,4 +146,12 @@ fn lines_that_cannot_be_written_are_counted_as_dropped() {
     // After the guard is gone nothing is queued any more: counted too.
     log.write_with(|l| l.end());
     assert_eq!(log.dropped(), 4);
+    // The same count reaches /metrics.
+    let rendered = metrics.render();
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l == "gatehouse_access_log_dropped_total 4"),
+        "{rendered}"
+    );
 }
