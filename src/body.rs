@@ -31,6 +31,12 @@ use crate::telemetry::AccessRecord;
 /// The body type of every response and of every upstream request.
 pub type GwBody = BoxBody<Bytes, BoxError>;
 
+/// A client's request body as the pipeline takes it: hyper's `Incoming`
+/// on a connection, any body when the pipeline is driven in-process.
+pub trait ClientBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
+
+impl<B> ClientBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
+
 /// A complete in-memory body.
 pub fn full(bytes: impl Into<Bytes>) -> GwBody {
     Full::new(bytes.into())

@@ -6,7 +6,6 @@ use http::{Method, Request, Response, StatusCode, Version};
 
 use crate::body::{GwBody, empty, full};
 use crate::error::GatewayError;
-use crate::route::Route;
 use crate::validate::{self};
 
 use super::*;
@@ -95,8 +94,9 @@ pub(super) fn redirect_to_https(
     Ok(resp)
 }
 
+/// A route's direct answer (the route's response edits come at the
+/// finish, as for every answer the route makes).
 pub(super) fn respond_directly(
-    route: &Route,
     direct: &crate::route::DirectResponse,
     method: &Method,
 ) -> Response<GwBody> {
@@ -110,6 +110,5 @@ pub(super) fn respond_directly(
     for (k, v) in &direct.headers {
         resp.headers_mut().insert(k.clone(), v.clone());
     }
-    route.response_headers.apply(resp.headers_mut());
     resp
 }

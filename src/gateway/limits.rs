@@ -1,5 +1,5 @@
-//! The rate-limit and quota steps, with shadow-mode refusals logged but not
-//! enforced.
+//! Step 4 (size and head rules) and step 8 (rate limits and quotas, with
+//! shadow-mode refusals logged but not enforced).
 
 use std::sync::Arc;
 
@@ -8,6 +8,29 @@ use crate::ratelimit::{self, Decision, Limit, Limiter};
 use crate::route::Route;
 
 use super::*;
+
+/// Step 4: the declared body size, path parameters, the route's head rules
+/// and its OpenAPI operation's parameters.
+pub(super) fn check_head<B: http_body::Body>(
+    req: &http::Request<B>,
+    route: &Route,
+    params: &[(String, String)],
+    path: &str,
+) -> Result<(), GatewayError> {
+    let limit = request_body::body_limit(route);
+    if validate::content_length(req.headers()).is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    validate::check_path_params(path, route.allow_path_params)?;
+    let has_body = !req.body().is_end_stream();
+    route
+        .rules
+        .check_head(req.headers(), req.uri().query(), has_body)?;
+    if let Some(operation) = &route.openapi {
+        operation.check_head(params, req.uri().query(), req.headers(), has_body)?;
+    }
+    Ok(())
+}
 
 /// Step 8: charges the request to every rate-limit policy of the route.
 /// The strictest refusal decides (the longest wait); shadow policies only
@@ -18,11 +41,8 @@ pub(super) async fn rate_limit(
     route: &Route,
     ctx: &mut RequestCtx,
     limiter: &dyn Limiter,
-    client: std::net::IpAddr,
 ) -> Result<(), GatewayError> {
-    if route.rate_limits.is_empty() {
-        return Ok(());
-    }
+    let client = ctx.record.client;
     let principal = ctx.principal.as_ref();
     let mut decisions: Vec<(&str, &Limit, Decision)> = Vec::with_capacity(route.rate_limits.len());
     let mut refused: Option<(&Arc<str>, u64)> = None;
@@ -102,8 +122,8 @@ pub(super) async fn charge_quotas(
     route: &Route,
     ctx: &RequestCtx,
     gw: &Gateway,
-    client: std::net::IpAddr,
 ) -> Result<(), GatewayError> {
+    let client = ctx.record.client;
     let principal = ctx.principal.as_ref();
     for policy in &route.rate_limits {
         let Some(quota) = &policy.quota else {

@@ -10,28 +10,21 @@
 //! `gatehouse_connections_refused_total{listener,reason}` with a debug log
 //! line naming the address.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
+use http::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tower::ServiceBuilder;
 
 use super::proxy_protocol;
 use super::{Shared, TlsSlot};
-use crate::body::GwBody;
 use crate::conn::{Activity, ConnHold, ConnInfo, PerAddress};
-use crate::error;
 use crate::gateway::Gateway;
 use crate::telemetry::process::{ConnMeters, TlsMeters, handshake_failure_reason};
 use crate::validate::{FramingGuard, HeadLimits, Verdicts};
@@ -281,33 +274,8 @@ impl Acceptor {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let gateway = self.gateway.clone();
         let activity = info.activity.clone();
-        let svc = ServiceBuilder::new()
-            .layer(
-                tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
-                    http::header::AUTHORIZATION,
-                    http::header::PROXY_AUTHORIZATION,
-                    http::header::COOKIE,
-                    http::HeaderName::from_static("x-api-key"),
-                ]),
-            )
-            .service_fn(move |req: Request<Incoming>| {
-                let gateway = gateway.clone();
-                let info = info.clone();
-                // Boxed: hyper keeps one slot for the service's future for
-                // the connection's whole life, and `handle`'s future is some
-                // 10 KB; boxed, an idle connection holds a pointer and the
-                // 10 KB exist only while a request runs (BENCHMARKS.md,
-                // idle-connections memory).
-                let handling = Box::pin(async move { gateway.handle(req, info).await });
-                async move {
-                    // A panic must never take the connection down silently or
-                    // leak details: answer a redacted 500 instead.
-                    let handled = AssertUnwindSafe(handling).catch_unwind().await;
-                    Ok::<Response<GwBody>, Infallible>(handled.unwrap_or_else(on_panic))
-                }
-            });
+        let svc = super::service::connection_service(self.gateway.clone(), info);
         let conn = self
             .http
             .serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
@@ -341,11 +309,6 @@ impl Acceptor {
             }
         }
     }
-}
-
-fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response<GwBody> {
-    tracing::error!("request handler panicked");
-    error::fallback_response()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod accept;
 mod build;
 mod proxy_protocol;
 mod running;
+mod service;
 mod start;
 mod upkeep;
 

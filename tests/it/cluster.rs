@@ -569,10 +569,12 @@ async fn last_used_is_written_in_batches() {
         let c = start_node(&store, &backend, &token_hash).await;
         let admin_c = Admin::of(&c, &token);
         let seen = admin_c.key(&key_id).await;
-        assert_eq!(
-            seen["last_used_at"].as_i64(),
-            Some(used),
-            "a restarted node reads the stored last_used_at"
+        // At least what A showed: a batch still pending when A was read is
+        // written by A's final flush at shutdown (a later second, under load).
+        let stored = seen["last_used_at"].as_i64();
+        assert!(
+            stored.is_some_and(|s| used <= s && s <= unix_now()),
+            "a restarted node reads the stored last_used_at: {stored:?}, A showed {used}"
         );
         assert_eq!(
             call(&c, &key).await.map(|a| a.0),

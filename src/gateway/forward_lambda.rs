@@ -1,68 +1,40 @@
-//! The forward step for Lambda functions: the request as an event, the
-//! function's answer as the response.
+//! Step 11 for Lambda functions: the request as an event, the function's
+//! answer as the response.
 
-use std::sync::atomic::Ordering;
+use http::{Method, Response, Version};
 
-use http::{Method, Request, Response, Version};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-
-use crate::body::{RequestBody, empty, full};
+use crate::body::{empty, full};
 use crate::error::GatewayError;
-use crate::proxy::{self};
-use crate::route::Route;
-use crate::validate::{self};
 
 use super::*;
 
-/// Steps 9–12 for a Lambda upstream: the same outgoing headers as
-/// [`forward`], the buffered body (bounded by the route and Lambda's 6 MB),
-/// the API Gateway event, one invocation (retried only while the function
-/// has not run), and its answer mapped back to HTTP.
-pub(super) async fn forward_lambda(
-    req: Request<Incoming>,
-    conn: &ConnInfo,
+/// Step 11 for a Lambda function: the request (read whole at step 9) as an
+/// API Gateway event, one invocation (retried only while the function has
+/// not run), and its answer mapped back to HTTP.
+pub(super) async fn invoke<B>(
+    parts: http::request::Parts,
+    body: ReadBody<B>,
     ctx: &mut RequestCtx,
-    route: &Route,
     invoke: &crate::route::Invoke,
-    way: Way<'_>,
-) -> Result<Done, GatewayError> {
-    let Way {
-        host, path, params, ..
-    } = way;
+    sent: Sent<'_>,
+) -> Result<Answer, GatewayError> {
     use crate::proxy::lambda::{self, LambdaError};
     let function = &invoke.function;
     ctx.record.target = Some(function.label().to_owned());
-    let limit = route.max_body.min(lambda::PAYLOAD_LIMIT);
-    if validate::content_length(req.headers()).is_some_and(|len| len > limit) {
-        return Err(GatewayError::PayloadTooLarge { limit });
-    }
-    let version = req.version();
-    let (mut parts, body) = req.into_parts();
-    // The client's Host stays: API Gateway events carry it, and functions
-    // (lambda_http) build the request URI from it.
-    outgoing_headers(&mut parts.headers, conn, ctx, route, host, true);
-    let upstream_span = inject_trace_context(ctx, &mut parts.headers);
-    let stats = ctx.record.body.clone();
-    let body = RequestBody::new(body, limit, ctx.snapshot.body_pace, stats.clone());
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) if stats.too_large.load(Ordering::Relaxed) => {
-            return Err(GatewayError::PayloadTooLarge { limit });
-        }
-        Err(_) if stats.timed_out.load(Ordering::Relaxed) => {
-            return Err(GatewayError::RequestTimeout);
-        }
-        Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
+    let ReadBody::Whole(bytes) = body else {
+        return Err(GatewayError::Internal("a function's body is read whole"));
     };
-    if route.buffers_body() {
-        route.check_body(&parts.headers, &bytes)?;
-    }
-    let function_path = route.upstream_path(path, params);
+    let Sent {
+        path,
+        span,
+        host,
+        params,
+    } = sent;
+    let version = parts.version;
     let event = lambda::event(&lambda::EventInput {
         format: function.format,
         method: &parts.method,
-        path: &function_path,
+        path: &path,
         query: parts.uri.query(),
         headers: &parts.headers,
         resource: &invoke.resource,
@@ -93,7 +65,9 @@ pub(super) async fn forward_lambda(
     let span_started = ctx.clock();
     let deadline = started + function.request_timeout;
     let invoked = tokio::time::timeout_at(deadline, function.invoke(payload.into())).await;
-    route.meters.upstream_took(started.elapsed().as_secs_f64());
+    ctx.record
+        .meters
+        .upstream_took(started.elapsed().as_secs_f64());
     // The function's answer, parsed once: the span records its status.
     let parsed = match &invoked {
         Ok(Ok(i)) if i.function_error.is_none() => {
@@ -103,7 +77,7 @@ pub(super) async fn forward_lambda(
     };
     record_upstream_span(
         ctx,
-        upstream_span,
+        span,
         span_started,
         function.label(),
         &function.name,
@@ -149,7 +123,9 @@ pub(super) async fn forward_lambda(
     let mut resp = Response::new(body);
     *resp.status_mut() = answer.status;
     *resp.headers_mut() = answer.headers;
-    proxy::prepare_response_headers(resp.headers_mut(), &ctx.request_id, false);
-    route.response_headers.apply(resp.headers_mut());
-    Ok((resp, None))
+    Ok(Answer {
+        response: resp,
+        deadline: None,
+        source: Source::Upstream,
+    })
 }

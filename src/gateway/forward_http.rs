@@ -1,14 +1,12 @@
-//! The forward step for HTTP upstreams: body checks, the upstream call,
+//! Step 11 for HTTP upstreams: the upstream call, an upgrade's tunnel,
 //! streaming the answer back.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use http::{Request, StatusCode, Version};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use crate::body::RequestBody;
+use crate::body::ClientBody;
 use crate::error::GatewayError;
 use crate::proxy::{self, ForwardError};
 use crate::route::Route;
@@ -16,33 +14,21 @@ use crate::validate::{self};
 
 use super::*;
 
-/// Where a routed request goes: its host, normalised path, template
-/// parameters, and whether it is an upgrade the route tunnels.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Way<'a> {
-    pub(super) host: &'a Host,
-    pub(super) path: &'a str,
-    pub(super) params: &'a [(String, String)],
-    pub(super) upgrade: bool,
-}
-
-pub(super) async fn forward(
-    mut req: Request<Incoming>,
+/// Step 11 for an HTTP upstream: the call (balanced, retried, under the
+/// breaker and timeouts), an upgrade's tunnel, the answer streamed back.
+/// A streaming body that may be retried is read first when it is small
+/// (`retry.buffer_limit`); every other streaming body is sent once.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward<B: ClientBody>(
+    mut req: Request<ReadBody<B>>,
+    upgrade: bool,
     conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     route: &Route,
     upstream: &proxy::Upstream,
-    way: Way<'_>,
+    sent: Sent<'_>,
     tunnels: &proxy::Tunnels,
-) -> Result<Done, GatewayError> {
-    let Way {
-        host,
-        path,
-        params,
-        upgrade,
-    } = way;
-    // 10. Rewrite.
-    let upstream_path = route.upstream_path(path, params);
+) -> Result<Answer, GatewayError> {
     // A place for the tunnel, taken before the upstream sees the request.
     let tunnel_place = if upgrade {
         Some(
@@ -57,53 +43,31 @@ pub(super) async fn forward(
     };
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let hash = upstream.hash_key(&parts.headers, ctx.record.client);
     let set_hint = upstream.set_hint(&parts.headers);
-    outgoing_headers(
-        &mut parts.headers,
-        conn,
-        ctx,
-        route,
-        host,
-        upstream.preserve_host,
-    );
-    let upstream_span = inject_trace_context(ctx, &mut parts.headers);
     let stats = ctx.record.body.clone();
-    let body = RequestBody::new(body, route.max_body, ctx.snapshot.body_pace, stats.clone());
-    // 9. Body schema: only routes with one buffer the body (bounded by
-    // their limit). Bodies that may be retried are buffered too, when small
-    // (`retry.buffer_limit`); every other body streams and is sent once.
     let retry_method = upstream.retry.attempts > 1
         && !upgrade
         && (route.retry_non_idempotent || proxy::is_idempotent(&parts.method));
-    let small = http_body::Body::is_end_stream(&body)
-        || validate::content_length(&parts.headers)
-            .is_some_and(|len| len <= upstream.retry.buffer_limit.0);
-    let body = if route.buffers_body() || (retry_method && small) {
-        let bytes = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) if stats.too_large.load(Ordering::Relaxed) => {
-                return Err(GatewayError::PayloadTooLarge {
-                    limit: route.max_body,
-                });
+    let body = match body {
+        ReadBody::Whole(bytes) => proxy::OutBody::Buffered(bytes),
+        ReadBody::Streaming(body) => {
+            let small = http_body::Body::is_end_stream(&body)
+                || validate::content_length(&parts.headers)
+                    .is_some_and(|len| len <= upstream.retry.buffer_limit.0);
+            if retry_method && small {
+                let limit = request_body::body_limit(route);
+                proxy::OutBody::Buffered(request_body::read_whole(body, limit, ctx).await?)
+            } else {
+                proxy::OutBody::Streaming(body.boxed())
             }
-            Err(_) if stats.timed_out.load(Ordering::Relaxed) => {
-                return Err(GatewayError::RequestTimeout);
-            }
-            Err(_) => return Err(GatewayError::MalformedRequest("incomplete request body")),
-        };
-        if route.buffers_body() {
-            route.check_body(&parts.headers, &bytes)?;
         }
-        proxy::OutBody::Buffered(bytes)
-    } else {
-        proxy::OutBody::Streaming(body.boxed())
     };
     let outgoing = proxy::Outgoing {
         method: parts.method,
         headers: parts.headers,
-        path: upstream_path,
+        path: sent.path,
         query: parts.uri.query().map(str::to_owned),
         body,
     };
@@ -134,7 +98,7 @@ pub(super) async fn forward(
     }
     record_upstream_span(
         ctx,
-        upstream_span,
+        sent.span,
         span_started,
         tried.as_deref().unwrap_or("-"),
         &upstream.name,
@@ -162,7 +126,6 @@ pub(super) async fn forward(
         resp = operation.observe_response(resp);
     }
 
-    // 12. Finish.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         match (client_upgrade, tunnel_place) {
@@ -187,10 +150,9 @@ pub(super) async fn forward(
             }
         }
     }
-    // The upstream's HTTP version is not the client's (hyper would write
-    // `HTTP/1.0` back to a 1.1 client); HTTP/2 ignores this field.
-    *resp.version_mut() = Version::HTTP_11;
-    proxy::prepare_response_headers(resp.headers_mut(), &ctx.request_id, switching);
-    route.response_headers.apply(resp.headers_mut());
-    Ok((resp, (!switching).then_some(deadline)))
+    Ok(Answer {
+        response: resp,
+        deadline: (!switching).then_some(deadline),
+        source: Source::Upstream,
+    })
 }
