@@ -66,6 +66,8 @@ pub struct BodyStats {
     pub bytes: AtomicU64,
     /// Set once the body went over the route's limit.
     pub too_large: AtomicBool,
+    /// The limit the body is held to, in bytes.
+    pub limit: AtomicU64,
     /// Set once the client sent the body too slowly.
     pub timed_out: AtomicBool,
     done: AtomicBool,
@@ -138,6 +140,7 @@ impl<B> RequestBody<B> {
         if inner.is_end_stream() {
             stats.mark_sent();
         }
+        stats.limit.store(limit, Ordering::Relaxed);
         let started = Instant::now();
         RequestBody {
             inner,

@@ -153,7 +153,7 @@ impl Route {
     ) -> Result<(), crate::error::GatewayError> {
         match &self.openapi {
             Some(o) => o.check_body(headers, body),
-            None => self.rules.check_body(body),
+            None => Ok(self.rules.check_body(body)?),
         }
     }
 

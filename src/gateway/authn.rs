@@ -92,13 +92,13 @@ impl Gateway {
                 .api_keys
                 .authenticate(key, ctx.record.client)
                 .await
-                .map_err(|e| api_key_refusal(e, challenge)),
+                .map_err(|e| GatewayError::from(e).with_challenge(challenge)),
             Presented::Jwt(token) => ctx
                 .snapshot
                 .jwt
                 .verify(token, auth.issuers.as_deref())
                 .await
-                .map_err(|e| jwt_refusal(&e, challenge)),
+                .map_err(|e| GatewayError::from(e).with_challenge(challenge)),
         }
     }
 }

@@ -14,7 +14,6 @@ use crate::body::{GwBody, ResponseBody};
 use crate::conn::StreamGuard;
 use crate::error::GatewayError;
 use crate::proxy;
-use crate::validate::Refusal;
 
 use super::{ConnInfo, Gateway, RequestCtx};
 
@@ -61,10 +60,7 @@ pub(super) fn framing_refusal(conn: &ConnInfo) -> Result<(), GatewayError> {
     let index = conn.requests.fetch_add(1, Ordering::Relaxed);
     match conn.verdicts.as_ref().and_then(|v| v.refused(index)) {
         None => Ok(()),
-        Some(Refusal::Malformed(what)) => Err(GatewayError::MalformedRequest(what)),
-        Some(Refusal::Ambiguous(what)) => Err(GatewayError::AmbiguousFraming(what)),
-        Some(Refusal::UriTooLong) => Err(GatewayError::UriTooLong),
-        Some(Refusal::HeadTooLarge) => Err(GatewayError::HeadersTooLarge),
+        Some(why) => Err(why.into()),
     }
 }
 

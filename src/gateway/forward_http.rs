@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 
 use crate::body::ClientBody;
 use crate::error::GatewayError;
-use crate::proxy::{self, ForwardError};
+use crate::proxy::{self};
 use crate::route::Route;
 use crate::validate::{self};
 
@@ -108,19 +108,7 @@ pub(super) async fn forward<B: ClientBody>(
         },
     );
     ctx.record.target = tried.map(|t| t.to_string());
-    let forwarded = result.map_err(|e| match e {
-        ForwardError::Timeout => GatewayError::UpstreamTimeout,
-        ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge {
-            limit: route.max_body,
-        },
-        ForwardError::BodyTimeout => GatewayError::RequestTimeout,
-        ForwardError::Failed(source) => GatewayError::UpstreamFailed { source },
-        ForwardError::NoTarget => GatewayError::NoTarget,
-        ForwardError::Unavailable { retry_after } => GatewayError::UpstreamUnavailable {
-            retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-        },
-        ForwardError::InvalidPath => GatewayError::InvalidPath("path cannot be forwarded"),
-    })?;
+    let forwarded = result?;
     let mut resp = forwarded.response;
     if let Some(operation) = &route.openapi {
         resp = operation.observe_response(resp);

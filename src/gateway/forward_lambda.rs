@@ -58,9 +58,6 @@ pub(super) async fn invoke<B>(
             limit: lambda::PAYLOAD_LIMIT,
         });
     }
-    let failed = |e: LambdaError| GatewayError::UpstreamFailed {
-        source: Box::new(e),
-    };
     let started = tokio::time::Instant::now();
     let span_started = ctx.clock();
     let deadline = started + function.request_timeout;
@@ -89,30 +86,20 @@ pub(super) async fn invoke<B>(
             (Err(_), None) => Err("timed out".to_owned()),
         },
     );
-    let invoked = invoked
-        .map_err(|_| GatewayError::UpstreamTimeout)?
-        .map_err(|e| match e {
-            LambdaError::Throttled { retry_after_secs } => {
-                tracing::warn!(request_id = %ctx.record.request_id, upstream = %function.name, retry_after_secs, "Lambda throttled the function");
-                GatewayError::UpstreamThrottled { retry_after_secs }
-            }
-            LambdaError::Timeout => GatewayError::UpstreamTimeout,
-            LambdaError::PayloadTooLarge => GatewayError::PayloadTooLarge {
-                limit: lambda::PAYLOAD_LIMIT,
-            },
-            other => failed(other),
-        })?;
+    let invoked = invoked.map_err(|_| GatewayError::UpstreamTimeout)?;
+    if let Err(LambdaError::Throttled { retry_after_secs }) = &invoked {
+        tracing::warn!(request_id = %ctx.record.request_id, upstream = %function.name, retry_after_secs, "Lambda throttled the function");
+    }
+    let invoked = invoked?;
     let request_id = invoked.request_id;
     if let Some(kind) = invoked.function_error {
-        return Err(failed(LambdaError::Function { kind, request_id }));
+        return Err(LambdaError::Function { kind, request_id }.into());
     }
     let answer = parsed
         .unwrap_or_else(|| lambda::answer(function.format, &invoked.payload))
-        .map_err(|why| {
-            failed(LambdaError::Malformed {
-                why,
-                request_id: request_id.clone(),
-            })
+        .map_err(|why| LambdaError::Malformed {
+            why,
+            request_id: request_id.clone(),
         })?;
     tracing::debug!(request_id = %ctx.record.request_id, lambda_request_id = request_id.as_deref().unwrap_or("-"), "function answered");
     let body = if parts.method == Method::HEAD {

@@ -168,8 +168,7 @@ impl Gateway {
         validate::check_method(req.method())?;
         validate::check_framing(req.headers())?;
         let host = host_of(&req)?;
-        let path = validate::normalize_path(req.uri().path(), ctx.snapshot.merge_slashes)
-            .map_err(|e| GatewayError::InvalidPath(path_error_text(e)))?;
+        let path = validate::normalize_path(req.uri().path(), ctx.snapshot.merge_slashes)?;
         ctx.record.path.clone_from(&path);
         if let Some(port) = conn.redirect_https_port {
             let to = redirect_to_https(&host, port, &path, req.uri().query())?;

@@ -169,7 +169,7 @@ impl OperationRules {
         match rules.media.iter().find(|m| m.media == media) {
             Some(BodyMedia {
                 rules: Some(check), ..
-            }) => check.check_body(body),
+            }) => Ok(check.check_body(body)?),
             Some(_) => Ok(()),
             None => Err(GatewayError::UnsupportedMediaType),
         }

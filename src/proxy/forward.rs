@@ -280,7 +280,7 @@ impl Upstream {
                     }
                     return Ok(finish(resp, guard, label, made));
                 }
-                Err(e @ (ForwardError::BodyTooLarge | ForwardError::BodyTimeout)) => {
+                Err(e @ (ForwardError::BodyTooLarge { .. } | ForwardError::BodyTimeout)) => {
                     if let (Some(spec), true) = (&self.breaker, probe) {
                         self.state.breaker_record(spec, true, true);
                     }

@@ -309,7 +309,10 @@ pub enum ForwardError {
     Timeout,
     /// The client's body went over the route's limit while streaming.
     #[error("request body too large")]
-    BodyTooLarge,
+    BodyTooLarge {
+        /// The limit it went over, in bytes.
+        limit: u64,
+    },
     /// The client sent its body too slowly.
     #[error("request body too slow")]
     BodyTimeout,

@@ -285,7 +285,9 @@ impl Upstream {
         };
         result.map_err(|e| {
             if body.too_large.load(Ordering::Relaxed) {
-                ForwardError::BodyTooLarge
+                ForwardError::BodyTooLarge {
+                    limit: body.limit.load(Ordering::Relaxed),
+                }
             } else if body.timed_out.load(Ordering::Relaxed) {
                 ForwardError::BodyTimeout
             } else if is_timeout(&e) {

@@ -19,8 +19,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 
+use super::Invalid;
 use crate::config::UnderscoreHeaders;
-use crate::error::GatewayError;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -74,12 +74,12 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Step 2 (methods): TRACE and CONNECT never go further.
-pub fn check_method(method: &Method) -> Result<(), GatewayError> {
+pub fn check_method(method: &Method) -> Result<(), Invalid> {
     if method == Method::TRACE {
-        return Err(GatewayError::TraceRefused);
+        return Err(Invalid::TraceRefused);
     }
     if method == Method::CONNECT {
-        return Err(GatewayError::ConnectRefused);
+        return Err(Invalid::ConnectRefused);
     }
     Ok(())
 }
@@ -259,11 +259,7 @@ impl HeaderPolicy {
     ///
     /// One pass over the names finds what needs doing; a request with
     /// nothing to remove (most) then costs no removal at all.
-    pub fn sanitize(
-        &self,
-        version: Version,
-        headers: &mut HeaderMap,
-    ) -> Result<bool, GatewayError> {
+    pub fn sanitize(&self, version: Version, headers: &mut HeaderMap) -> Result<bool, Invalid> {
         let mut underscore = false;
         let mut control = false;
         let mut hop = false;
@@ -277,9 +273,7 @@ impl HeaderPolicy {
             match self.underscores {
                 UnderscoreHeaders::Allow => {}
                 UnderscoreHeaders::Refuse => {
-                    return Err(GatewayError::InvalidHeader(
-                        "header names with `_` are not accepted",
-                    ));
+                    return Err(Invalid::Header("header names with `_` are not accepted"));
                 }
                 UnderscoreHeaders::Drop => {
                     let names: Vec<HeaderName> = headers
@@ -379,11 +373,11 @@ mod tests {
     fn methods() {
         assert!(matches!(
             check_method(&Method::TRACE),
-            Err(GatewayError::TraceRefused)
+            Err(Invalid::TraceRefused)
         ));
         assert!(matches!(
             check_method(&Method::CONNECT),
-            Err(GatewayError::ConnectRefused)
+            Err(Invalid::ConnectRefused)
         ));
         for m in [Method::GET, Method::POST, Method::OPTIONS, Method::PATCH] {
             assert!(check_method(&m).is_ok(), "{m}");
@@ -541,7 +535,7 @@ mod tests {
         let mut h = map(&[("x_a", "1")]);
         assert!(matches!(
             refuse.sanitize(Version::HTTP_11, &mut h),
-            Err(GatewayError::InvalidHeader(_))
+            Err(Invalid::Header(_))
         ));
         let mut h = map(&[
             ("x_a", "1"),

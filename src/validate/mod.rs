@@ -7,6 +7,7 @@
 
 mod framing;
 mod hygiene;
+mod invalid;
 mod json;
 mod path;
 mod rules;
@@ -16,6 +17,7 @@ pub use hygiene::{
     CLIENT_CONTROL_HEADERS, HeaderPolicy, check_method, is_upgrade_request, strip_hop_by_hop,
     valid_authority,
 };
+pub use invalid::Invalid;
 pub use json::{JsonError, parse_strict};
 pub use path::{PathError, normalize_path};
 pub use rules::{
@@ -25,30 +27,26 @@ pub use rules::{
 
 use http::{HeaderMap, header};
 
-use crate::error::GatewayError;
-
 /// Refuses requests whose body framing could be read two ways
 /// (`Content-Length` together with `Transfer-Encoding`, several differing
 /// `Content-Length` values). hyper already rejects malformed values on
 /// HTTP/1; this closes the gaps it leaves.
-pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
+pub fn check_framing(headers: &HeaderMap) -> Result<(), Invalid> {
     let has_te = headers.contains_key(header::TRANSFER_ENCODING);
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let first = lengths.next();
     if has_te && first.is_some() {
-        return Err(GatewayError::AmbiguousFraming(
+        return Err(Invalid::AmbiguousFraming(
             "both Content-Length and Transfer-Encoding",
         ));
     }
     if let Some(first) = first {
         if lengths.next().is_some() {
-            return Err(GatewayError::AmbiguousFraming(
-                "more than one Content-Length",
-            ));
+            return Err(Invalid::AmbiguousFraming("more than one Content-Length"));
         }
         let v = first.as_bytes();
         if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-            return Err(GatewayError::AmbiguousFraming("invalid Content-Length"));
+            return Err(Invalid::AmbiguousFraming("invalid Content-Length"));
         }
     }
     if has_te {
@@ -58,7 +56,7 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
             _ => false,
         };
         if !ok {
-            return Err(GatewayError::AmbiguousFraming(
+            return Err(Invalid::AmbiguousFraming(
                 "Transfer-Encoding other than a single chunked",
             ));
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
 
-use crate::error::GatewayError;
+use super::Invalid;
 
 /// Allow and deny lists of client networks. Deny wins; a non-empty allow
 /// list admits only its networks.
@@ -31,13 +31,13 @@ impl IpRules {
     }
 
     /// Checks `ip` against the lists.
-    pub fn check(&self, ip: IpAddr) -> Result<(), GatewayError> {
+    pub fn check(&self, ip: IpAddr) -> Result<(), Invalid> {
         let ip = canonical(ip);
         if self.deny.iter().any(|n| n.contains(&ip)) {
-            return Err(GatewayError::IpDenied);
+            return Err(Invalid::IpDenied);
         }
         if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)) {
-            return Err(GatewayError::IpDenied);
+            return Err(Invalid::IpDenied);
         }
         Ok(())
     }
@@ -130,10 +130,10 @@ impl RequestRules {
         headers: &HeaderMap,
         query: Option<&str>,
         streaming: bool,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), Invalid> {
         for name in &self.required_headers {
             if !headers.contains_key(name) {
-                return Err(GatewayError::MissingHeader(name.as_str().to_owned()));
+                return Err(Invalid::MissingHeader(name.as_str().to_owned()));
             }
         }
         if (!self.content_types.is_empty() || self.schema.is_some()) && has_body(headers, streaming)
@@ -146,7 +146,7 @@ impl RequestRules {
                 self.content_types.contains(&media)
             };
             if !allowed {
-                return Err(GatewayError::UnsupportedMediaType);
+                return Err(Invalid::UnsupportedMediaType);
             }
         }
         if let Some(rules) = &self.query {
@@ -159,7 +159,7 @@ impl RequestRules {
     /// An empty body (a GET on the route) has nothing to validate. A body
     /// that repeats an object key is refused (422) before the schema runs:
     /// the upstream's parser might read the copy the schema did not see.
-    pub fn check_body(&self, body: &[u8]) -> Result<(), GatewayError> {
+    pub fn check_body(&self, body: &[u8]) -> Result<(), Invalid> {
         let Some(schema) = &self.schema else {
             return Ok(());
         };
@@ -168,13 +168,10 @@ impl RequestRules {
         }
         let value = match super::json::parse_strict(body) {
             Ok(v) => v,
-            Err(super::json::JsonError::Syntax(_)) => return Err(GatewayError::InvalidJson),
+            Err(super::json::JsonError::Syntax(_)) => return Err(Invalid::Json),
             Err(super::json::JsonError::DuplicateKey(pointer)) => {
                 let message = truncate(&format!("duplicate object key at `{pointer}`"), 200);
-                return Err(GatewayError::SchemaViolation(vec![SchemaError {
-                    pointer,
-                    message,
-                }]));
+                return Err(Invalid::Schema(vec![SchemaError { pointer, message }]));
             }
         };
         const MAX_REPORTED: usize = 10;
@@ -189,7 +186,7 @@ impl RequestRules {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(GatewayError::SchemaViolation(errors))
+            Err(Invalid::Schema(errors))
         }
     }
 }
@@ -198,9 +195,9 @@ impl RequestRules {
 /// parameters: servlet containers cut `;…` off segments, so the backend
 /// would route a different path than the one checked here. An encoded
 /// `%3B` is data, not a delimiter, and passes.
-pub fn check_path_params(path: &str, allowed: bool) -> Result<(), GatewayError> {
+pub fn check_path_params(path: &str, allowed: bool) -> Result<(), Invalid> {
     if !allowed && path.contains(';') {
-        return Err(GatewayError::InvalidPath(
+        return Err(Invalid::Path(
             "path parameters (;) are not accepted on this route",
         ));
     }
@@ -227,7 +224,7 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn check_query(rules: &QueryRules, query: Option<&str>) -> Result<(), GatewayError> {
+fn check_query(rules: &QueryRules, query: Option<&str>) -> Result<(), Invalid> {
     let names: Vec<&str> = query
         .unwrap_or("")
         .split('&')
@@ -235,7 +232,7 @@ fn check_query(rules: &QueryRules, query: Option<&str>) -> Result<(), GatewayErr
         .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
         .collect();
     if names.len() > rules.max_params {
-        return Err(GatewayError::InvalidQuery(format!(
+        return Err(Invalid::Query(format!(
             "more than {} query parameters",
             rules.max_params
         )));
@@ -244,13 +241,13 @@ fn check_query(rules: &QueryRules, query: Option<&str>) -> Result<(), GatewayErr
         && let Some(bad) = names.iter().find(|n| !allowed.iter().any(|a| a == *n))
     {
         let shown = truncate(bad, 64);
-        return Err(GatewayError::InvalidQuery(format!(
+        return Err(Invalid::Query(format!(
             "query parameter `{shown}` is not allowed"
         )));
     }
     for req in &rules.required {
         if !names.contains(&req.as_str()) {
-            return Err(GatewayError::InvalidQuery(format!(
+            return Err(Invalid::Query(format!(
                 "query parameter `{req}` is required"
             )));
         }
@@ -261,6 +258,7 @@ fn check_query(rules: &QueryRules, query: Option<&str>) -> Result<(), GatewayErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::GatewayError;
     use http::HeaderValue;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -407,7 +405,10 @@ mod tests {
             for (k, v) in hs {
                 h.insert(*k, HeaderValue::from_static(v));
             }
-            let got = rules.check_head(&h, query, false).err().map(|e| e.code());
+            let got = rules
+                .check_head(&h, query, false)
+                .err()
+                .map(|e| GatewayError::from(e).code());
             assert_eq!(got, want, "{name}");
         }
     }
@@ -427,11 +428,14 @@ mod tests {
         };
         assert!(rules.check_body(br#"{"qty": 2, "items": ["a"]}"#).is_ok());
         assert_eq!(
-            rules.check_body(b"{not json").err().map(|e| e.code()),
+            rules
+                .check_body(b"{not json")
+                .err()
+                .map(|e| GatewayError::from(e).code()),
             Some("invalid_json")
         );
         match rules.check_body(br#"{"qty": 0, "items": ["a", 5]}"#) {
-            Err(GatewayError::SchemaViolation(errors)) => {
+            Err(Invalid::Schema(errors)) => {
                 let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
                 assert!(pointers.contains(&"/qty"), "{pointers:?}");
                 assert!(pointers.contains(&"/items/1"), "{pointers:?}");
@@ -466,13 +470,16 @@ mod tests {
             let got = rules.check_body(body);
             match (&got, want) {
                 (Ok(()), None) => {}
-                (Err(GatewayError::SchemaViolation(errors)), Some((code, pointer))) => {
+                (Err(Invalid::Schema(errors)), Some((code, pointer))) => {
                     assert_eq!(code, "schema_violation", "{name}");
                     assert_eq!(errors.len(), 1, "{name}");
                     assert_eq!(errors[0].pointer, pointer, "{name}");
                     assert!(errors[0].message.contains(pointer), "{name}");
                 }
-                (Err(e), Some((code, _))) => assert_eq!(e.code(), code, "{name}"),
+                (Err(_), Some((code, _))) => {
+                    let e = got.err().map(|e| GatewayError::from(e).code());
+                    assert_eq!(e, Some(code), "{name}")
+                }
                 _ => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
@@ -502,8 +509,8 @@ mod tests {
             let got = check_path_params(path, allowed);
             assert_eq!(got.is_ok(), ok, "{name}");
             if let Err(e) = got {
-                assert_eq!(e.code(), "invalid_path", "{name}");
                 assert!(e.to_string().contains("path parameters (;)"), "{name}");
+                assert_eq!(GatewayError::from(e).code(), "invalid_path", "{name}");
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The one place where a refused or failed request becomes an HTTP answer.
 //!
-//! Every step of the pipeline returns a [`GatewayError`]; [`GatewayError::status`]
+//! Every step of the pipeline returns a [`GatewayError`] (each module's own
+//! error converts into it in `from.rs`); [`GatewayError::status`]
 //! and [`GatewayError::code`] are an exhaustive match, so adding a variant forces
 //! a decision about its status and its stable snake_case code. The message is
 //! written for the caller and never contains a header value, a credential or an
@@ -10,6 +11,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{GwBody, full};
+
+mod from;
 
 /// Why a request was answered by the gateway instead of an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +182,7 @@ pub enum GatewayError {
 /// The `WWW-Authenticate` challenges of a 401 or 403 (RFC 6750): a Bearer
 /// challenge (tokens, and keys sent as bearer), and an `ApiKey` challenge
 /// naming the header when the route takes API keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Challenge {
     /// The API-key header, when the route accepts keys.
     pub api_key_header: Option<http::HeaderName>,
