@@ -14,19 +14,19 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
 use crate::conn::StreamGuard;
 use crate::telemetry::AccessRecord;
+pub use crate::telemetry::BodyStats;
 
 /// The body type of every response and of every upstream request.
 pub type GwBody = BoxBody<Bytes, BoxError>;
@@ -55,48 +55,6 @@ pub fn empty() -> GwBody {
 pub struct BodyTooLarge {
     /// The limit in bytes.
     pub limit: u64,
-}
-
-/// Shared counters for a request body: how much was read, whether the
-/// limit was hit (the forwarder turns that into a 413 instead of a 502), and
-/// when it has been read completely (the first-byte timeout starts then).
-#[derive(Debug, Default)]
-pub struct BodyStats {
-    /// Bytes received from the client so far.
-    pub bytes: AtomicU64,
-    /// Set once the body went over the route's limit.
-    pub too_large: AtomicBool,
-    /// The limit the body is held to, in bytes.
-    pub limit: AtomicU64,
-    /// Set once the client sent the body too slowly.
-    pub timed_out: AtomicBool,
-    done: AtomicBool,
-    done_signal: Notify,
-}
-
-impl BodyStats {
-    /// Records that the whole body has been read.
-    pub fn mark_sent(&self) {
-        if !self.done.swap(true, Ordering::AcqRel) {
-            self.done_signal.notify_waiters();
-        }
-    }
-
-    /// Whether the whole body has been read.
-    pub fn is_sent(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-    }
-
-    /// Resolves once the whole body has been read.
-    pub async fn sent(&self) {
-        loop {
-            let notified = self.done_signal.notified();
-            if self.done.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
-    }
 }
 
 /// How fast a client must send its body.

@@ -17,7 +17,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::body::{GwBody, empty};
-use crate::error::GatewayError;
 
 /// The response headers that carry a CORS decision: on a route with a
 /// policy, only the gateway sets them.
@@ -29,6 +28,11 @@ const UPSTREAM_CORS_HEADERS: [HeaderName; 6] = [
     header::ACCESS_CONTROL_ALLOW_HEADERS,
     header::ACCESS_CONTROL_MAX_AGE,
 ];
+
+/// A preflight the route's CORS policy refuses (origin, method or headers).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("CORS preflight rejected")]
+pub struct Rejected;
 
 /// A route's compiled CORS policy.
 #[derive(Debug, Clone)]
@@ -116,9 +120,9 @@ impl Cors {
         &self,
         p: &Preflight,
         route_methods: Option<&[Method]>,
-    ) -> Result<Response<GwBody>, GatewayError> {
+    ) -> Result<Response<GwBody>, Rejected> {
         if !self.allows_origin(&p.origin) {
-            return Err(GatewayError::CorsRejected);
+            return Err(Rejected);
         }
         let methods: Vec<Method> = if self.methods.is_empty() {
             route_methods.map(<[Method]>::to_vec).unwrap_or_default()
@@ -135,7 +139,7 @@ impl Cors {
             .iter()
             .all(|h| self.headers.iter().any(|a| a.as_str() == h));
         if !method_ok || !headers_ok {
-            return Err(GatewayError::CorsRejected);
+            return Err(Rejected);
         }
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;

@@ -150,10 +150,10 @@ impl Route {
         &self,
         headers: &http::HeaderMap,
         body: &[u8],
-    ) -> Result<(), crate::error::GatewayError> {
+    ) -> Result<(), crate::validate::Invalid> {
         match &self.openapi {
             Some(o) => o.check_body(headers, body),
-            None => Ok(self.rules.check_body(body)?),
+            None => self.rules.check_body(body),
         }
     }
 

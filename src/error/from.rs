@@ -6,6 +6,7 @@
 
 use crate::auth::api_key::ApiKeyError;
 use crate::auth::jwt::JwtError;
+use crate::cors;
 use crate::proxy::ForwardError;
 use crate::proxy::lambda::{self, LambdaError};
 use crate::validate::{Invalid, PathError, Refusal};
@@ -25,8 +26,15 @@ impl From<Invalid> for GatewayError {
             Invalid::Query(why) => GatewayError::InvalidQuery(why),
             Invalid::Json => GatewayError::InvalidJson,
             Invalid::Schema(errors) => GatewayError::SchemaViolation(errors),
+            Invalid::Parameter(errors) => GatewayError::InvalidParameter(errors),
             Invalid::IpDenied => GatewayError::IpDenied,
         }
+    }
+}
+
+impl From<cors::Rejected> for GatewayError {
+    fn from(_: cors::Rejected) -> GatewayError {
+        GatewayError::CorsRejected
     }
 }
 

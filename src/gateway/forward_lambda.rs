@@ -39,6 +39,7 @@ pub(super) async fn invoke<B>(
         headers: &parts.headers,
         resource: &invoke.resource,
         params,
+        tail_param: crate::route::TAIL,
         principal: ctx.principal.as_ref(),
         request_id: &ctx.record.request_id,
         source_ip: ctx.record.client,

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use crate::config::{OpenApiSpec, Problem, SourceFile};
-use crate::error::GatewayError;
 use crate::telemetry::Metrics;
+use crate::validate::Invalid;
 use crate::validate::{RequestRules, SchemaError, has_body};
 
 pub use routes::{Generated, generate};
@@ -125,9 +125,8 @@ impl OperationRules {
         query: Option<&str>,
         headers: &HeaderMap,
         streaming: bool,
-    ) -> Result<(), GatewayError> {
-        let pairs =
-            params::query_pairs(query).map_err(|e| GatewayError::InvalidQuery(e.to_string()))?;
+    ) -> Result<(), Invalid> {
+        let pairs = params::query_pairs(query).map_err(|e| Invalid::Query(e.to_string()))?;
         for rule in &self.params {
             rule.check(path_params, &pairs, headers)?;
         }
@@ -138,7 +137,7 @@ impl OperationRules {
                 .as_ref()
                 .is_some_and(|b| b.media.iter().any(|m| m.media == media));
             if !accepted {
-                return Err(GatewayError::UnsupportedMediaType);
+                return Err(Invalid::UnsupportedMediaType);
             }
         }
         Ok(())
@@ -152,13 +151,13 @@ impl OperationRules {
     }
 
     /// The body against its media type's schema: 422 with the pointer.
-    pub fn check_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+    pub fn check_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Invalid> {
         let Some(rules) = &self.body else {
             return Ok(());
         };
         if body.is_empty() {
             if rules.required {
-                return Err(GatewayError::SchemaViolation(vec![SchemaError {
+                return Err(Invalid::Schema(vec![SchemaError {
                     pointer: String::new(),
                     message: "a request body is required".to_owned(),
                 }]));
@@ -169,9 +168,9 @@ impl OperationRules {
         match rules.media.iter().find(|m| m.media == media) {
             Some(BodyMedia {
                 rules: Some(check), ..
-            }) => Ok(check.check_body(body)?),
+            }) => check.check_body(body),
             Some(_) => Ok(()),
-            None => Err(GatewayError::UnsupportedMediaType),
+            None => Err(Invalid::UnsupportedMediaType),
         }
     }
 

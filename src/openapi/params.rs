@@ -14,7 +14,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::error::GatewayError;
+use crate::validate::Invalid;
 use crate::validate::SchemaError;
 
 /// Where a parameter is read from.
@@ -170,8 +170,8 @@ pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, NotUtf8
 }
 
 impl ParamRule {
-    fn fail(&self, why: &str) -> GatewayError {
-        GatewayError::InvalidParameter(vec![SchemaError {
+    fn fail(&self, why: &str) -> Invalid {
+        Invalid::Parameter(vec![SchemaError {
             pointer: self.pointer.clone(),
             message: format!("{} parameter `{}` {why}", self.location.as_str(), self.name),
         }])
@@ -184,7 +184,7 @@ impl ParamRule {
         path: &[(String, String)],
         query: &[(String, String)],
         headers: &HeaderMap,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), Invalid> {
         let raw: Vec<String> = match self.location {
             Location::Path => path
                 .iter()
@@ -383,7 +383,7 @@ mod tests {
             let got = rule.check(&pairs, &pairs, &headers);
             match (got, want) {
                 (Ok(()), None) => {}
-                (Err(GatewayError::InvalidParameter(errors)), Some(text)) => {
+                (Err(Invalid::Parameter(errors)), Some(text)) => {
                     assert_eq!(errors[0].pointer, "/paths/~1x/get/parameters/0", "{name}");
                     assert!(
                         errors[0].message.contains(text),

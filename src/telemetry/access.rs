@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::BodyStats;
 use super::Telemetry;
 use super::access_log::JsonLine;
 use super::history::Sample;
 use super::metrics::Gauge;
 use super::requests::{Finished, RouteMetrics};
 use super::trace::{RequestTrace, Tracer, Value};
-use crate::body::BodyStats;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {

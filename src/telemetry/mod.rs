@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod access_log;
+mod body_stats;
 pub mod history;
 pub mod metrics;
 pub mod process;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 pub use self::metrics::Metrics;
 pub use access::AccessRecord;
+pub use body_stats::BodyStats;
 
 /// What the request path records into, built once per running gateway.
 #[derive(Debug)]

@@ -37,6 +37,9 @@ pub enum Invalid {
     /// A body the route's schema refuses.
     #[error("request body does not match the schema")]
     Schema(Vec<SchemaError>),
+    /// A path, query or header parameter its OpenAPI schema refuses.
+    #[error("invalid request parameter")]
+    Parameter(Vec<SchemaError>),
     /// A client address the rules refuse.
     #[error("client address not allowed")]
     IpDenied,

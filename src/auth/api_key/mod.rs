@@ -65,6 +65,7 @@
 
 mod format;
 mod hash;
+mod settings;
 mod sync;
 mod throttle;
 

@@ -32,6 +32,9 @@ pub struct EventInput<'a> {
     pub resource: &'a str,
     /// Path parameters from the route template.
     pub params: &'a [(String, String)],
+    /// The name of a prefix route's tail among `params` (the route table's
+    /// own): it becomes API Gateway's greedy `{proxy+}`, `proxy`.
+    pub tail_param: &'a str,
     /// The authenticated caller.
     pub principal: Option<&'a Principal>,
     /// The gateway's request id.
@@ -76,7 +79,7 @@ pub fn event(input: &EventInput<'_>) -> Value {
             .iter()
             .map(|(k, v)| {
                 // A prefix route's tail is API Gateway's greedy `{proxy+}`.
-                let k = if k == crate::route::TAIL { "proxy" } else { k };
+                let k = if k == input.tail_param { "proxy" } else { k };
                 (k.to_owned(), Value::String(v.clone()))
             })
             .collect()

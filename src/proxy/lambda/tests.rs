@@ -140,6 +140,7 @@ fn input<'a>(
         headers: h,
         resource: "/orders/{id}",
         params,
+        tail_param: crate::route::TAIL,
         principal,
         request_id: "rid-1",
         source_ip: IpAddr::from([203, 0, 113, 9]),
