@@ -15,13 +15,13 @@
 //!   saw the key: for one count across nodes use [`RedisQuotas`].
 //! - [`RedisQuotas`] (a cluster): one counter per key and period in Redis,
 //!   checked and incremented by one atomic script in one round trip, with a
-//!   timeout, expiring a day after its period ends.
+//!   timeout and a circuit breaker, expiring a day after its period ends.
 //!
 //! It does not decide which quota applies to a request or what its key is
 //! (the policies and the gateway do: keys name the policy and the consumer,
 //! never a credential), and it does not decide what to do when a counter is
-//! unavailable: it says [`QuotaError::Unavailable`] and the caller chooses
-//! to fail open or closed.
+//! unavailable: it says [`QuotaError::Unavailable`] (or
+//! [`QuotaError::BreakerOpen`]) and the caller chooses to fail open or closed.
 //!
 //! Caveats: [`StoreQuotas`] loses the requests counted since the last flush
 //! if the process dies (up to one flush interval of traffic can pass
@@ -202,6 +202,10 @@ pub enum QuotaError {
     /// time or failed.
     #[error("quota counter unavailable: {0}")]
     Unavailable(String),
+    /// The Redis counter's circuit breaker is open: it failed repeatedly
+    /// and is not asked again until its cool-down is over.
+    #[error("quota counter unavailable: circuit breaker open")]
+    BreakerOpen,
     /// The store failed loading a key's usage.
     #[error("quota store error: {0}")]
     Store(#[source] StoreError),
