@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+mod breaker;
 pub mod config;
 pub mod conn;
 pub mod cors;

@@ -10,13 +10,14 @@
 //! built or applied, never per request.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::breaker::{self, Admission, Breaker, Permit, Transition, Trip, Window};
 use crate::config::{BreakerSpec, OutlierSpec};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{Counter, Gauge};
@@ -79,7 +80,7 @@ impl UpstreamRegistry {
                     discovered: Mutex::new(None),
                     in_flight: AtomicU64::new(0),
                     pending: AtomicU64::new(0),
-                    breaker: BreakerState::default(),
+                    breaker: Breaker::default(),
                     budget: Window::default(),
                     m: UpstreamMetrics {
                         retries: m.counter("gatehouse_upstream_retries_total", &labels),
@@ -193,7 +194,7 @@ pub struct UpstreamState {
     pub in_flight: AtomicU64,
     /// Requests waiting for their response head.
     pub pending: AtomicU64,
-    breaker: BreakerState,
+    breaker: Breaker,
     /// Requests (`a`) and retries (`b`) over the budget window.
     budget: Window,
     m: UpstreamMetrics,
@@ -294,113 +295,48 @@ impl UpstreamState {
 
     /// Whether the breaker lets a request through.
     pub fn admit(&self, spec: &BreakerSpec) -> Admit {
-        let b = &self.breaker;
-        let now = self.now_ms();
-        loop {
-            match b.state.load(Ordering::Acquire) {
-                CLOSED => return Admit::Yes { probe: false },
-                OPEN => {
-                    let until = b.open_until.load(Ordering::Acquire);
-                    if now < until {
-                        return Admit::No {
-                            retry_after: Duration::from_millis(until - now),
-                        };
-                    }
-                    if b.state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        b.probes.store(0, Ordering::Release);
-                        b.probe_ok.store(0, Ordering::Release);
-                        b.open_until
-                            .store(now + ms(spec.open_for.0).max(1000), Ordering::Release);
-                        self.breaker_changed(HALF_OPEN, "open period over; probing");
-                    }
-                }
-                _ => {
-                    // A probe whose request was cancelled never reports:
-                    // after `open_for` (at least 1 s) in half-open, probing starts afresh.
-                    let until = b.open_until.load(Ordering::Acquire);
-                    if now >= until {
-                        b.open_until
-                            .store(now + ms(spec.open_for.0).max(1000), Ordering::Release);
-                        b.probes.store(0, Ordering::Release);
-                    }
-                    let limit = spec.half_open_probes.max(1);
-                    let started = b.probes.fetch_add(1, Ordering::AcqRel);
-                    if started < limit {
-                        return Admit::Yes { probe: true };
-                    }
-                    b.probes.fetch_sub(1, Ordering::AcqRel);
-                    return Admit::No {
-                        retry_after: spec.open_for.0.min(Duration::from_secs(1)),
-                    };
-                }
-            }
+        let (admission, change) = self.breaker.admit(&breaker_settings(spec), self.now_ms());
+        if let Some(t) = change {
+            self.breaker_changed(t);
+        }
+        match admission {
+            Admission::Pass(permit) => Admit::Yes {
+                probe: permit == Permit::Probe,
+            },
+            Admission::Refused { retry_after } => Admit::No { retry_after },
         }
     }
 
     /// Feeds an outcome to the breaker.
     pub fn breaker_record(&self, spec: &BreakerSpec, ok: bool, probe: bool) {
-        let b = &self.breaker;
-        let now = self.now_ms();
-        if probe {
-            if ok {
-                let done = b.probe_ok.fetch_add(1, Ordering::AcqRel) + 1;
-                if done >= spec.half_open_probes.max(1)
-                    && b.state
-                        .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                {
-                    b.consecutive.store(0, Ordering::Release);
-                    b.window.clear();
-                    self.breaker_changed(CLOSED, "probes succeeded");
-                }
-            } else {
-                b.probes.fetch_sub(1, Ordering::AcqRel);
-                self.open(spec, now, HALF_OPEN, "probe failed");
-            }
-            return;
-        }
-        b.window.add(now, spec.window.0, 1, u64::from(!ok));
-        if ok {
-            b.consecutive.store(0, Ordering::Release);
-            return;
-        }
-        let run = b.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
-        if spec.failure_threshold > 0 && run >= spec.failure_threshold {
-            self.open(spec, now, CLOSED, "consecutive failures");
-            return;
-        }
-        if spec.failure_rate_percent > 0 {
-            let (total, failed) = b.window.sum(now, spec.window.0);
-            if total >= 10 && failed * 100 >= total * u64::from(spec.failure_rate_percent) {
-                self.open(spec, now, CLOSED, "failure rate");
-            }
+        let permit = if probe { Permit::Probe } else { Permit::Normal };
+        let settings = breaker_settings(spec);
+        if let Some(t) = self.breaker.record(&settings, permit, ok, self.now_ms()) {
+            self.breaker_changed(t);
         }
     }
 
-    fn open(&self, spec: &BreakerSpec, now: u64, from: u8, why: &'static str) {
-        let b = &self.breaker;
-        let until = now + u64::try_from(spec.open_for.0.as_millis()).unwrap_or(u64::MAX / 2);
-        b.open_until.store(until, Ordering::Release);
-        if b.state
-            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.breaker_changed(OPEN, why);
-        }
-    }
-
-    fn breaker_changed(&self, to: u8, why: &'static str) {
-        self.m.breaker_state.set(f64::from(to));
+    fn breaker_changed(&self, t: Transition) {
+        let why = match t {
+            Transition::Opened(Trip::Consecutive { .. }) => "consecutive failures",
+            Transition::Opened(Trip::FailureRate { .. }) => "failure rate",
+            Transition::HalfOpened => "open period over; probing",
+            Transition::Reopened => "probe failed",
+            Transition::Closed => "probes succeeded",
+        };
+        let to = t.to();
+        self.m.breaker_state.set(match to {
+            breaker::State::Closed => 0.0,
+            breaker::State::Open => 1.0,
+            breaker::State::HalfOpen => 2.0,
+        });
         self.m.breaker_transitions.increment(1);
-        tracing::warn!(target: LOG_TARGET, upstream = %self.name, state = breaker_name(to), reason = why, "circuit breaker changed");
+        tracing::warn!(target: LOG_TARGET, upstream = %self.name, state = to.as_str(), reason = why, "circuit breaker changed");
     }
 
     /// The breaker's state: `closed`, `open` or `half_open`.
     pub fn breaker_state(&self) -> &'static str {
-        breaker_name(self.breaker.state.load(Ordering::Acquire))
+        self.breaker.state().as_str()
     }
 
     /// Records a failed attempt on `t`; may eject it if fewer than the
@@ -513,30 +449,17 @@ pub enum Admit {
     },
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
-}
-
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
-
-fn breaker_name(s: u8) -> &'static str {
-    match s {
-        CLOSED => "closed",
-        OPEN => "open",
-        _ => "half_open",
+/// The shared breaker's settings for an upstream's `[breaker]`: a lost
+/// half-open probe is replaced after `open_for`, but no sooner than 1 s.
+fn breaker_settings(spec: &BreakerSpec) -> breaker::Settings {
+    breaker::Settings {
+        failures: spec.failure_threshold,
+        failure_rate_percent: spec.failure_rate_percent,
+        window: spec.window.0,
+        open_for: spec.open_for.0,
+        probes: spec.half_open_probes,
+        probe_timeout: spec.open_for.0.max(Duration::from_secs(1)),
     }
-}
-
-#[derive(Default)]
-struct BreakerState {
-    state: AtomicU8,
-    open_until: AtomicU64,
-    consecutive: AtomicU32,
-    probes: AtomicU32,
-    probe_ok: AtomicU32,
-    window: Window,
 }
 
 struct TargetMetrics {
@@ -636,67 +559,6 @@ impl Drop for InFlight {
         let n = self.target.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         self.target.m.in_flight.set(n as f64);
         self.upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-const BUCKETS: u64 = 10;
-
-/// Two counters over a sliding window of ten buckets, lock-free.
-#[derive(Default)]
-struct Window {
-    buckets: [Bucket; BUCKETS as usize],
-}
-
-#[derive(Default)]
-struct Bucket {
-    epoch: AtomicU64,
-    a: AtomicU64,
-    b: AtomicU64,
-}
-
-impl Window {
-    fn width(window: Duration) -> u64 {
-        (u64::try_from(window.as_millis()).unwrap_or(u64::MAX) / BUCKETS).max(1)
-    }
-
-    fn add(&self, now_ms: u64, window: Duration, a: u64, b: u64) {
-        let epoch = now_ms / Self::width(window) + 1;
-        let Some(bucket) = self.buckets.get((epoch % BUCKETS) as usize) else {
-            return;
-        };
-        let seen = bucket.epoch.load(Ordering::Acquire);
-        if seen != epoch
-            && bucket
-                .epoch
-                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            bucket.a.store(0, Ordering::Release);
-            bucket.b.store(0, Ordering::Release);
-        }
-        bucket.a.fetch_add(a, Ordering::AcqRel);
-        bucket.b.fetch_add(b, Ordering::AcqRel);
-    }
-
-    fn sum(&self, now_ms: u64, window: Duration) -> (u64, u64) {
-        let epoch = now_ms / Self::width(window) + 1;
-        self.buckets
-            .iter()
-            .filter(|b| b.epoch.load(Ordering::Acquire) + BUCKETS > epoch)
-            .fold((0, 0), |(a, b), k| {
-                (
-                    a + k.a.load(Ordering::Acquire),
-                    b + k.b.load(Ordering::Acquire),
-                )
-            })
-    }
-
-    fn clear(&self) {
-        for b in &self.buckets {
-            b.epoch.store(0, Ordering::Release);
-            b.a.store(0, Ordering::Release);
-            b.b.store(0, Ordering::Release);
-        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! (e.g. `100000/month`), as opposed to the rate limits of the parent module,
 //! which shape traffic over seconds.
 //!
-//! This module owns the [`Quota`] and its calendar periods (UTC: a month is
-//! `2026-12`, a day `2026-12-02`), the [`QuotaDecision`] for one request, and
+//! This module owns the [`Quota`] and its calendar periods (UTC, on the
+//! `time` crate's calendar: a month is `2026-12`, a day `2026-12-02`), the [`QuotaDecision`] for one request, and
 //! the [`QuotaCounter`] trait with two implementations:
 //!
 //! - [`StoreQuotas`] (the default, one node): counts in memory and writes the
@@ -15,13 +15,13 @@
 //!   saw the key: for one count across nodes use [`RedisQuotas`].
 //! - [`RedisQuotas`] (a cluster): one counter per key and period in Redis,
 //!   checked and incremented by one atomic script in one round trip, with a
-//!   timeout, expiring a day after its period ends.
+//!   timeout and a circuit breaker, expiring a day after its period ends.
 //!
 //! It does not decide which quota applies to a request or what its key is
 //! (the policies and the gateway do: keys name the policy and the consumer,
 //! never a credential), and it does not decide what to do when a counter is
-//! unavailable: it says [`QuotaError::Unavailable`] and the caller chooses
-//! to fail open or closed.
+//! unavailable: it says [`QuotaError::Unavailable`] (or
+//! [`QuotaError::BreakerOpen`]) and the caller chooses to fail open or closed.
 //!
 //! Caveats: [`StoreQuotas`] loses the requests counted since the last flush
 //! if the process dies (up to one flush interval of traffic can pass
@@ -98,67 +98,49 @@ impl Quota {
     /// The id of the period `now` falls in: `2026-12` for a month,
     /// `2026-12-02` for a day (UTC). Counters are kept per key and period id.
     pub fn period_id(&self, now: Timestamp) -> String {
-        let (year, month, day) = civil_from_days(now.div_euclid(SECONDS_PER_DAY));
+        let date = utc_date(now);
+        let (year, month, day) = (date.year(), u8::from(date.month()), date.day());
         match self.period {
             QuotaPeriod::Day => format!("{year:04}-{month:02}-{day:02}"),
             QuotaPeriod::Month => format!("{year:04}-{month:02}"),
         }
     }
 
-    /// When the period `now` falls in ends: the start of the next one.
+    /// When the period `now` falls in ends: the start of the next one
+    /// (`Timestamp::MAX` for the calendar's last period, which never ends).
     pub fn resets_at(&self, now: Timestamp) -> Timestamp {
-        let today = now.div_euclid(SECONDS_PER_DAY);
+        let date = utc_date(now);
         let next = match self.period {
-            QuotaPeriod::Day => today + 1,
+            QuotaPeriod::Day => date.next_day(),
             QuotaPeriod::Month => {
-                let (year, month, _) = civil_from_days(today);
-                if month == 12 {
-                    days_from_civil(year + 1, 1, 1)
+                let month = date.month();
+                let year = if month == time::Month::December {
+                    date.year().checked_add(1)
                 } else {
-                    days_from_civil(year, month + 1, 1)
-                }
+                    Some(date.year())
+                };
+                year.and_then(|y| time::Date::from_calendar_date(y, month.next(), 1).ok())
             }
         };
-        next.saturating_mul(SECONDS_PER_DAY)
+        next.map_or(Timestamp::MAX, |d| {
+            d.midnight().assume_utc().unix_timestamp()
+        })
     }
+}
+
+/// The UTC date of `now`. Times beyond the `time` crate's calendar (years
+/// −9999 to 9999) are taken as its first or last second.
+fn utc_date(now: Timestamp) -> time::Date {
+    let first = time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp();
+    let last = time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
+    time::OffsetDateTime::from_unix_timestamp(now.clamp(first, last))
+        .map_or(time::Date::MIN, |t| t.date())
 }
 
 impl fmt::Display for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.count, self.period)
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (`month` 1–12,
-/// `day` 1–31). Howard Hinnant's `days_from_civil`.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let shifted_month = if month > 2 { month - 3 } else { month + 9 };
-    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The (year, month, day) of a day counted from 1970-01-01. Howard
-/// Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The answer for one request under one quota.
@@ -202,6 +184,10 @@ pub enum QuotaError {
     /// time or failed.
     #[error("quota counter unavailable: {0}")]
     Unavailable(String),
+    /// The Redis counter's circuit breaker is open: it failed repeatedly
+    /// and is not asked again until its cool-down is over.
+    #[error("quota counter unavailable: circuit breaker open")]
+    BreakerOpen,
     /// The store failed loading a key's usage.
     #[error("quota store error: {0}")]
     Store(#[source] StoreError),

@@ -1,10 +1,15 @@
 //! [`RedisQuotas`]: one counter per key and period in Redis, checked and
-//! incremented by one atomic script (a cluster's shared count).
+//! incremented by one atomic script (a cluster's shared count), over the
+//! same [`Link`] as the cluster rate limiter: a lazy connection manager
+//! behind a circuit breaker, so a dead Redis fails fast for quotas too.
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::auth::Timestamp;
+use crate::ratelimit::redis::link::{
+    DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, Link, LinkError, LinkOptions,
+};
 
 use super::*;
 
@@ -15,9 +20,9 @@ use super::*;
 /// their period ends (a day's grace for clocks that disagree).
 #[derive(Clone)]
 pub struct RedisQuotas {
-    pub(super) conn: redis::aio::ConnectionManager,
-    pub(super) script: redis::Script,
-    pub(super) timeout: Duration,
+    link: Link,
+    script: redis::Script,
+    timeout: Duration,
 }
 
 /// Prefix of every quota key in Redis.
@@ -40,6 +45,7 @@ impl fmt::Debug for RedisQuotas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisQuotas")
             .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker_state())
             .finish_non_exhaustive()
     }
 }
@@ -53,20 +59,53 @@ impl RedisQuotas {
     /// [`QuotaError::Unavailable`] until Redis answers. Fails only for a URL
     /// that cannot be used (the error does not repeat it: it may hold a
     /// password).
+    ///
+    /// The circuit breaker opens after 5 consecutive failures, for 5 s
+    /// (see [`RedisQuotas::connect_with_breaker`]).
     pub fn connect(url: &str, timeout: Duration) -> Result<RedisQuotas, QuotaError> {
+        Self::connect_with_breaker(
+            url,
+            timeout,
+            DEFAULT_BREAKER_FAILURES,
+            DEFAULT_BREAKER_OPEN_FOR,
+        )
+    }
+
+    /// [`RedisQuotas::connect`], with a circuit breaker that opens after
+    /// `breaker_failures` consecutive failures: for `breaker_open_for`,
+    /// charges fail at once ([`QuotaError::BreakerOpen`]) without touching
+    /// the network; then one probe charge decides whether it closes.
+    pub fn connect_with_breaker(
+        url: &str,
+        timeout: Duration,
+        breaker_failures: u32,
+        breaker_open_for: Duration,
+    ) -> Result<RedisQuotas, QuotaError> {
         let client = redis::Client::open(url)
             .map_err(|_| QuotaError::Unavailable("invalid Redis URL".to_owned()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(0);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|err| QuotaError::Unavailable(format!("redis: {err}")))?;
+        let link = Link::new(
+            client,
+            LinkOptions {
+                name: "redis_quota",
+                what: "redis quota counter",
+                timeout,
+                connect_timeout: timeout,
+                response_timeout: Some(timeout),
+                breaker_failures,
+                breaker_open_for,
+            },
+        )
+        .map_err(|err| QuotaError::Unavailable(format!("redis: {err}")))?;
         Ok(RedisQuotas {
-            conn,
+            link,
             script: redis::Script::new(CHARGE_SCRIPT),
             timeout,
         })
+    }
+
+    /// The circuit breaker's state now.
+    pub fn breaker_state(&self) -> crate::ratelimit::redis::BreakerState {
+        self.link.breaker_state()
     }
 }
 
@@ -81,19 +120,20 @@ impl QuotaCounter for RedisQuotas {
         let resets_at = quota.resets_at(now);
         let redis_key = format!("{REDIS_PREFIX}{key}:{}", quota.period_id(now));
         let expire_at = resets_at.saturating_add(SECONDS_PER_DAY);
-        let mut conn = self.conn.clone();
         let mut invocation = self.script.key(redis_key);
         invocation.arg(quota.count).arg(expire_at);
-        let (allowed, used): (i64, u64) =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-                .await
-                .map_err(|_| {
-                    QuotaError::Unavailable(format!(
-                        "redis did not answer within {:?}",
-                        self.timeout
-                    ))
-                })?
-                .map_err(|err| QuotaError::Unavailable(format!("redis: {err}")))?;
+        let (allowed, used): (i64, u64) = self
+            .link
+            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+            .map_err(|err| match err {
+                LinkError::BreakerOpen => QuotaError::BreakerOpen,
+                LinkError::Timeout(_) => QuotaError::Unavailable(format!(
+                    "redis did not answer within {:?}",
+                    self.timeout
+                )),
+                LinkError::Redis(err) => QuotaError::Unavailable(format!("redis: {err}")),
+            })?;
         Ok(QuotaDecision {
             allowed: allowed == 1,
             limit: quota.count,

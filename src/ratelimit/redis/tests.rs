@@ -10,6 +10,7 @@ use tokio::process::{Child, Command};
 
 use redis::Client;
 
+use crate::breaker::{Admission, Breaker, Permit, Transition, Trip};
 use crate::ratelimit::{Decision, Limit, LimitError, Limiter};
 
 /// The one place tests read the environment.
@@ -95,6 +96,7 @@ impl Limiter for CountingLimiter {
 
 // -- pure ---------------------------------------------------------------
 
+/// The limiter's breaker (the shared one, with the settings of a link).
 #[derive(Debug)]
 enum Step {
     Admit(u64, Option<Permit>),
@@ -108,7 +110,7 @@ fn breaker_state_machine() {
     use BreakerState::{Closed, HalfOpen, Open};
     use Permit::{Normal, Probe};
     use Step::*;
-    let opened = Some(Transition::Opened { failures: 3 });
+    let opened = Some(Transition::Opened(Trip::Consecutive { failures: 3 }));
     let cases: Vec<(&str, Vec<Step>)> = vec![
         (
             "opens after 3 consecutive failures, then refuses",
@@ -192,15 +194,33 @@ fn breaker_state_machine() {
         ),
     ];
     for (name, steps) in cases {
-        let b = Breaker::new(3, Duration::from_millis(100));
+        let b = Breaker::default();
+        let s = link::breaker_settings(3, Duration::from_millis(100));
+        let mut now = 0;
         for (i, step) in steps.iter().enumerate() {
             match *step {
-                Admit(at, want) => assert_eq!(b.admit(at), want, "{name}: step {i} {step:?}"),
+                Admit(at, want) => {
+                    now = at;
+                    let got = match b.admit(&s, at).0 {
+                        Admission::Pass(p) => Some(p),
+                        Admission::Refused { .. } => None,
+                    };
+                    assert_eq!(got, want, "{name}: step {i} {step:?}");
+                }
                 Fail(p, at, want) => {
-                    assert_eq!(b.on_failure(p, at), want, "{name}: step {i} {step:?}")
+                    now = at;
+                    assert_eq!(
+                        b.record(&s, p, false, at),
+                        want,
+                        "{name}: step {i} {step:?}"
+                    )
                 }
                 Succeed(p, want) => {
-                    assert_eq!(b.on_success(p), want, "{name}: step {i} {step:?}")
+                    assert_eq!(
+                        b.record(&s, p, true, now),
+                        want,
+                        "{name}: step {i} {step:?}"
+                    )
                 }
                 State(want) => assert_eq!(b.state(), want, "{name}: step {i} {step:?}"),
             }

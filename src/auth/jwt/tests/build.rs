@@ -413,20 +413,22 @@ async fn mint_then_verify() {
 
 #[test]
 fn base64url() {
-    let cases: [(&str, Option<&[u8]>); 9] = [
-        ("empty", Some(b"")),
-        ("Zg", Some(b"f")),
-        ("Zm8", Some(b"fo")),
-        ("Zm9v", Some(b"foo")),
-        ("-_8", Some(&[0xfb, 0xff])),
-        ("Zg==", None),
-        ("Zh", None),
-        ("Z", None),
-        ("Zm9v+", None),
+    let cases: [(&str, &str, Option<&[u8]>); 12] = [
+        ("empty", "", Some(b"")),
+        ("one byte", "Zg", Some(b"f")),
+        ("two bytes", "Zm8", Some(b"fo")),
+        ("three bytes", "Zm9v", Some(b"foo")),
+        ("the URL-safe characters", "-_8", Some(&[0xfb, 0xff])),
+        ("padding", "Zg==", None),
+        ("one padding character", "Zm8=", None),
+        ("non-canonical last character (4 unused bits)", "Zh", None),
+        ("non-canonical last character (2 unused bits)", "Zm9", None),
+        ("an impossible length", "Z", None),
+        ("the standard alphabet's +", "Zm9v+", None),
+        ("whitespace", "Zm9v\n", None),
     ];
-    for (input, want) in cases {
-        let input = if input == "empty" { "" } else { input };
-        assert_eq!(b64url_decode(input.as_bytes()).as_deref(), want, "{input}");
+    for (name, input, want) in cases {
+        assert_eq!(b64url_decode(input.as_bytes()).as_deref(), want, "{name}");
     }
     for len in 0..40u8 {
         let data: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37)).collect();

@@ -5,6 +5,29 @@ use serde_json::json;
 use super::*;
 use crate::auth::jwt::*;
 
+/// The first of `tokens` whose header or payload ends with unused low bits,
+/// with its last character changed to set one of them: the same bytes to a
+/// lenient decoder, refused by a strict one.
+fn non_canonical_token(tokens: &[String]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (token, i) = tokens
+        .iter()
+        .find_map(|t| {
+            let parts: Vec<&str> = t.split('.').collect();
+            (0..2).find(|&i| parts[i].len() % 4 >= 2).map(|i| (t, i))
+        })
+        .expect("a header or payload with unused bits");
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let last = parts[i].pop().unwrap();
+    let at = A.iter().position(|&c| char::from(c) == last).unwrap();
+    assert_eq!(at & 1, 0, "canonical to start with");
+    parts[i].push(char::from(A[at | 1]));
+    let tampered = parts.join(".");
+    let (a, b) = (token.split('.').nth(i), tampered.split('.').nth(i));
+    assert_ne!(a, b);
+    tampered
+}
+
 #[tokio::test]
 async fn verify_cases() {
     let w = world();
@@ -414,6 +437,12 @@ async fn verify_cases() {
                 valid_es.split('.').next().unwrap(),
                 valid_es.split_once('.').unwrap().1
             ),
+            None,
+            Err(JwtError::Malformed),
+        ),
+        (
+            "non-canonical last character in a segment (same bytes to a lenient decoder)",
+            non_canonical_token(&["", "x", "xx"].map(|pad| es256(&with(es(), "pad", json!(pad))))),
             None,
             Err(JwtError::Malformed),
         ),

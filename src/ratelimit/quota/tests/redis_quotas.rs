@@ -152,3 +152,47 @@ fn a_bad_redis_url_is_refused_without_echoing_it() {
         assert!(!text.contains("hunter2"), "case {url:?}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_dead_redis_opens_the_breaker_and_charges_stop_reaching_it() {
+    use crate::ratelimit::redis::BreakerState;
+    // A closed port: bound by us, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let open_for = Duration::from_secs(600);
+    let quotas =
+        RedisQuotas::connect_with_breaker(&url, Duration::from_millis(300), 3, open_for).unwrap();
+    for attempt in 1..=3 {
+        assert_eq!(quotas.breaker_state(), BreakerState::Closed, "{attempt}");
+        let err = quotas
+            .charge("api:c_a", &MONTHLY_3, now_utc())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, QuotaError::Unavailable(_)),
+            "failure {attempt} went to the network: {err:?}"
+        );
+    }
+    assert_eq!(quotas.breaker_state(), BreakerState::Open);
+    // While open (600 s), no charge reaches the connection: each is refused
+    // by the breaker, clones included (they share it).
+    let clone = quotas.clone();
+    for (name, q) in [("same", &quotas), ("clone", &clone)] {
+        for attempt in 0..5 {
+            let err = q
+                .charge("api:c_a", &MONTHLY_3, now_utc())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, QuotaError::BreakerOpen),
+                "{name} {attempt}: {err:?}"
+            );
+            assert!(err.to_string().contains("circuit breaker open"), "{err}");
+        }
+    }
+    assert_eq!(quotas.breaker_state(), BreakerState::Open);
+}
