@@ -9,6 +9,7 @@ use crate::auth::jwt::JwtError;
 use crate::cors;
 use crate::proxy::ForwardError;
 use crate::proxy::lambda::{self, LambdaError};
+use crate::ratelimit::charge;
 use crate::validate::{Invalid, PathError, Refusal};
 
 use super::{Challenge, GatewayError};
@@ -28,6 +29,28 @@ impl From<Invalid> for GatewayError {
             Invalid::Schema(errors) => GatewayError::SchemaViolation(errors),
             Invalid::Parameter(errors) => GatewayError::InvalidParameter(errors),
             Invalid::IpDenied => GatewayError::IpDenied,
+        }
+    }
+}
+
+impl From<charge::Refused> for GatewayError {
+    fn from(e: charge::Refused) -> GatewayError {
+        match e {
+            charge::Refused::Limited {
+                policy,
+                retry_after_secs,
+            } => GatewayError::RateLimited {
+                policy,
+                retry_after_secs,
+            },
+            charge::Refused::QuotaExceeded {
+                policy,
+                retry_after_secs,
+            } => GatewayError::QuotaExceeded {
+                policy,
+                retry_after_secs,
+            },
+            charge::Refused::Unavailable => GatewayError::RateLimiterUnavailable,
         }
     }
 }

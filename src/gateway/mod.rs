@@ -217,10 +217,7 @@ impl Gateway {
         // 8. Rate limits and quotas: per consumer, else per client address.
         if !route.rate_limits.is_empty() {
             let started = ctx.clock();
-            let mut limited = rate_limit(req.headers(), route, ctx, self.limiter.as_ref()).await;
-            if limited.is_ok() {
-                limited = charge_quotas(req.headers(), route, ctx, self).await;
-            }
+            let limited = rate_limit(req.headers(), route, ctx, self).await;
             ctx.span("rate_limit", started, limited.as_ref().map(|_| ()));
             limited?;
         }

@@ -8,11 +8,13 @@
 //! budget shared by every gateway instance, decided in one Redis round trip
 //! by an atomic script, with a timeout, a circuit breaker and a fallback).
 //!
-//! It does not decide *which* limits apply to a request or what the key is
-//! (the snapshot's policies and the gateway do that), and it never sees a
+//! [`charge`] charges one request to its route's policies (step 8): the
+//! strictest refusal, shadow policies, the answer's headers. Which policies
+//! apply to a route is the snapshot's to say. It never sees a
 //! credential: keys are built from consumer ids, client addresses, route
 //! names or header values chosen by the operator.
 
+pub mod charge;
 pub mod local;
 pub mod policy;
 pub mod quota;
