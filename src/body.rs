@@ -26,56 +26,56 @@ use tokio::time::{Instant, Sleep};
 use crate::BoxError;
 use crate::conn::StreamGuard;
 use crate::telemetry::AccessRecord;
-pub use crate::telemetry::BodyStats;
+pub(crate) use crate::telemetry::BodyStats;
 
 /// The body type of every response and of every upstream request.
-pub type GwBody = BoxBody<Bytes, BoxError>;
+pub(crate) type GwBody = BoxBody<Bytes, BoxError>;
 
 /// A client's request body as the pipeline takes it: hyper's `Incoming`
 /// on a connection, any body when the pipeline is driven in-process.
-pub trait ClientBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
+pub(crate) trait ClientBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
 
 impl<B> ClientBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
 
 /// A complete in-memory body.
-pub fn full(bytes: impl Into<Bytes>) -> GwBody {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> GwBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
 }
 
 /// An empty body.
-pub fn empty() -> GwBody {
+pub(crate) fn empty() -> GwBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// The error a [`RequestBody`] yields once the client sent more than allowed.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]
-pub struct BodyTooLarge {
+pub(crate) struct BodyTooLarge {
     /// The limit in bytes.
-    pub limit: u64,
+    pub(crate) limit: u64,
 }
 
 /// How fast a client must send its body.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyPace {
+pub(crate) struct BodyPace {
     /// Longest pause between two pieces of the body.
-    pub max_gap: Duration,
+    pub(crate) max_gap: Duration,
     /// Slowest average rate (bytes per second), enforced after `grace`.
-    pub min_rate: u64,
+    pub(crate) min_rate: u64,
     /// Time before `min_rate` applies.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
 }
 
 /// The error a [`RequestBody`] yields when the client sends too slowly.
 #[derive(Debug, thiserror::Error)]
 #[error("request body not received in time")]
-pub struct BodyTimeout;
+pub(crate) struct BodyTimeout;
 
 pin_project_lite::pin_project! {
     /// A client's request body, counted, capped and paced while it streams.
-    pub struct RequestBody<B> {
+    pub(crate) struct RequestBody<B> {
         #[pin]
         inner: B,
         limit: u64,
@@ -91,7 +91,7 @@ pin_project_lite::pin_project! {
 
 impl<B> RequestBody<B> {
     /// Wraps `inner`, allowing at most `limit` bytes at `pace`.
-    pub fn new(inner: B, limit: u64, pace: BodyPace, stats: Arc<BodyStats>) -> Self
+    pub(crate) fn new(inner: B, limit: u64, pace: BodyPace, stats: Arc<BodyStats>) -> Self
     where
         B: Body,
     {
@@ -196,7 +196,7 @@ where
 pin_project_lite::pin_project! {
     /// A response body on its way to the client: counted, bounded by the
     /// request's deadline, and logged once when it ends or is dropped.
-    pub struct ResponseBody {
+    pub(crate) struct ResponseBody {
         #[pin]
         inner: GwBody,
         deadline: Option<Instant>,
@@ -225,12 +225,12 @@ pin_project_lite::pin_project! {
 /// while the body is still streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("response body did not finish before the request deadline")]
-pub struct DeadlineExceeded;
+pub(crate) struct DeadlineExceeded;
 
 impl ResponseBody {
     /// Wraps `inner`; `deadline` cuts the stream when it passes; `stream`
     /// ends when the body is dropped.
-    pub fn new(
+    pub(crate) fn new(
         inner: GwBody,
         deadline: Option<Instant>,
         record: AccessRecord,

@@ -32,39 +32,39 @@ const UPSTREAM_CORS_HEADERS: [HeaderName; 6] = [
 /// A preflight the route's CORS policy refuses (origin, method or headers).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("CORS preflight rejected")]
-pub struct Rejected;
+pub(crate) struct Rejected;
 
 /// A route's compiled CORS policy.
 #[derive(Debug, Clone)]
-pub struct Cors {
+pub(crate) struct Cors {
     /// Allowed origins, lower case (`*`: any).
-    pub origins: Vec<String>,
+    pub(crate) origins: Vec<String>,
     /// Allowed methods (empty: the route's methods).
-    pub methods: Vec<Method>,
+    pub(crate) methods: Vec<Method>,
     /// Allowed request headers, lower case.
-    pub headers: Vec<HeaderName>,
+    pub(crate) headers: Vec<HeaderName>,
     /// Response headers the browser may read.
-    pub expose: Vec<HeaderName>,
+    pub(crate) expose: Vec<HeaderName>,
     /// Whether credentials (cookies, Authorization) may be sent.
-    pub credentials: bool,
+    pub(crate) credentials: bool,
     /// How long a preflight answer may be cached, in seconds.
-    pub max_age: Option<u64>,
+    pub(crate) max_age: Option<u64>,
 }
 
 /// The parts of a preflight request.
 #[derive(Debug)]
-pub struct Preflight {
+pub(crate) struct Preflight {
     /// The Origin.
-    pub origin: HeaderValue,
+    pub(crate) origin: HeaderValue,
     /// The method the real request will use.
-    pub method: Method,
+    pub(crate) method: Method,
     /// The headers it will send.
-    pub headers: Vec<String>,
+    pub(crate) headers: Vec<String>,
 }
 
 /// Recognises a preflight: `OPTIONS` with `Origin` and
 /// `Access-Control-Request-Method`.
-pub fn preflight(method: &Method, headers: &HeaderMap) -> Option<Preflight> {
+pub(crate) fn preflight(method: &Method, headers: &HeaderMap) -> Option<Preflight> {
     if method != Method::OPTIONS {
         return None;
     }
@@ -116,7 +116,7 @@ impl Cors {
     }
 
     /// Answers a preflight, or refuses it.
-    pub fn answer(
+    pub(crate) fn answer(
         &self,
         p: &Preflight,
         route_methods: Option<&[Method]>,
@@ -179,7 +179,7 @@ impl Cors {
     /// Applies the policy to a real response: the backend's CORS headers
     /// are removed, then, when the request named an `origin`, the answer
     /// varies on it and an allowed origin gets our headers.
-    pub fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
         for name in UPSTREAM_CORS_HEADERS {
             headers.remove(name);
         }

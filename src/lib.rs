@@ -6,17 +6,17 @@
 
 pub mod admin;
 pub mod auth;
-pub mod body;
+pub(crate) mod body;
 mod breaker;
 pub mod config;
-pub mod conn;
-pub mod cors;
-pub mod error;
-pub mod gateway;
+pub(crate) mod conn;
+pub(crate) mod cors;
+pub(crate) mod error;
+pub(crate) mod gateway;
 pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
-pub mod route;
+pub(crate) mod route;
 pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -19,16 +19,16 @@ pub(crate) const TAIL: &str = "__gatehouse_tail";
 
 /// Header changes, compiled.
 #[derive(Debug, Default, Clone)]
-pub struct HeaderEdits {
+pub(crate) struct HeaderEdits {
     /// Set (replace) these.
-    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) set: Vec<(HeaderName, HeaderValue)>,
     /// Remove these.
-    pub remove: Vec<HeaderName>,
+    pub(crate) remove: Vec<HeaderName>,
 }
 
 impl HeaderEdits {
     /// Applies removals, then sets.
-    pub fn apply(&self, headers: &mut http::HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
         }
@@ -40,18 +40,18 @@ impl HeaderEdits {
 
 /// A direct answer.
 #[derive(Debug, Clone)]
-pub struct DirectResponse {
+pub(crate) struct DirectResponse {
     /// Status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// Headers.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Body.
-    pub body: bytes::Bytes,
+    pub(crate) body: bytes::Bytes,
 }
 
 /// What a route does with a matching request.
 #[derive(Debug)]
-pub enum Action {
+pub(crate) enum Action {
     /// Forward to an upstream.
     Forward(Arc<Upstream>),
     /// Answer directly.
@@ -62,17 +62,17 @@ pub enum Action {
 
 /// A route's Lambda invocation.
 #[derive(Debug)]
-pub struct Invoke {
+pub(crate) struct Invoke {
     /// The function.
-    pub function: Arc<crate::proxy::lambda::LambdaFunction>,
+    pub(crate) function: Arc<crate::proxy::lambda::LambdaFunction>,
     /// The route's path pattern, as API Gateway names it (`/orders/{id}`,
     /// `/api/{proxy+}` for a prefix): the event's `resource` / `routeKey`.
-    pub resource: String,
+    pub(crate) resource: String,
 }
 
 /// A piece of a path rewrite.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RewritePart {
+pub(crate) enum RewritePart {
     /// Literal text.
     Lit(String),
     /// A template parameter's value.
@@ -81,57 +81,57 @@ pub enum RewritePart {
 
 /// A compiled route.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// Its name.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// Allowed methods; `None` is all.
-    pub methods: Option<Vec<Method>>,
+    pub(crate) methods: Option<Vec<Method>>,
     /// What to do.
-    pub action: Action,
+    pub(crate) action: Action,
     /// Prefix removed before forwarding.
-    pub strip_prefix: Option<String>,
+    pub(crate) strip_prefix: Option<String>,
     /// Path rewrite.
-    pub rewrite: Option<Vec<RewritePart>>,
+    pub(crate) rewrite: Option<Vec<RewritePart>>,
     /// Request header changes.
-    pub request_headers: HeaderEdits,
+    pub(crate) request_headers: HeaderEdits,
     /// Response header changes.
-    pub response_headers: HeaderEdits,
+    pub(crate) response_headers: HeaderEdits,
     /// Largest request body.
-    pub max_body: u64,
+    pub(crate) max_body: u64,
     /// Header, query, address and body rules.
-    pub rules: crate::validate::RequestRules,
+    pub(crate) rules: crate::validate::RequestRules,
     /// CORS policy.
-    pub cors: Option<crate::cors::Cors>,
+    pub(crate) cors: Option<crate::cors::Cors>,
     /// Who may call it.
-    pub auth: crate::auth::policy::RouteAuth,
+    pub(crate) auth: crate::auth::policy::RouteAuth,
     /// Rate-limit policies, checked in order; the strictest decides.
-    pub rate_limits: Vec<Arc<crate::ratelimit::policy::RatePolicy>>,
+    pub(crate) rate_limits: Vec<Arc<crate::ratelimit::policy::RatePolicy>>,
     /// Retry non-idempotent methods too.
-    pub retry_non_idempotent: bool,
+    pub(crate) retry_non_idempotent: bool,
     /// Accept a raw `;` (path parameters) in the path; refused otherwise.
-    pub allow_path_params: bool,
+    pub(crate) allow_path_params: bool,
     /// Overrides the upstream's time to the response head.
-    pub first_byte_timeout: Option<std::time::Duration>,
+    pub(crate) first_byte_timeout: Option<std::time::Duration>,
     /// Overrides the upstream's connect timeout.
-    pub connect_timeout: Option<std::time::Duration>,
+    pub(crate) connect_timeout: Option<std::time::Duration>,
     /// Overrides the upstream's time for the whole exchange.
-    pub request_timeout: Option<std::time::Duration>,
+    pub(crate) request_timeout: Option<std::time::Duration>,
     /// Upgrades, client headers it lets through, `_` in header names.
-    pub headers: crate::validate::HeaderPolicy,
+    pub(crate) headers: crate::validate::HeaderPolicy,
     /// Places for upgraded tunnels (`max_tunnels`).
-    pub tunnels: Arc<tokio::sync::Semaphore>,
+    pub(crate) tunnels: Arc<tokio::sync::Semaphore>,
     /// A tunnel idle this long is closed.
-    pub tunnel_idle_timeout: std::time::Duration,
+    pub(crate) tunnel_idle_timeout: std::time::Duration,
     /// Its request meters.
-    pub meters: Arc<crate::telemetry::requests::RouteMetrics>,
+    pub(crate) meters: Arc<crate::telemetry::requests::RouteMetrics>,
     /// The OpenAPI operation it was generated from: parameter, body and
     /// (dry-run) response checks.
-    pub openapi: Option<Arc<crate::openapi::OperationRules>>,
+    pub(crate) openapi: Option<Arc<crate::openapi::OperationRules>>,
 }
 
 impl Route {
     /// Whether the route accepts `method`.
-    pub fn allows(&self, method: &Method) -> bool {
+    pub(crate) fn allows(&self, method: &Method) -> bool {
         match &self.methods {
             None => true,
             Some(list) => list.contains(method),
@@ -140,13 +140,13 @@ impl Route {
 
     /// Whether the body must be buffered to check it (a JSON Schema, or an
     /// OpenAPI request body).
-    pub fn buffers_body(&self) -> bool {
+    pub(crate) fn buffers_body(&self) -> bool {
         self.rules.schema.is_some() || self.openapi.as_ref().is_some_and(|o| o.needs_body())
     }
 
     /// Checks a buffered body: the OpenAPI operation's media-type schema,
     /// else the route's JSON Schema.
-    pub fn check_body(
+    pub(crate) fn check_body(
         &self,
         headers: &http::HeaderMap,
         body: &[u8],
@@ -158,7 +158,7 @@ impl Route {
     }
 
     /// The path to send upstream.
-    pub fn upstream_path(&self, path: &str, params: &[(String, String)]) -> String {
+    pub(crate) fn upstream_path(&self, path: &str, params: &[(String, String)]) -> String {
         if let Some(parts) = &self.rewrite {
             let mut out = String::new();
             for part in parts {
@@ -192,7 +192,7 @@ impl Route {
 
 /// How a route's path is matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
+pub(crate) enum PathMatch {
     /// This path only.
     Exact(String),
     /// This path and everything below it.
@@ -229,11 +229,11 @@ impl PathMatch {
 
 /// Where a route was defined, for error messages.
 #[derive(Debug, Clone)]
-pub struct Place {
+pub(crate) struct Place {
     /// The file.
-    pub source: Arc<SourceFile>,
+    pub(crate) source: Arc<SourceFile>,
     /// Byte span of the definition.
-    pub span: std::ops::Range<usize>,
+    pub(crate) span: std::ops::Range<usize>,
 }
 
 impl Place {
@@ -251,7 +251,7 @@ type Candidates = Vec<Arc<Route>>;
 
 /// The route table of one snapshot.
 #[derive(Debug, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     by_host: HashMap<String, matchit::Router<Candidates>>,
     any_host: matchit::Router<Candidates>,
     count: usize,
@@ -259,7 +259,7 @@ pub struct RouteTable {
 
 /// The outcome of a lookup.
 #[derive(Debug)]
-pub enum Lookup<'a> {
+pub(crate) enum Lookup<'a> {
     /// A route, with template parameters when the route rewrites paths.
     Found(&'a Arc<Route>, Vec<(String, String)>),
     /// The path matches but the method does not; the allowed methods.
@@ -270,18 +270,13 @@ pub enum Lookup<'a> {
 
 impl RouteTable {
     /// Number of routes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
-    }
-
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// The first route at this host and path that has a CORS policy, for
     /// answering a preflight whatever method it asks about.
-    pub fn lookup_cors(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+    pub(crate) fn lookup_cors(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         fn in_router<'r>(
             router: &'r matchit::Router<Candidates>,
             path: &str,
@@ -302,7 +297,7 @@ impl RouteTable {
     }
 
     /// Finds the route for a request. `host` is lower-case without port.
-    pub fn lookup(&self, host: &str, path: &str, method: &Method) -> Lookup<'_> {
+    pub(crate) fn lookup(&self, host: &str, path: &str, method: &Method) -> Lookup<'_> {
         if let Some(router) = self.by_host.get(host)
             && let Ok(m) = router.at(path)
         {
@@ -355,7 +350,7 @@ type GroupKey = (Option<String>, String);
 
 /// Collects routes, then builds the table or reports every conflict.
 #[derive(Debug, Default)]
-pub struct RouteTableBuilder {
+pub(crate) struct RouteTableBuilder {
     groups: Vec<(GroupKey, Vec<(Arc<Route>, Place)>)>,
     count: usize,
 }
@@ -369,7 +364,7 @@ fn overlap(a: &Route, b: &Route) -> bool {
 
 impl RouteTableBuilder {
     /// Adds a route; `Err` when it overlaps one already added.
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         host: Option<String>,
         path: &PathMatch,
@@ -401,7 +396,7 @@ impl RouteTableBuilder {
     }
 
     /// Builds the table.
-    pub fn build(self) -> Result<RouteTable, Vec<Problem>> {
+    pub(crate) fn build(self) -> Result<RouteTable, Vec<Problem>> {
         let mut table = RouteTable {
             count: self.count,
             ..RouteTable::default()
@@ -429,7 +424,7 @@ impl RouteTableBuilder {
 }
 
 /// Parses a `rewrite_path` value: `{name}` inserts a parameter.
-pub fn parse_rewrite(s: &str) -> Result<Vec<RewritePart>, String> {
+pub(crate) fn parse_rewrite(s: &str) -> Result<Vec<RewritePart>, String> {
     let mut parts = Vec::new();
     let mut rest = s;
     while let Some(open) = rest.find('{') {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 /// Requests in flight on one connection, and since when none has been.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     base: Instant,
     active: AtomicUsize,
     /// Milliseconds after `base` at which the last request ended.
@@ -30,11 +30,11 @@ impl Default for Activity {
 /// One request in flight; ends on drop (when its response is sent or the
 /// request is abandoned).
 #[derive(Debug)]
-pub struct StreamGuard(Arc<Activity>);
+pub(crate) struct StreamGuard(Arc<Activity>);
 
 impl Activity {
     /// Marks a request as started.
-    pub fn start(self: &Arc<Self>) -> StreamGuard {
+    pub(crate) fn start(self: &Arc<Self>) -> StreamGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
         StreamGuard(Arc::clone(self))
     }
@@ -44,7 +44,7 @@ impl Activity {
     }
 
     /// Resolves once no request has been in flight for `limit`.
-    pub async fn idle_for(&self, limit: Duration) {
+    pub(crate) async fn idle_for(&self, limit: Duration) {
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
             if self.active.load(Ordering::Acquire) > 0 {
@@ -72,29 +72,29 @@ impl Drop for StreamGuard {
 
 /// Open connections and tunnels; graceful shutdown waits for none to be left.
 #[derive(Debug, Default)]
-pub struct Drain {
+pub(crate) struct Drain {
     open: AtomicUsize,
     empty: Notify,
 }
 
 /// One open connection or tunnel in a [`Drain`].
 #[derive(Debug)]
-pub struct DrainGuard(Arc<Drain>);
+pub(crate) struct DrainGuard(Arc<Drain>);
 
 impl Drain {
     /// Counts one more.
-    pub fn enter(self: &Arc<Self>) -> DrainGuard {
+    pub(crate) fn enter(self: &Arc<Self>) -> DrainGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
         DrainGuard(Arc::clone(self))
     }
 
     /// How many are open.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
     /// Resolves when none is open.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         loop {
             let notified = self.empty.notified();
             tokio::pin!(notified);

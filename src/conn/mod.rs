@@ -15,40 +15,40 @@ use std::sync::atomic::AtomicU64;
 
 use http::HeaderValue;
 
-pub use activity::{Activity, Drain, DrainGuard, StreamGuard};
-pub use per_address::{AddressKey, AddressSlot, PerAddress};
+pub(crate) use activity::{Activity, Drain, DrainGuard, StreamGuard};
+pub(crate) use per_address::{AddressKey, AddressSlot, PerAddress};
 
 use crate::validate::Verdicts;
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The client's socket address: the TCP peer, or the address a trusted
     /// load balancer's PROXY protocol header named.
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The load balancer that sent a PROXY protocol header, if any.
-    pub proxied_by: Option<SocketAddr>,
+    pub(crate) proxied_by: Option<SocketAddr>,
     /// The listener's name.
-    pub listener: Arc<str>,
+    pub(crate) listener: Arc<str>,
     /// The negotiated TLS version, when the listener terminates TLS.
-    pub tls_version: Option<&'static str>,
+    pub(crate) tls_version: Option<&'static str>,
     /// On a plain listener: redirect everything to HTTPS on this port.
-    pub redirect_https_port: Option<u16>,
+    pub(crate) redirect_https_port: Option<u16>,
     /// `Strict-Transport-Security` for every answer (TLS listeners only).
-    pub hsts: Option<HeaderValue>,
+    pub(crate) hsts: Option<HeaderValue>,
     /// Heads the HTTP/1 framing guard refused (none on HTTP/2).
-    pub verdicts: Option<Arc<Verdicts>>,
+    pub(crate) verdicts: Option<Arc<Verdicts>>,
     /// Requests seen on this connection so far.
-    pub requests: AtomicU64,
+    pub(crate) requests: AtomicU64,
     /// Requests in flight (for the idle timeout).
-    pub activity: Arc<Activity>,
+    pub(crate) activity: Arc<Activity>,
     /// Its places in the connection limits.
-    pub hold: Arc<ConnHold>,
+    pub(crate) hold: Arc<ConnHold>,
 }
 
 impl ConnInfo {
     /// `https` on a TLS listener, else `http`.
-    pub fn proto(&self) -> &'static str {
+    pub(crate) fn proto(&self) -> &'static str {
         if self.tls_version.is_some() {
             "https"
         } else {
@@ -60,11 +60,12 @@ impl ConnInfo {
 /// What a connection holds of the limits, given back when the last holder
 /// (the connection, or a tunnel made from it) is gone.
 #[derive(Debug, Default)]
-pub struct ConnHold {
+#[allow(dead_code, reason = "held, never read: each place is given back when dropped")]
+pub(crate) struct ConnHold {
     /// A place in `[server] max_connections`.
-    pub global: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) global: Option<tokio::sync::OwnedSemaphorePermit>,
     /// A place in `[server] max_connections_per_ip`.
-    pub per_address: Option<AddressSlot>,
+    pub(crate) per_address: Option<AddressSlot>,
     /// The count graceful shutdown waits for.
-    pub drain: Option<DrainGuard>,
+    pub(crate) drain: Option<DrainGuard>,
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// A client address as per-client limits count it (these caps, the API-key
 /// failure budget): an IPv4 address, or the /64 of an IPv6 one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AddressKey {
+pub(crate) enum AddressKey {
     /// A whole IPv4 address (IPv4-mapped IPv6 included).
     V4([u8; 4]),
     /// The /64 an IPv6 address is in.
@@ -37,21 +37,21 @@ impl From<IpAddr> for AddressKey {
 
 /// At most `cap` of something per client address.
 #[derive(Debug)]
-pub struct PerAddress {
+pub(crate) struct PerAddress {
     cap: u32,
     held: Mutex<HashMap<AddressKey, u32>>,
 }
 
 /// One place held by an address; given back on drop.
 #[derive(Debug)]
-pub struct AddressSlot {
+pub(crate) struct AddressSlot {
     owner: Arc<PerAddress>,
     key: AddressKey,
 }
 
 impl PerAddress {
     /// A counter allowing `cap` places per address (0 counts as 1).
-    pub fn new(cap: u32) -> Arc<PerAddress> {
+    pub(crate) fn new(cap: u32) -> Arc<PerAddress> {
         Arc::new(PerAddress {
             cap: cap.max(1),
             held: Mutex::new(HashMap::new()),
@@ -59,7 +59,7 @@ impl PerAddress {
     }
 
     /// A place for `ip`, or `None` when it already holds `cap`.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         let key = AddressKey::from(ip);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let n = held.entry(key).or_insert(0);

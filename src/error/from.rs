@@ -165,7 +165,7 @@ impl From<LambdaError> for GatewayError {
 
 impl GatewayError {
     /// An auth refusal with the route's `WWW-Authenticate` challenge.
-    pub fn with_challenge(mut self, route: Challenge) -> GatewayError {
+    pub(crate) fn with_challenge(mut self, route: Challenge) -> GatewayError {
         if let GatewayError::MissingCredentials { challenge }
         | GatewayError::InvalidCredentials { challenge, .. }
         | GatewayError::InsufficientScope { challenge, .. } = &mut self

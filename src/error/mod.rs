@@ -16,7 +16,7 @@ mod from;
 
 /// Why a request was answered by the gateway instead of an upstream.
 #[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
+pub(crate) enum GatewayError {
     /// The request target could not be normalised without ambiguity.
     #[error("invalid request path: {0}")]
     InvalidPath(&'static str),
@@ -183,9 +183,9 @@ pub enum GatewayError {
 /// challenge (tokens, and keys sent as bearer), and an `ApiKey` challenge
 /// naming the header when the route takes API keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Challenge {
+pub(crate) struct Challenge {
     /// The API-key header, when the route accepts keys.
-    pub api_key_header: Option<http::HeaderName>,
+    pub(crate) api_key_header: Option<http::HeaderName>,
 }
 
 impl Challenge {
@@ -217,7 +217,7 @@ impl Challenge {
 
 impl GatewayError {
     /// The HTTP status of the answer.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             GatewayError::InvalidPath(_)
             | GatewayError::MalformedRequest(_)
@@ -264,7 +264,7 @@ impl GatewayError {
     }
 
     /// The stable, machine-readable code in the JSON body and the access log.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             GatewayError::InvalidPath(_) => "invalid_path",
             GatewayError::MalformedRequest(_) => "malformed_request",
@@ -310,7 +310,7 @@ impl GatewayError {
     /// Whether the fault is on the gateway's or the upstream's side rather
     /// than a refusal of the client's request (the status page ranks
     /// refused clients without these).
-    pub fn is_server_fault(&self) -> bool {
+    pub(crate) fn is_server_fault(&self) -> bool {
         match self {
             GatewayError::UpstreamFailed { .. }
             | GatewayError::UpstreamTimeout
@@ -355,7 +355,7 @@ impl GatewayError {
 
     /// Whether the client connection should be closed after the answer
     /// (the framing of the rest of the stream cannot be trusted).
-    pub fn closes_connection(&self) -> bool {
+    pub(crate) fn closes_connection(&self) -> bool {
         matches!(
             self,
             GatewayError::AmbiguousFraming(_)
@@ -376,7 +376,7 @@ impl GatewayError {
     }
 
     /// The full answer: status, JSON body, and `Allow` / `Connection` where due.
-    pub fn to_response(&self, request_id: &str) -> Response<GwBody> {
+    pub(crate) fn to_response(&self, request_id: &str) -> Response<GwBody> {
         let details = match self {
             GatewayError::SchemaViolation(errors) | GatewayError::InvalidParameter(errors) => {
                 serde_json::to_value(errors).ok()
@@ -447,17 +447,8 @@ impl GatewayError {
     }
 }
 
-/// Builds `{"error": code, "message": text, "request_id": id}` with `status`.
-pub fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    request_id: &str,
-) -> Result<Response<GwBody>, http::Error> {
-    error_response_with(status, code, message, request_id, None)
-}
-
-/// As [`error_response`], with an `errors` list (schema failures).
+/// Builds `{"error": code, "message": text, "request_id": id}` with
+/// `status`, and an `errors` list (schema failures) when there is one.
 fn error_response_with(
     status: StatusCode,
     code: &str,
@@ -481,7 +472,7 @@ fn error_response_with(
 }
 
 /// A last-resort 500 that cannot fail to build.
-pub fn fallback_response() -> Response<GwBody> {
+pub(crate) fn fallback_response() -> Response<GwBody> {
     let mut r = Response::new(full(Bytes::from_static(
         br#"{"error":"internal","message":"internal error","request_id":""}"#,
     )));

@@ -119,7 +119,7 @@ impl RequestCtx {
 
 /// Whether a client's `X-Request-Id` is kept: 1 to 128 characters of
 /// `[A-Za-z0-9._:-]` (anything else could forge log lines or headers).
-pub fn is_valid_request_id(value: &HeaderValue) -> bool {
+pub(crate) fn is_valid_request_id(value: &HeaderValue) -> bool {
     let b = value.as_bytes();
     !b.is_empty()
         && b.len() <= 128
@@ -128,7 +128,7 @@ pub fn is_valid_request_id(value: &HeaderValue) -> bool {
 }
 
 /// A new random request id: 32 hex digits.
-pub fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     let id = format!("{:032x}", rand::random::<u128>());
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }

@@ -28,7 +28,7 @@ mod request_body;
 mod upstream_context;
 
 use ctx::RequestCtx;
-pub use ctx::{is_valid_request_id, new_request_id};
+pub(crate) use ctx::{is_valid_request_id, new_request_id};
 use finish::{Answer, Source};
 use host::*;
 use limits::*;
@@ -44,7 +44,7 @@ use http::{Request, Response};
 use crate::auth::Clock;
 use crate::auth::api_key::ApiKeyAuth;
 use crate::body::{ClientBody, GwBody};
-pub use crate::conn::ConnInfo;
+pub(crate) use crate::conn::ConnInfo;
 use crate::cors;
 use crate::error::GatewayError;
 use crate::proxy;
@@ -57,7 +57,7 @@ use crate::validate;
 
 /// The gateway: the current snapshot and what the pipeline needs.
 #[derive(Debug, Clone)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     api_keys: Arc<ApiKeyAuth>,
     limiter: Arc<dyn Limiter>,
@@ -71,27 +71,27 @@ pub struct Gateway {
 
 /// What a [`Gateway`] is built from.
 #[derive(Debug)]
-pub struct GatewayDeps {
+pub(crate) struct GatewayDeps {
     /// The current config snapshot (swapped on reload).
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     /// API-key checks.
-    pub api_keys: Arc<ApiKeyAuth>,
+    pub(crate) api_keys: Arc<ApiKeyAuth>,
     /// Rate-limit decisions.
-    pub limiter: Arc<dyn Limiter>,
+    pub(crate) limiter: Arc<dyn Limiter>,
     /// Daily and monthly quotas.
-    pub quotas: Arc<dyn QuotaCounter>,
+    pub(crate) quotas: Arc<dyn QuotaCounter>,
     /// When the quota counter cannot answer: let the request pass (true)
     /// or answer 503 (false).
-    pub quota_fail_open: bool,
+    pub(crate) quota_fail_open: bool,
     /// Quota periods follow this clock.
-    pub clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Requests handled at once; beyond it, 503 at once (Tier A's
     /// concurrency limit shares this budget across listeners).
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Where requests are counted.
-    pub telemetry: Arc<Telemetry>,
+    pub(crate) telemetry: Arc<Telemetry>,
     /// Open upgrade tunnels (closed at shutdown's deadline).
-    pub tunnels: proxy::Tunnels,
+    pub(crate) tunnels: proxy::Tunnels,
 }
 
 /// Host as routed on (lower case, no port) and as received.
@@ -103,7 +103,7 @@ struct Host {
 
 impl Gateway {
     /// A gateway from its parts.
-    pub fn new(deps: GatewayDeps) -> Gateway {
+    pub(crate) fn new(deps: GatewayDeps) -> Gateway {
         Gateway {
             snapshot: deps.snapshot,
             api_keys: deps.api_keys,
@@ -119,18 +119,13 @@ impl Gateway {
 
     /// The in-flight budget (`[server] max_concurrent_requests`), shared by
     /// every connection's concurrency limit.
-    pub fn in_flight(&self) -> Arc<tokio::sync::Semaphore> {
+    pub(crate) fn in_flight(&self) -> Arc<tokio::sync::Semaphore> {
         self.in_flight.clone()
-    }
-
-    /// Where requests are counted (Tier A counts what it sheds here).
-    pub fn telemetry(&self) -> &Arc<Telemetry> {
-        &self.telemetry
     }
 
     /// Handles one request from start to finish. Never fails: every error
     /// becomes a JSON answer.
-    pub async fn handle<B: ClientBody>(
+    pub(crate) async fn handle<B: ClientBody>(
         &self,
         req: Request<B>,
         conn: Arc<ConnInfo>,
@@ -149,7 +144,7 @@ impl Gateway {
 
     /// A request Tier A shed (the in-flight limit was full): finished like
     /// every other refusal, without running a step.
-    pub fn shed<B>(&self, req: &Request<B>, conn: &Arc<ConnInfo>) -> Response<GwBody> {
+    pub(crate) fn shed<B>(&self, req: &Request<B>, conn: &Arc<ConnInfo>) -> Response<GwBody> {
         let stream = conn.activity.start();
         let ctx = RequestCtx::start(self, req, conn);
         let leaves_http = finish::leaves_http(req, conn);

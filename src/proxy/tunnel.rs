@@ -57,7 +57,8 @@ impl Tunnels {
 #[derive(Debug)]
 pub struct TunnelPlaces {
     /// The client connection's places in the connection limits.
-    pub conn: Arc<ConnHold>,
+    #[allow(dead_code, reason = "held, never read: given back when the tunnel ends")]
+    pub(crate) conn: Arc<ConnHold>,
     /// A place in the route's `max_tunnels`.
     pub route: tokio::sync::OwnedSemaphorePermit,
 }

@@ -52,7 +52,7 @@ pub struct Snapshot {
     /// The routes as configured, in file order (for the status page).
     pub route_list: Vec<RouteSummary>,
     /// The routes.
-    pub routes: RouteTable,
+    pub(crate) routes: RouteTable,
     /// The upstreams, by name.
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// The `kind = "lambda"` upstreams, by name.
@@ -60,7 +60,7 @@ pub struct Snapshot {
     /// Whether `//` is folded into `/` before routing.
     pub merge_slashes: bool,
     /// How fast clients must send request bodies.
-    pub body_pace: BodyPace,
+    pub(crate) body_pace: BodyPace,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Client-address rules for every route.

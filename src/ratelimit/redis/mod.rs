@@ -2,7 +2,7 @@
 //! instance, kept in Redis.
 //!
 //! This module owns [`RedisLimiter`] (the decision, taken in one round trip
-//! by an atomic Lua script), the [`link`] to Redis it shares with the quota
+//! by an atomic Lua script), the `link` to Redis it shares with the quota
 //! counter (a lazy `ConnectionManager` behind the shared circuit breaker,
 //! [`BreakerState`]) and [`Fallback`], the wrapper that applies the
 //! operator's chosen behaviour when Redis is unavailable. It does not choose
@@ -40,7 +40,7 @@
 //! [`LimitError::Unavailable`] at once without touching the network; after
 //! [`RedisOptions::breaker_open_for`] one call is let through as a probe
 //! (half-open) and closes the breaker if it succeeds; when it opens, the
-//! connection is replaced (see [`link`]). Transitions are logged once each
+//! connection is replaced (see `link`). Transitions are logged once each
 //! (`tracing`, field `breaker = "redis_ratelimit"`).
 //!
 //! # Security
