@@ -33,7 +33,10 @@ pub(crate) type GwBody = BoxBody<Bytes, BoxError>;
 
 /// A client's request body as the pipeline takes it: hyper's `Incoming`
 /// on a connection, any body when the pipeline is driven in-process.
-pub(crate) trait ClientBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
+pub(crate) trait ClientBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static
+{
+}
 
 impl<B> ClientBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
 

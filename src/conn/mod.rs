@@ -60,7 +60,10 @@ impl ConnInfo {
 /// What a connection holds of the limits, given back when the last holder
 /// (the connection, or a tunnel made from it) is gone.
 #[derive(Debug, Default)]
-#[allow(dead_code, reason = "held, never read: each place is given back when dropped")]
+#[allow(
+    dead_code,
+    reason = "held, never read: each place is given back when dropped"
+)]
 pub(crate) struct ConnHold {
     /// A place in `[server] max_connections`.
     pub(crate) global: Option<tokio::sync::OwnedSemaphorePermit>,

@@ -57,7 +57,10 @@ impl Tunnels {
 #[derive(Debug)]
 pub struct TunnelPlaces {
     /// The client connection's places in the connection limits.
-    #[allow(dead_code, reason = "held, never read: given back when the tunnel ends")]
+    #[allow(
+        dead_code,
+        reason = "held, never read: given back when the tunnel ends"
+    )]
     pub(crate) conn: Arc<ConnHold>,
     /// A place in the route's `max_tunnels`.
     pub route: tokio::sync::OwnedSemaphorePermit,
