@@ -191,3 +191,7 @@ fn log_shadow_refusal(
         "shadow rate limit would refuse"
     );
 }
+
+#[cfg(test)]
+#[path = "charge_tests.rs"]
+mod tests;
