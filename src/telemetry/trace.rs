@@ -3,11 +3,11 @@
 //! the context passed on to the backend, spans exported over OTLP
 //! (HTTP/protobuf) in batches.
 //!
-//! Off unless an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`
-//! or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, read by `main` and handed in
-//! through [`crate::config::Environment`]); `OTEL_SERVICE_NAME`,
-//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` follow the
-//! OpenTelemetry specification (default `parentbased_always_on`).
+//! Off unless an OTLP endpoint is configured (`--otel-exporter-otlp-endpoint`
+//! or `--otel-exporter-otlp-traces-endpoint`, or the `OTEL_*` variables of
+//! the same names, parsed by `main` and handed in as [`OtlpOptions`]);
+//! the service name, sampler and sampler ratio follow the OpenTelemetry
+//! specification (default `parentbased_always_on`).
 //!
 //! Never blocking a request: finished spans go into a bounded queue
 //! ([`QUEUE`] requests) with `try_send`; when the exporter falls behind,
@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::metrics::{Counter, Metrics};
-use crate::config::Environment;
+use crate::config::redact_url;
 
 /// Requests whose spans may wait for export.
 pub const QUEUE: usize = 4096;
@@ -75,36 +75,75 @@ pub enum Sampler {
 const ALWAYS_ON: Sampler = Sampler::AlwaysOn;
 const ALWAYS_OFF: Sampler = Sampler::AlwaysOff;
 
+/// The samplers `OTEL_TRACES_SAMPLER` may name (the specification's
+/// names; `jaeger_remote` and `xray` are not supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SamplerName {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`.
+    TraceIdRatio,
+    /// `parentbased_always_on` (the default).
+    #[default]
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`.
+    ParentBasedTraceIdRatio,
+}
+
+impl std::str::FromStr for SamplerName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SamplerName, String> {
+        Ok(match s.trim() {
+            "always_on" => SamplerName::AlwaysOn,
+            "always_off" => SamplerName::AlwaysOff,
+            "traceidratio" => SamplerName::TraceIdRatio,
+            "parentbased_always_on" => SamplerName::ParentBasedAlwaysOn,
+            "parentbased_always_off" => SamplerName::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => SamplerName::ParentBasedTraceIdRatio,
+            other => {
+                return Err(format!(
+                    "{other:?} is not one of always_on, always_off, traceidratio, \
+                     parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+                ));
+            }
+        })
+    }
+}
+
+/// `OTEL_TRACES_SAMPLER_ARG`: a ratio from 0 to 1.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("must be a number from 0 to 1, not {s:?}")),
+    }
+}
+
 impl Sampler {
-    /// From `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
-    pub fn parse(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
-        let ratio = || -> Result<f64, String> {
-            match arg {
-                None => Ok(1.0),
-                Some(a) => match a.trim().parse::<f64>() {
-                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                    _ => Err(format!(
-                        "OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1, not {a:?}"
-                    )),
-                },
-            }
+    /// The sampler `name` with its ratio `arg` (default 1, used only by the
+    /// ratio samplers).
+    pub fn new(name: SamplerName, arg: Option<f64>) -> Result<Sampler, String> {
+        let ratio = match arg {
+            None => 1.0,
+            Some(r) if (0.0..=1.0).contains(&r) => r,
+            Some(r) => return Err(format!("the sampler ratio must be from 0 to 1, not {r}")),
         };
-        match name.map(str::trim).unwrap_or("parentbased_always_on") {
-            "always_on" => Ok(Sampler::AlwaysOn),
-            "always_off" => Ok(Sampler::AlwaysOff),
-            "traceidratio" => Ok(Sampler::Ratio(ratio()?)),
-            "parentbased_always_on" => Ok(Sampler::ParentBased(&ALWAYS_ON)),
-            "parentbased_always_off" => Ok(Sampler::ParentBased(&ALWAYS_OFF)),
-            "parentbased_traceidratio" => {
+        Ok(match name {
+            SamplerName::AlwaysOn => Sampler::AlwaysOn,
+            SamplerName::AlwaysOff => Sampler::AlwaysOff,
+            SamplerName::TraceIdRatio => Sampler::Ratio(ratio),
+            SamplerName::ParentBasedAlwaysOn => Sampler::ParentBased(&ALWAYS_ON),
+            SamplerName::ParentBasedAlwaysOff => Sampler::ParentBased(&ALWAYS_OFF),
+            SamplerName::ParentBasedTraceIdRatio => {
                 // A leaked box per process start: samplers are built once.
-                let inner: &'static Sampler = Box::leak(Box::new(Sampler::Ratio(ratio()?)));
-                Ok(Sampler::ParentBased(inner))
+                let inner: &'static Sampler = Box::leak(Box::new(Sampler::Ratio(ratio)));
+                Sampler::ParentBased(inner)
             }
-            other => Err(format!(
-                "OTEL_TRACES_SAMPLER {other:?} is not one of always_on, always_off, traceidratio, \
-                 parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
-            )),
-        }
+        })
     }
 
     fn sample(&self, trace_id: &[u8; 16], parent: Option<bool>) -> bool {
@@ -124,6 +163,27 @@ impl Sampler {
     }
 }
 
+/// The OpenTelemetry settings gatehouse honours, as `main` parsed them
+/// from its flags (`--otel-*`, or the `OTEL_*` variables of the same
+/// names). Turned into [`TraceSettings`] by [`TraceSettings::new`].
+#[derive(Debug, Clone, Default)]
+pub struct OtlpOptions {
+    /// `OTEL_SDK_DISABLED`: tracing off whatever else is set.
+    pub disabled: bool,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL
+    /// (`/v1/traces` is appended).
+    pub endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the full traces URL (wins over
+    /// `endpoint`).
+    pub traces_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME` (default `gatehouse`).
+    pub service_name: Option<String>,
+    /// `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`).
+    pub sampler: SamplerName,
+    /// `OTEL_TRACES_SAMPLER_ARG`: the ratio of the ratio samplers.
+    pub sampler_arg: Option<f64>,
+}
+
 /// Where and how to export.
 #[derive(Debug, Clone)]
 pub struct TraceSettings {
@@ -136,49 +196,43 @@ pub struct TraceSettings {
 }
 
 impl TraceSettings {
-    /// From the standard variables; `Ok(None)` when no endpoint is set or
-    /// `OTEL_SDK_DISABLED=true` (tracing off).
-    pub fn from_env(env: &Environment) -> Result<Option<TraceSettings>, String> {
-        if env
-            .get("OTEL_SDK_DISABLED")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        {
+    /// From the OTLP options; `Ok(None)` when no endpoint is set or tracing
+    /// is disabled. An endpoint must be an http(s) URL without credentials
+    /// (the error never repeats them).
+    pub fn new(opts: &OtlpOptions) -> Result<Option<TraceSettings>, String> {
+        if opts.disabled {
             return Ok(None);
         }
-        let endpoint = match (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .filter(|v| !v.trim().is_empty()),
-            env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .filter(|v| !v.trim().is_empty()),
-        ) {
-            (Some(full), _) => full.trim().to_owned(),
-            (None, Some(base)) => format!("{}/v1/traces", base.trim().trim_end_matches('/')),
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let endpoint = match (given(&opts.traces_endpoint), given(&opts.endpoint)) {
+            (Some(full), _) => full.to_owned(),
+            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
             (None, None) => return Ok(None),
         };
-        let uri: Uri = endpoint
-            .parse()
-            .map_err(|e| format!("OTLP endpoint {endpoint:?} is not a URL: {e}"))?;
+        let uri: Uri = endpoint.parse().map_err(|e| {
+            format!(
+                "OTLP endpoint {:?} is not a URL: {e}",
+                redact_url(&endpoint)
+            )
+        })?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("OTLP endpoint must not carry credentials in the URL".to_owned());
+        }
         match uri.scheme_str() {
             Some("http" | "https") if uri.authority().is_some() => {}
             _ => {
                 return Err(format!(
-                    "OTLP endpoint {endpoint:?} must be an http:// or https:// URL"
+                    "OTLP endpoint {:?} must be an http:// or https:// URL",
+                    redact_url(&endpoint)
                 ));
             }
         }
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err("OTLP endpoint must not carry credentials in the URL".to_owned());
-        }
         Ok(Some(TraceSettings {
             endpoint: uri,
-            service_name: env
-                .get("OTEL_SERVICE_NAME")
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| "gatehouse".to_owned()),
-            sampler: Sampler::parse(
-                env.get("OTEL_TRACES_SAMPLER").as_deref(),
-                env.get("OTEL_TRACES_SAMPLER_ARG").as_deref(),
-            )?,
+            service_name: given(&opts.service_name).unwrap_or("gatehouse").to_owned(),
+            sampler: Sampler::new(opts.sampler, opts.sampler_arg)?,
         }))
     }
 }

@@ -1,13 +1,16 @@
-//! Building everything a config needs before it is served (TLS, snapshot,
-//! limiters), and `gatehouse check`.
+//! Building everything a config needs before it is served (TLS configs,
+//! the snapshot, the checks that span several tables), and `gatehouse
+//! check`. Blocking: called from `spawn_blocking` by [`super::build`] and
+//! reloads.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::auth::jwks::JwksRegistry;
 use crate::auth::{Clock, SystemClock};
-use crate::config::{self, Environment, Loaded, Problem, Problems};
+use crate::config::{self, Environment, Loaded, Problems};
 use crate::proxy::UpstreamRegistry;
+use crate::proxy::lambda::AwsSettings;
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertInfo};
@@ -79,7 +82,7 @@ pub(super) fn build_all(
         }
     }
     if let Some(hash) = &loaded.config.admin.token_hash
-        && let Err(message) = crate::admin::check_token_hash(hash.get_ref())
+        && let Err(message) = check_token_hash(hash.get_ref())
     {
         problems.push(loaded.source.problem(hash.span(), message));
     }
@@ -169,7 +172,7 @@ pub(super) fn build_all(
     }
 }
 
-pub(super) fn warn_if_expiring(info: &CertInfo) {
+pub(crate) fn warn_if_expiring(info: &CertInfo) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -213,6 +216,18 @@ pub(super) fn ensure_dev_certs(
     }
 }
 
+/// Whether `hash` is a usable `[admin] token_hash` (an argon2id PHC string).
+pub fn check_token_hash(hash: &str) -> Result<(), String> {
+    if hash.starts_with("$argon2id$") && argon2::PasswordHash::new(hash).is_ok() {
+        Ok(())
+    } else {
+        Err(
+            "`[admin] token_hash` must be an argon2id hash (run `gatehouse hash-secret`)"
+                .to_owned(),
+        )
+    }
+}
+
 /// Checks a configuration without starting anything: every problem with
 /// its place, or the number of routes and upstreams.
 pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Problems> {
@@ -230,8 +245,11 @@ pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Pr
         )])
     })?);
     let upstreams = UpstreamRegistry::new(metrics.clone());
+    // Credentials are not needed to check: nothing is invoked.
+    let aws = AwsSettings::default();
     let deps = BuildDeps {
         env,
+        aws: &aws,
         jwks: &jwks,
         clock: &clock,
         metrics: &metrics,
