@@ -685,6 +685,13 @@ fn status(error: bool) -> Option<otlp::Status> {
     })
 }
 
+/// The OTLP export request the exporter would POST for `finished`
+/// requests under `service_name` (for `benches/trace.rs`).
+#[doc(hidden)]
+pub fn encode_batch(service_name: &str, finished: &[Finished]) -> Vec<u8> {
+    encode(&resource(service_name), finished)
+}
+
 /// The OTLP export request for `finished` requests.
 fn encode(resource: &otlp::Resource, finished: &[Finished]) -> Vec<u8> {
     let mut spans = Vec::new();
