@@ -161,7 +161,7 @@ pub(crate) struct AdminTarget {
         hide_env_values = true,
         global = true
     )]
-    pub(crate) admin_token: Option<String>,
+    pub(crate) admin_token: Option<gatehouse::config::Secret>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Text, global = true)]
     pub(crate) output: Output,

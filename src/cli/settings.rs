@@ -279,6 +279,21 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_token_is_not_in_debug_output() {
+        let cli = Cli::try_parse_from([
+            "gatehouse",
+            "upstream",
+            "--admin-token",
+            "gh-admin-s3cret",
+            "list",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("admin_token: Some(***)"), "{shown}");
+        assert!(!shown.contains("gh-admin-s3cret"), "{shown}");
+    }
+
+    #[test]
     fn every_variable_is_a_flag_listed_in_help() {
         let mut cmd = Cli::command();
         let serve = cmd.find_subcommand_mut("serve").expect("serve");
