@@ -3,7 +3,7 @@
 //! check`. Blocking: called from `spawn_blocking` by [`super::build`] and
 //! reloads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::auth::jwks::JwksRegistry;
@@ -16,6 +16,57 @@ use crate::telemetry::Metrics;
 use crate::tls::{self, CertInfo};
 
 use super::*;
+
+/// What every build of a snapshot uses besides the files, owned (a build
+/// runs on a blocking thread) and kept across reloads.
+#[derive(Debug, Clone)]
+pub(crate) struct Inputs {
+    /// The config-named environment values.
+    pub(crate) env: Environment,
+    /// Credentials settings for Lambda upstreams.
+    pub(crate) aws: AwsSettings,
+    /// JWKS sets.
+    pub(crate) jwks: JwksRegistry,
+    /// The clock token checks use.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The metrics registry.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Upstream runtime state.
+    pub(crate) upstreams: UpstreamRegistry,
+}
+
+impl Inputs {
+    fn deps(&self) -> BuildDeps<'_> {
+        BuildDeps {
+            env: &self.env,
+            aws: &self.aws,
+            jwks: &self.jwks,
+            clock: &self.clock,
+            metrics: &self.metrics,
+            upstreams: &self.upstreams,
+        }
+    }
+
+    /// [`build_all`] on a blocking thread.
+    pub(super) async fn build(
+        self,
+        config_path: PathBuf,
+        generation: u64,
+        previous: Vec<(String, Arc<rustls::ServerConfig>)>,
+        make_dev_certs: bool,
+    ) -> Result<Result<Built, Problems>, tokio::task::JoinError> {
+        tokio::task::spawn_blocking(move || {
+            build_all(
+                &config_path,
+                generation,
+                &previous,
+                make_dev_certs,
+                self.deps(),
+            )
+        })
+        .await
+    }
+}
 
 pub(super) struct Built {
     pub(super) loaded: Loaded,
@@ -244,18 +295,16 @@ pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Pr
             format!("cannot set up metrics: {e}"),
         )])
     })?);
-    let upstreams = UpstreamRegistry::new(metrics.clone());
-    // Credentials are not needed to check: nothing is invoked.
-    let aws = AwsSettings::default();
-    let deps = BuildDeps {
-        env,
-        aws: &aws,
-        jwks: &jwks,
-        clock: &clock,
-        metrics: &metrics,
-        upstreams: &upstreams,
+    let inputs = Inputs {
+        env: env.clone(),
+        // Credentials are not needed to check: nothing is invoked.
+        aws: AwsSettings::default(),
+        jwks,
+        clock,
+        upstreams: UpstreamRegistry::new(metrics.clone()),
+        metrics,
     };
-    let built = build_all(config_path, 1, &[], false, deps)?;
+    let built = build_all(config_path, 1, &[], false, inputs.deps())?;
     Ok((
         built.snapshot.routes.len(),
         built.snapshot.upstreams.len() + built.snapshot.functions.len(),

@@ -34,7 +34,7 @@ use crate::config::{Environment, Loaded, Problem, Problems};
 use crate::conn::Drain;
 use crate::proxy::UpstreamRegistry;
 use crate::proxy::lambda::AwsSettings;
-use crate::snapshot::{BuildDeps, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::store::{self, KeyStore, StoreError};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::trace::{Finished, TraceSettings, Tracer};
@@ -136,14 +136,10 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     /// Open connections and tunnels, for draining.
     pub(crate) drain: Arc<Drain>,
-    env: Environment,
-    aws: AwsSettings,
-    pub(crate) jwks: JwksRegistry,
-    clock: Arc<dyn Clock>,
+    /// What every build of the snapshot uses, kept across reloads.
+    pub(crate) inputs: Inputs,
     store: Arc<dyn KeyStore>,
     api_keys: Arc<ApiKeyAuth>,
-    metrics: Arc<Metrics>,
-    upstreams: UpstreamRegistry,
     pub(crate) stop: watch::Receiver<bool>,
     telemetry: Arc<Telemetry>,
     pub(crate) listeners: std::sync::OnceLock<Vec<ListenerSummary>>,
@@ -194,12 +190,12 @@ impl Shared {
 
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.inputs.metrics
     }
 
     /// Upstream runtime state (health, ejections, drains).
     pub fn upstreams(&self) -> &UpstreamRegistry {
-        &self.upstreams
+        &self.inputs.upstreams
     }
 
     /// The public listeners, once bound.
@@ -214,7 +210,7 @@ impl Shared {
 
     /// The clock expiry checks use.
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+        &self.inputs.clock
     }
 
     /// Loads the configuration again and swaps it in whole, or keeps the
@@ -222,36 +218,22 @@ impl Shared {
     pub async fn reload(&self) -> Result<u64, Problems> {
         let _guard = self.reload_lock.lock().await;
         let generation = self.generation() + 1;
-        let path = self.config_path.clone();
-        let env = self.env.clone();
-        let aws = self.aws.clone();
-        let jwks = self.jwks.clone();
-        let clock = self.clock.clone();
-        let metrics = self.metrics.clone();
-        let upstreams = self.upstreams.clone();
         let previous: Vec<(String, Arc<rustls::ServerConfig>)> = self
             .tls
             .iter()
             .map(|s| (s.listener.clone(), s.config.load_full()))
             .collect();
-        let built = tokio::task::spawn_blocking(move || {
-            let deps = BuildDeps {
-                env: &env,
-                aws: &aws,
-                jwks: &jwks,
-                clock: &clock,
-                metrics: &metrics,
-                upstreams: &upstreams,
-            };
-            build_all(&path, generation, &previous, false, deps)
-        })
-        .await
-        .map_err(|e| {
-            Problems(vec![whole(
-                &self.config_path,
-                format!("reload task failed: {e}"),
-            )])
-        })?;
+        let built = self
+            .inputs
+            .clone()
+            .build(self.config_path.clone(), generation, previous, false)
+            .await
+            .map_err(|e| {
+                Problems(vec![whole(
+                    &self.config_path,
+                    format!("reload task failed: {e}"),
+                )])
+            })?;
         match built {
             Ok(built) => {
                 for slot in &self.tls {
@@ -273,7 +255,7 @@ impl Shared {
                 );
                 let snapshot = Arc::new(built.snapshot);
                 self.snapshot.store(snapshot.clone());
-                self.upstreams.apply(&snapshot.upstreams, &self.stop);
+                self.inputs.upstreams.apply(&snapshot.upstreams, &self.stop);
                 self.certs.store(Arc::new(built.certs));
                 self.generation.store(generation, Ordering::Relaxed);
                 tracing::info!(generation, routes, "configuration reloaded");
@@ -334,28 +316,15 @@ pub(crate) async fn build(opts: &StartOptions) -> Result<App, StartError> {
         access_log: opts.access_log.clone(),
         ..Telemetry::new(metrics.clone(), tracer)
     });
-    let built = {
-        let (env, aws, jwks, clock, metrics, upstreams) = (
-            opts.env.clone(),
-            opts.aws.clone(),
-            jwks.clone(),
-            clock.clone(),
-            metrics.clone(),
-            upstreams.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let deps = BuildDeps {
-                env: &env,
-                aws: &aws,
-                jwks: &jwks,
-                clock: &clock,
-                metrics: &metrics,
-                upstreams: &upstreams,
-            };
-            build_all(&path, 1, &[], true, deps)
-        })
-        .await??
+    let inputs = Inputs {
+        env: opts.env.clone(),
+        aws: opts.aws.clone(),
+        jwks,
+        clock,
+        metrics,
+        upstreams,
     };
+    let built = inputs.clone().build(path, 1, Vec::new(), true).await??;
     let Built {
         loaded,
         snapshot,
@@ -375,7 +344,7 @@ pub(crate) async fn build(opts: &StartOptions) -> Result<App, StartError> {
     let api_keys = Arc::new(ApiKeyAuth::new(
         loaded.config.api_keys.settings(),
         store.clone(),
-        clock.clone(),
+        inputs.clock.clone(),
     ));
     api_keys.refresh().await?;
 
@@ -397,14 +366,9 @@ pub(crate) async fn build(opts: &StartOptions) -> Result<App, StartError> {
         ready: AtomicBool::new(false),
         reload_lock: tokio::sync::Mutex::new(()),
         drain: Arc::new(Drain::default()),
-        env: opts.env.clone(),
-        aws: opts.aws.clone(),
-        jwks,
-        clock,
+        inputs,
         store,
         api_keys,
-        metrics,
-        upstreams,
         stop: stop_rx,
         telemetry,
         listeners: std::sync::OnceLock::new(),

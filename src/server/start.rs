@@ -177,7 +177,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     }
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
-    tasks.push(shared.jwks.spawn_refresh(stop_rx.clone()));
+    tasks.push(shared.inputs.jwks.spawn_refresh(stop_rx.clone()));
     if let Some(q) = &store_quotas {
         tasks.push(q.spawn_flush(Duration::from_secs(5), stop_rx.clone()));
     }
