@@ -64,9 +64,9 @@ pub enum StartError {
     /// The JWKS client could not be built.
     #[error("cannot set up JWKS fetching: {0}")]
     Jwks(#[from] crate::auth::jwks::JwksError),
-    /// The OpenTelemetry settings are invalid.
-    #[error("tracing: {0}")]
-    Tracing(String),
+    /// The trace exporter's HTTP client could not be set up.
+    #[error("cannot set up the trace exporter: {0}")]
+    TraceExporter(#[source] crate::tls::TlsError),
     /// The metrics registry could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] crate::telemetry::metrics::MetricsError),

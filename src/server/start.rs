@@ -172,7 +172,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     if let Some((settings, rx)) = trace_export {
         tracing::info!(endpoint = %crate::telemetry::trace::endpoint_for_logs(&settings.endpoint), service = %settings.service_name, sampler = ?settings.sampler, "exporting traces over OTLP/HTTP");
         let exporter = spawn_exporter(settings, rx, &metrics, stop_rx.clone())
-            .map_err(|e| StartError::Tracing(e.to_string()))?;
+            .map_err(StartError::TraceExporter)?;
         tasks.push(exporter);
     }
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
