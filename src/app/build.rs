@@ -1,7 +1,8 @@
 //! Building everything a config needs before it is served (TLS configs,
 //! the snapshot, the checks that span several tables), and `gatehouse
-//! check`. Blocking: called from `spawn_blocking` by [`super::build`] and
-//! reloads.
+//! check`. Blocking: run on a blocking thread by [`super::build`] and
+//! reloads. Not here: anything that listens or runs (the server starts
+//! what is built here).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
