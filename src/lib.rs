@@ -1,10 +1,13 @@
 //! gatehouse: a secure API gateway.
 //!
-//! The binary (`main.rs`) reads flags and environment and wires these parts
-//! together; tests drive the same parts through [`server::start`].
+//! The binary (`main.rs`) reads flags and environment and hands the library
+//! typed settings ([`app::StartOptions`]); [`app`] builds the shared state,
+//! [`server::start`] serves it. Tests drive the same parts through
+//! [`server::start`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub(crate) mod body;
 mod breaker;

@@ -19,8 +19,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::app::Shared;
 use crate::config::{self, Loaded};
-use crate::server::Shared;
 
 /// The files and directories a configuration depends on.
 #[derive(Debug, Default)]

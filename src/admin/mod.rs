@@ -31,11 +31,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::app::Shared;
 use crate::auth::api_key::Argon2Settings;
 use crate::config::ConfigFile;
-use crate::server::Shared;
 
-pub use token::{AdminToken, check_token_hash};
+pub use crate::app::check_token_hash;
+pub use token::AdminToken;
 
 /// What the admin API needs.
 #[derive(Debug, Clone)]

@@ -25,8 +25,8 @@ use serde::Serialize;
 
 use super::AdminState;
 use super::token::TokenRefusal;
+use crate::app::ListenerSummary;
 use crate::proxy::UpstreamStatus;
-use crate::server::ListenerSummary;
 use crate::snapshot::RouteSummary;
 use crate::telemetry::access::unix_now;
 use crate::telemetry::history::{Point, RefusedClient, SLOT_SECS};

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::app::check_token_hash;
 use crate::auth::api_key;
 
 /// The configured admin token.
@@ -44,19 +45,6 @@ const MAX_TRACKED: usize = 10_000;
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminToken").finish_non_exhaustive()
-    }
-}
-
-/// Checks that `hash` is an argon2id PHC string, as `gatehouse hash-secret`
-/// prints.
-pub fn check_token_hash(hash: &str) -> Result<(), String> {
-    if hash.starts_with("$argon2id$") && argon2::PasswordHash::new(hash).is_ok() {
-        Ok(())
-    } else {
-        Err(
-            "`[admin] token_hash` must be an argon2id hash (run `gatehouse hash-secret`)"
-                .to_owned(),
-        )
     }
 }
 

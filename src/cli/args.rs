@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use super::ServeSettings;
+
 /// gatehouse: a secure API gateway.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -42,6 +44,8 @@ pub(crate) enum Command {
         /// Do not watch config, policy and certificate files (SIGHUP still reloads).
         #[arg(long, env = "GATEHOUSE_NO_WATCH", value_parser = clap::builder::BoolishValueParser::new())]
         no_watch: bool,
+        #[command(flatten)]
+        settings: ServeSettings,
     },
     /// Validate the config and every policy file; print `file:line:column: reason` per problem.
     Check {
@@ -157,7 +161,7 @@ pub(crate) struct AdminTarget {
         hide_env_values = true,
         global = true
     )]
-    pub(crate) admin_token: Option<String>,
+    pub(crate) admin_token: Option<gatehouse::config::Secret>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Text, global = true)]
     pub(crate) output: Output,

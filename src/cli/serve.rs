@@ -1,14 +1,16 @@
-//! `gatehouse serve`, `check` and `openapi routes`: loading a config and
-//! running or checking it.
+//! `gatehouse serve`, `check`, `openapi routes` and `certs dev`: loading a
+//! config and running or checking it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use gatehouse::app::{self, StartOptions};
 use gatehouse::config::{self, Loaded};
-use gatehouse::server::{self, StartOptions};
+use gatehouse::server;
 use gatehouse::store::{self, KeyStore};
+use gatehouse::telemetry::access_log::{self, AccessLog};
 
 use crate::*;
 
@@ -39,7 +41,7 @@ pub(crate) fn openapi_routes(file: &std::path::Path, path_prefix: Option<&str>) 
 }
 
 pub(crate) fn check(config: &std::path::Path) -> ExitCode {
-    match server::check(config, &environment()) {
+    match app::check(config, &environment()) {
         Ok((routes, upstreams)) => {
             // Unsupported OpenAPI constructs a table allowed: still reported.
             if let Ok(loaded) = config::load(config) {
@@ -63,23 +65,52 @@ pub(crate) fn check(config: &std::path::Path) -> ExitCode {
     }
 }
 
-pub(crate) async fn serve(
+/// `gatehouse serve`: installs the log subscriber and the access log
+/// writer, starts the runtime and serves until SIGTERM or SIGINT.
+pub(crate) fn run_serve(
+    log_level: &str,
+    log_format: LogFormat,
     config: PathBuf,
     watch: bool,
-    access_log: Option<gatehouse::telemetry::access_log::AccessLog>,
+    settings: &ServeSettings,
 ) -> anyhow::Result<ExitCode> {
+    let _log_guard = init_logging(log_level, log_format)?;
+    let trace = settings.otel.settings()?;
+    // JSON access lines skip the subscriber: their own writer thread
+    // (see gatehouse::telemetry::access_log). Dropped last, after the
+    // runtime, so that every line is written.
+    let access = match log_format {
+        LogFormat::Json => Some(
+            AccessLog::start(std::io::stdout(), access_log::DEFAULT_CAPACITY)
+                .context("cannot start the access log writer")?,
+        ),
+        LogFormat::Text => None,
+    };
+    let opts = StartOptions {
+        watch,
+        env: environment(),
+        metrics: settings.metrics,
+        trace,
+        aws: settings.aws.settings(),
+        access_log: access.as_ref().map(|(log, _)| log.clone()),
+        ..StartOptions::new(config)
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = runtime.block_on(serve(opts));
+    drop(runtime);
+    drop(access);
+    code
+}
+
+async fn serve(opts: StartOptions) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let running = match server::start(StartOptions {
-        config_path: config,
-        watch,
-        env: environment(),
-        access_log,
-    })
-    .await
-    {
+    let running = match server::start(opts).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -98,6 +129,23 @@ pub(crate) async fn serve(
         }
     }
     running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gatehouse certs dev`: a development CA and a localhost certificate.
+pub(crate) fn certs_dev(dir: &Path) -> anyhow::Result<ExitCode> {
+    let paths = gatehouse::tls::dev_certs(
+        dir,
+        &dir.join("localhost.pem"),
+        &dir.join("localhost-key.pem"),
+    )?;
+    println!("CA certificate:     {}", paths.ca.display());
+    println!("server certificate: {}", paths.cert.display());
+    println!("server key:         {}", paths.key.display());
+    println!(
+        "try: curl --cacert {} https://localhost:8443/hello",
+        paths.ca.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,9 +14,7 @@ use crate::*;
 
 /// `cli:USER`, for the audit trail.
 pub(crate) fn cli_actor() -> String {
-    let user = environment()
-        .get("USER")
-        .unwrap_or_else(|| "unknown".to_owned());
+    let user = process_var("USER").unwrap_or_else(|| "unknown".to_owned());
     format!("cli:{user}")
 }
 

@@ -14,7 +14,8 @@ pub(crate) async fn upstream_cli(
     use gatehouse::proxy::UpstreamStatus;
     let token = target
         .admin_token
-        .as_deref()
+        .as_ref()
+        .map(gatehouse::config::Secret::expose)
         .context("the admin token is needed: --admin-token or GATEHOUSE_ADMIN_TOKEN")?;
     let api = gatehouse::admin::client::AdminClient::new(&target.admin_url, token);
     let json = target.output == Output::Json;

@@ -86,12 +86,12 @@ impl Running {
         self.tunnels.close_all();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tunnels.wait()).await;
         // Requests that finished while draining used keys too.
-        self.shared.api_keys.flush_last_used().await;
+        self.shared.api_keys().flush_last_used().await;
         // …and may have charged quotas after the flush task's last flush.
         if let Some(q) = &self.store_quotas {
             q.flush().await;
         }
-        self.shared.upstreams.stop();
+        self.shared.upstreams().stop();
         self.admin_task.abort();
         tracing::info!(drained, "stopped");
         drained

@@ -1,143 +1,52 @@
 //! [`start`]: binding the listeners and spawning the accept loops, the admin
-//! listener, the store sync and the watchers.
+//! listener, the store sync and the watchers, over the shared state
+//! [`crate::app::build`] made.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use accept::Acceptor;
 
-use crate::auth::api_key::ApiKeyAuth;
-use crate::auth::jwks::JwksRegistry;
-use crate::auth::{Clock, SystemClock};
+use crate::app::{App, whole};
 use crate::config::{self, Problems, ServerConfig};
-use crate::conn::{Drain, PerAddress};
+use crate::conn::PerAddress;
 use crate::gateway::{Gateway, GatewayDeps};
-use crate::proxy::{Tunnels, UpstreamRegistry};
+use crate::proxy::Tunnels;
 use crate::ratelimit::Limiter;
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::quota::{QuotaCounter, RedisQuotas, StoreQuotas};
 use crate::ratelimit::redis::{Fallback, RedisLimiter, RedisOptions};
-use crate::snapshot::BuildDeps;
-use crate::store::{self};
 use crate::telemetry::process::{ConnMeters, TlsMeters};
-use crate::telemetry::trace::{TraceSettings, Tracer, spawn_exporter};
-use crate::telemetry::{Metrics, Telemetry};
+use crate::telemetry::trace::spawn_exporter;
 use crate::validate::HeadLimits;
 
 use super::*;
 
-/// Loads the configuration, binds every listener and starts serving.
+/// Has the shared state built, binds every listener and starts serving.
 pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
-    let path = opts.config_path.clone();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let jwks = JwksRegistry::new()?;
-    let metrics = Arc::new(match opts.env.get("GATEHOUSE_METRICS").as_deref() {
-        Some("off" | "false" | "0") => Metrics::disabled(),
-        _ => Metrics::new()?,
-    });
-    let upstreams = UpstreamRegistry::new(metrics.clone());
-    let trace_settings = TraceSettings::from_env(&opts.env).map_err(StartError::Tracing)?;
-    let (tracer, trace_rx) = match &trace_settings {
-        Some(settings) => {
-            let (tracer, rx) = Tracer::new(settings.sampler, &metrics);
-            (Some(tracer), Some(rx))
-        }
-        None => (None, None),
-    };
-    if let Some(log) = &opts.access_log {
-        metrics.describe_counter(
-            "gatehouse_access_log_dropped_total",
-            "Access lines dropped because the log writer was behind or its output failed.",
-        );
-        log.count_drops_in(metrics.counter("gatehouse_access_log_dropped_total", &[]));
-    }
-    let telemetry = Arc::new(Telemetry {
-        access_log: opts.access_log.clone(),
-        ..Telemetry::new(metrics.clone(), tracer)
-    });
-    let built = {
-        let (env, jwks, clock, metrics, upstreams) = (
-            opts.env.clone(),
-            jwks.clone(),
-            clock.clone(),
-            metrics.clone(),
-            upstreams.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let deps = BuildDeps {
-                env: &env,
-                jwks: &jwks,
-                clock: &clock,
-                metrics: &metrics,
-                upstreams: &upstreams,
-            };
-            build_all(&path, 1, &[], true, deps)
-        })
-        .await??
-    };
-    let Built {
+    let App {
+        shared,
         loaded,
-        snapshot,
-        tls: tls_configs,
-        certs,
-    } = built;
+        stop: stop_tx,
+        trace_export,
+    } = crate::app::build(&opts).await?;
+    let stop_rx = shared.stop.clone();
     let server = loaded.config.server.clone();
     let server = &server;
-    telemetry.config.loaded(
-        1,
-        &snapshot.config_hash,
-        unix_secs(snapshot.loaded_at),
-        &certs,
+    let (clock, metrics, store, api_keys, telemetry, upstreams) = (
+        shared.clock().clone(),
+        shared.metrics().clone(),
+        shared.store().clone(),
+        shared.api_keys().clone(),
+        shared.telemetry().clone(),
+        shared.upstreams().clone(),
     );
-
-    // The key store: opened (created, migrated) before anything listens, so
-    // a bad store URL starts nothing. Keys are served from memory.
-    let store = store::open(&loaded.config.store.options(&loaded.base_dir)).await?;
-    let api_keys = Arc::new(ApiKeyAuth::new(
-        loaded.config.api_keys.settings(),
-        store.clone(),
-        clock.clone(),
-    ));
-    api_keys.refresh().await?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-    let tls_slots: Vec<Arc<TlsSlot>> = tls_configs
-        .into_iter()
-        .map(|(listener, cfg)| {
-            Arc::new(TlsSlot {
-                listener,
-                config: ArcSwap::new(cfg),
-            })
-        })
-        .collect();
-    let shared = Arc::new(Shared {
-        config_path: opts.config_path.clone(),
-        snapshot: snapshot.clone(),
-        tls: tls_slots.clone(),
-        certs: ArcSwap::from_pointee(certs),
-        generation: AtomicU64::new(1),
-        ready: AtomicBool::new(false),
-        reload_lock: tokio::sync::Mutex::new(()),
-        drain: Arc::new(Drain::default()),
-        env: opts.env.clone(),
-        jwks: jwks.clone(),
-        clock: clock.clone(),
-        store: store.clone(),
-        api_keys: api_keys.clone(),
-        metrics: metrics.clone(),
-        upstreams: upstreams.clone(),
-        stop: stop_rx.clone(),
-        telemetry: telemetry.clone(),
-        listeners: std::sync::OnceLock::new(),
-    });
 
     // Bind everything before serving anything: a bind error starts nothing.
     let mut bound = Vec::new();
@@ -185,7 +94,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         };
     let tunnels = Tunnels::default();
     let gateway = Gateway::new(GatewayDeps {
-        snapshot,
+        snapshot: shared.snapshot.clone(),
         api_keys: api_keys.clone(),
         limiter,
         quotas,
@@ -211,7 +120,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             source,
         })?;
         let tls = if l.tls.is_some() {
-            tls_slots.iter().find(|s| s.listener == l.name).cloned()
+            shared.tls.iter().find(|s| s.listener == l.name).cloned()
         } else {
             None
         };
@@ -260,15 +169,15 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     tracing::info!(%admin_addr, "admin listening");
     tasks.push(spawn_metrics_upkeep(metrics.clone(), stop_rx.clone()));
     tasks.push(spawn_expiry_warnings(shared.clone(), stop_rx.clone()));
-    if let (Some(settings), Some(rx)) = (trace_settings, trace_rx) {
+    if let Some((settings, rx)) = trace_export {
         tracing::info!(endpoint = %crate::telemetry::trace::endpoint_for_logs(&settings.endpoint), service = %settings.service_name, sampler = ?settings.sampler, "exporting traces over OTLP/HTTP");
         let exporter = spawn_exporter(settings, rx, &metrics, stop_rx.clone())
-            .map_err(|e| StartError::Tracing(e.to_string()))?;
+            .map_err(StartError::TraceExporter)?;
         tasks.push(exporter);
     }
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
-    tasks.push(jwks.spawn_refresh(stop_rx.clone()));
+    tasks.push(shared.inputs.jwks.spawn_refresh(stop_rx.clone()));
     if let Some(q) = &store_quotas {
         tasks.push(q.spawn_flush(Duration::from_secs(5), stop_rx.clone()));
     }

@@ -1,14 +1,13 @@
 //! Background upkeep of a running gateway: metrics housekeeping and
 //! certificate expiry warnings.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Problem;
+use crate::app::warn_if_expiring;
 use crate::telemetry::Metrics;
 
 use super::*;
@@ -51,19 +50,4 @@ pub(super) fn spawn_expiry_warnings(
             }
         }
     })
-}
-
-pub(super) fn unix_secs(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-pub(super) fn whole(path: &Path, message: String) -> Problem {
-    Problem {
-        file: path.to_path_buf(),
-        line: 0,
-        column: 0,
-        message,
-    }
 }

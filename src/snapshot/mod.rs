@@ -30,7 +30,7 @@ use crate::auth::jwks::JwksRegistry;
 use crate::auth::jwt::JwtVerifier;
 use crate::body::BodyPace;
 use crate::config::{Environment, Loaded, Problems};
-use crate::proxy::lambda::{self, LambdaFunction};
+use crate::proxy::lambda::{self, AwsSettings, LambdaFunction};
 use crate::proxy::{Upstream, UpstreamRegistry};
 use crate::route::{PathMatch, Place, RouteTable, RouteTableBuilder};
 use crate::telemetry::Metrics;
@@ -94,6 +94,8 @@ pub struct RouteSummary {
 pub struct BuildDeps<'a> {
     /// Environment values (HMAC secrets are named by variable).
     pub env: &'a Environment,
+    /// Credentials settings for Lambda upstreams.
+    pub aws: &'a AwsSettings,
     /// JWKS sets, kept across reloads.
     pub jwks: &'a JwksRegistry,
     /// The clock token checks use.
@@ -185,7 +187,7 @@ impl Snapshot {
                 }
                 upstream_places.insert(name.clone(), here);
                 if spec_ref.kind == crate::config::UpstreamKind::Lambda {
-                    match LambdaFunction::build(spec_ref, defaults, source, deps.env) {
+                    match LambdaFunction::build(spec_ref, defaults, source, deps.aws) {
                         Ok(f) => {
                             functions.insert(name, Arc::new(f));
                         }

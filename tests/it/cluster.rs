@@ -166,14 +166,9 @@ async fn start_with_admin(builder: GatewayBuilder, token_hash: &str) -> TestGate
         1,
     );
     std::fs::write(&config_path, text).expect("write config");
-    let running = gatehouse::server::start(StartOptions {
-        config_path,
-        watch: false,
-        env: gatehouse::config::Environment::default(),
-        access_log: None,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+    let running = gatehouse::server::start(StartOptions::new(config_path))
+        .await
+        .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
     TestGateway {
         running: Some(running),
         dir: builder.dir,

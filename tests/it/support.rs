@@ -212,6 +212,8 @@ pub struct GatewayBuilder {
     main: String,
     policies: Vec<(String, String)>,
     env: Vec<(String, String)>,
+    otlp: gatehouse::telemetry::trace::OtlpOptions,
+    aws: gatehouse::proxy::lambda::AwsSettings,
 }
 
 impl GatewayBuilder {
@@ -224,12 +226,28 @@ impl GatewayBuilder {
             ),
             policies: Vec::new(),
             env: Vec::new(),
+            otlp: Default::default(),
+            aws: Default::default(),
         }
     }
 
     /// An environment value the config may name (never the process's own).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The OpenTelemetry settings (as `--otel-*` would give them).
+    pub fn otlp(mut self, otlp: gatehouse::telemetry::trace::OtlpOptions) -> Self {
+        self.otlp = otlp;
+        self
+    }
+
+    /// Static AWS keys for Lambda upstreams (as `--aws-access-key-id` and
+    /// `--aws-secret-access-key` would give them).
+    pub fn aws_keys(mut self, id: &str, secret: &str) -> Self {
+        self.aws.access_key_id = Some(id.to_owned());
+        self.aws.secret_access_key = Some(gatehouse::config::Secret::new(secret));
         self
     }
 
@@ -273,10 +291,12 @@ impl GatewayBuilder {
     async fn start_with(self, watch: bool) -> TestGateway {
         let config_path = self.write();
         let running = gatehouse::server::start(StartOptions {
-            config_path,
             watch,
             env: gatehouse::config::Environment::new(self.env),
-            access_log: None,
+            trace: gatehouse::telemetry::trace::TraceSettings::new(&self.otlp)
+                .expect("valid OTLP settings"),
+            aws: self.aws,
+            ..StartOptions::new(config_path)
         })
         .await
         .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
@@ -676,14 +696,9 @@ impl TestGateway {
 /// Starts a gateway on the config already written in `dir` (by a
 /// [`GatewayBuilder`] whose gateway was stopped): same files, same store.
 pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
-    let running = gatehouse::server::start(StartOptions {
-        config_path: dir.path().join("gatehouse.toml"),
-        watch: false,
-        env: gatehouse::config::Environment::default(),
-        access_log: None,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("gateway failed to restart: {e}"));
+    let running = gatehouse::server::start(StartOptions::new(dir.path().join("gatehouse.toml")))
+        .await
+        .unwrap_or_else(|e| panic!("gateway failed to restart: {e}"));
     TestGateway {
         running: Some(running),
         dir,

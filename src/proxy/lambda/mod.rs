@@ -6,14 +6,15 @@
 //! client (rustls with ring, the SDK's retries off: [`LambdaFunction::invoke`]
 //! retries itself, only when Lambda throttled the call or the network failed
 //! before the call was made, never after a function ran). Credentials come
-//! from the standard AWS chain: the `AWS_ACCESS_KEY_ID` /
-//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` values that `main` hands in
-//! through [`Environment`], then the shared profile, web identity, the ECS
-//! container endpoint and the EC2 instance role. The SDK resolves them on
-//! the first invocation and caches them (refreshing before they expire).
-//! Caveat: the profile, ECS and IMDS links read their own settings
-//! (`AWS_PROFILE`, `HOME`, `AWS_CONTAINER_*`) inside the SDK; the
-//! `Environment` only feeds the first link, the profile name and web identity.
+//! from the standard AWS chain: the static keys `main` hands in as
+//! [`AwsSettings`] (its `--aws-access-key-id` / `--aws-secret-access-key` /
+//! `--aws-session-token` flags, or the `AWS_*` variables of the same
+//! names), then the shared profile, web identity, the ECS container
+//! endpoint and the EC2 instance role. The SDK resolves them on the first
+//! invocation and caches them (refreshing before they expire).
+//! Caveat: the profile, ECS and IMDS links read their own settings (`HOME`,
+//! `AWS_CONFIG_FILE`, `AWS_CONTAINER_*`) inside the SDK; [`AwsSettings`]
+//! feeds the first link, the profile name and web identity.
 //!
 //! Not here: the pipeline (`gateway.rs` builds the event from the prepared
 //! outgoing headers and maps [`LambdaError`] to answers). Security: the
@@ -27,6 +28,7 @@ mod spec;
 
 pub use request_event::*;
 pub use response::*;
+pub use sdk::AwsSettings;
 use sdk::*;
 pub use spec::*;
 
@@ -39,7 +41,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::HeaderMap;
 
-use crate::config::{Defaults, Environment, Problem, SourceFile, UpstreamSpec};
+use crate::config::{Defaults, Problem, SourceFile, UpstreamSpec};
 
 /// Lambda's limit on a synchronous invocation's request payload (6 MB).
 pub const PAYLOAD_LIMIT: u64 = 6 * 1024 * 1024;
@@ -166,7 +168,7 @@ impl LambdaFunction {
         spec: &UpstreamSpec,
         defaults: &Defaults,
         source: &SourceFile,
-        env: &Environment,
+        aws: &AwsSettings,
     ) -> Result<LambdaFunction, Vec<Problem>> {
         let mut problems = Vec::new();
         let name = spec.name.get_ref();
@@ -305,7 +307,7 @@ impl LambdaFunction {
         };
         let connect_timeout = spec.connect_timeout.unwrap_or(defaults.connect_timeout).0;
         let request_timeout = spec.request_timeout.unwrap_or(defaults.request_timeout).0;
-        let client = sdk_client(&region, endpoint.as_deref(), connect_timeout, env);
+        let client = sdk_client(&region, endpoint.as_deref(), connect_timeout, aws);
         let qualifier = qualifier.or(parsed.qualifier.clone());
         let mut target = format!("lambda:{}", parsed.name);
         if let Some(q) = &qualifier {

@@ -1,4 +1,4 @@
-//! Tests of trace context (traceparent), samplers, settings from the environment, outgoing context.
+//! Tests of trace context (traceparent), samplers, settings from the OTLP options, outgoing context.
 
 use super::*;
 
@@ -44,62 +44,101 @@ fn samplers() {
         id[8..].copy_from_slice(&low.to_be_bytes());
         id
     };
-    let half = Sampler::parse(Some("traceidratio"), Some("0.5")).unwrap();
+    let half = Sampler::new(SamplerName::TraceIdRatio, Some(0.5)).unwrap();
     assert!(half.sample(&id_low(1), None));
     assert!(!half.sample(&id_low(u64::MAX - 1), None));
-    let pb = Sampler::parse(None, None).unwrap();
+    let pb = Sampler::new(SamplerName::default(), None).unwrap();
     assert!(pb.sample(&id_low(5), None), "no parent: always on");
     assert!(!pb.sample(&id_low(5), Some(false)), "parent decides");
-    let off = Sampler::parse(Some("parentbased_always_off"), None).unwrap();
+    let off = Sampler::new(SamplerName::ParentBasedAlwaysOff, None).unwrap();
     assert!(!off.sample(&id_low(5), None));
     assert!(off.sample(&id_low(5), Some(true)));
-    for (name, arg) in [
+    let pb_none = Sampler::new(SamplerName::ParentBasedTraceIdRatio, Some(0.0)).unwrap();
+    assert!(
+        !pb_none.sample(&id_low(1), None),
+        "ratio 0 without a parent"
+    );
+    assert!(
+        pb_none.sample(&id_low(1), Some(true)),
+        "parent still decides"
+    );
+    assert!(Sampler::new(SamplerName::TraceIdRatio, Some(2.0)).is_err());
+    let names = [
+        ("always_on", Some(SamplerName::AlwaysOn)),
+        ("always_off", Some(SamplerName::AlwaysOff)),
+        ("traceidratio", Some(SamplerName::TraceIdRatio)),
+        (
+            "parentbased_always_on",
+            Some(SamplerName::ParentBasedAlwaysOn),
+        ),
+        (
+            "parentbased_always_off",
+            Some(SamplerName::ParentBasedAlwaysOff),
+        ),
+        (
+            "parentbased_traceidratio",
+            Some(SamplerName::ParentBasedTraceIdRatio),
+        ),
         ("nonsense", None),
-        ("traceidratio", Some("2")),
-        ("traceidratio", Some("x")),
+        ("AlwaysOn", None),
+    ];
+    for (name, want) in names {
+        assert_eq!(name.parse::<SamplerName>().ok(), want, "{name}");
+    }
+    for (arg, want) in [
+        ("0.25", Some(0.25)),
+        ("1", Some(1.0)),
+        ("2", None),
+        ("x", None),
     ] {
-        assert!(Sampler::parse(Some(name), arg).is_err(), "{name} {arg:?}");
+        assert_eq!(parse_ratio(arg).ok(), want, "{arg}");
     }
 }
 
 #[test]
-fn settings_from_env() {
-    let env = |pairs: &[(&str, &str)]| {
-        Environment::new(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        )
+fn settings_from_options() {
+    let opts = |endpoint: Option<&str>, traces: Option<&str>| OtlpOptions {
+        endpoint: endpoint.map(str::to_owned),
+        traces_endpoint: traces.map(str::to_owned),
+        ..OtlpOptions::default()
     };
     assert!(
-        TraceSettings::from_env(&env(&[])).unwrap().is_none(),
+        TraceSettings::new(&OtlpOptions::default())
+            .unwrap()
+            .is_none(),
         "off by default"
     );
-    let s = TraceSettings::from_env(&env(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
-        ("OTEL_SERVICE_NAME", "edge"),
-    ]))
+    let s = TraceSettings::new(&OtlpOptions {
+        service_name: Some("edge".into()),
+        ..opts(Some("http://127.0.0.1:4318/"), None)
+    })
     .unwrap()
     .unwrap();
     assert_eq!(s.endpoint.to_string(), "http://127.0.0.1:4318/v1/traces");
     assert_eq!(s.service_name, "edge");
-    let full = TraceSettings::from_env(&env(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:2/custom"),
-    ]))
-    .unwrap()
-    .unwrap();
+    let unnamed = TraceSettings::new(&opts(Some("http://a:1"), None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(unnamed.service_name, "gatehouse");
+    let full = TraceSettings::new(&opts(Some("http://a:1"), Some("http://b:2/custom")))
+        .unwrap()
+        .unwrap();
     assert_eq!(full.endpoint.to_string(), "http://b:2/custom");
-    let disabled = TraceSettings::from_env(&env(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1"),
-        ("OTEL_SDK_DISABLED", "true"),
-    ]))
+    let disabled = TraceSettings::new(&OtlpOptions {
+        disabled: true,
+        ..opts(Some("http://a:1"), None)
+    })
     .unwrap();
     assert!(disabled.is_none());
     let keyed: Uri = "http://c:4318/v1/traces?api-key=s3cret".parse().unwrap();
     assert_eq!(endpoint_for_logs(&keyed), "http://c:4318/v1/traces");
-    for bad in ["ftp://x", "not a url", "http://user:pw@host:1"] {
-        let e = TraceSettings::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]));
+    for bad in [
+        "ftp://x",
+        "not a url",
+        "http://user:pw@host:1",
+        "ftp://user:pw@host",
+    ] {
+        let e = TraceSettings::new(&opts(Some(bad), None));
         assert!(e.is_err(), "{bad}");
         assert!(!format!("{e:?}").contains("pw@"), "no credentials echoed");
     }

@@ -169,8 +169,7 @@ async fn a_missing_status_is_malformed_in_format_1() {
     ]
     .concat();
     let gw = GatewayBuilder::new()
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .aws_keys(KEY_ID, SECRET)
         .policy("lambda.toml", &policy)
         .start()
         .await;
@@ -242,8 +241,7 @@ async fn cargo_lambda_watch_end_to_end() {
          [[route]]\nname = \"hello\"\ntemplate = \"/hello/{{name}}\"\nupstream = \"hello\"\n"
     );
     let gw = GatewayBuilder::new()
-        .env("AWS_ACCESS_KEY_ID", "local")
-        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .aws_keys("local", "local")
         .policy("hello.toml", &policy)
         .start()
         .await;
@@ -277,8 +275,7 @@ async fn the_api_key_consumer_appears_under_the_authorizer_in_format_1() {
     let gw = GatewayBuilder::new()
         .admin_token_hash(&hash)
         .main(&fast_api_keys(""))
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .aws_keys(KEY_ID, SECRET)
         .policy("lambda.toml", &policy)
         .start()
         .await;

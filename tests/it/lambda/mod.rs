@@ -327,8 +327,7 @@ async fn gateway(lambda: &FakeLambda, secret: &str) -> TestGateway {
             "[[jwt_issuer]]\nname = \"hs\"\nissuer = \"https://hs.test\"\naudiences = [\"gatehouse-tests\"]\n\
              algorithms = [\"HS256\"]\nhmac_secret_env = \"TEST_HS_SECRET\"\n",
         )
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .aws_keys(KEY_ID, secret)
         .env("TEST_HS_SECRET", HS_SECRET)
         .policy("lambda.toml", &policy)
         .start()

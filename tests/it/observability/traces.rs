@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use gatehouse::telemetry::trace::{OtlpOptions, SamplerName};
+
 use crate::support::*;
 
 use super::*;
@@ -87,8 +89,11 @@ async fn spans_reach_an_otlp_receiver_with_the_clients_trace() {
     let backend = Backend::echo().await;
     let gw = mixed_gateway(&backend, "")
         .await
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.url())
-        .env("OTEL_SERVICE_NAME", "edge-test")
+        .otlp(OtlpOptions {
+            endpoint: Some(collector.url()),
+            service_name: Some("edge-test".to_owned()),
+            ..OtlpOptions::default()
+        })
         .start()
         .await;
     let resp = client()
@@ -198,8 +203,11 @@ async fn unsampled_requests_pass_context_on_but_export_nothing() {
     let backend = Backend::echo().await;
     let gw = mixed_gateway(&backend, "")
         .await
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.url())
-        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+        .otlp(OtlpOptions {
+            endpoint: Some(collector.url()),
+            sampler: SamplerName::ParentBasedAlwaysOn,
+            ..OtlpOptions::default()
+        })
         .start()
         .await;
     let echo: Echo = client()

@@ -1,18 +1,73 @@
-//! Building everything a config needs before it is served (TLS, snapshot,
-//! limiters), and `gatehouse check`.
+//! Building everything a config needs before it is served (TLS configs,
+//! the snapshot, the checks that span several tables), and `gatehouse
+//! check`. Blocking: run on a blocking thread by [`super::build`] and
+//! reloads. Not here: anything that listens or runs (the server starts
+//! what is built here).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::auth::jwks::JwksRegistry;
 use crate::auth::{Clock, SystemClock};
-use crate::config::{self, Environment, Loaded, Problem, Problems};
+use crate::config::{self, Environment, Loaded, Problems};
 use crate::proxy::UpstreamRegistry;
+use crate::proxy::lambda::AwsSettings;
 use crate::snapshot::{BuildDeps, Snapshot};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertInfo};
 
 use super::*;
+
+/// What every build of a snapshot uses besides the files, owned (a build
+/// runs on a blocking thread) and kept across reloads.
+#[derive(Debug, Clone)]
+pub(crate) struct Inputs {
+    /// The config-named environment values.
+    pub(crate) env: Environment,
+    /// Credentials settings for Lambda upstreams.
+    pub(crate) aws: AwsSettings,
+    /// JWKS sets.
+    pub(crate) jwks: JwksRegistry,
+    /// The clock token checks use.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The metrics registry.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Upstream runtime state.
+    pub(crate) upstreams: UpstreamRegistry,
+}
+
+impl Inputs {
+    fn deps(&self) -> BuildDeps<'_> {
+        BuildDeps {
+            env: &self.env,
+            aws: &self.aws,
+            jwks: &self.jwks,
+            clock: &self.clock,
+            metrics: &self.metrics,
+            upstreams: &self.upstreams,
+        }
+    }
+
+    /// [`build_all`] on a blocking thread.
+    pub(super) async fn build(
+        self,
+        config_path: PathBuf,
+        generation: u64,
+        previous: Vec<(String, Arc<rustls::ServerConfig>)>,
+        make_dev_certs: bool,
+    ) -> Result<Result<Built, Problems>, tokio::task::JoinError> {
+        tokio::task::spawn_blocking(move || {
+            build_all(
+                &config_path,
+                generation,
+                &previous,
+                make_dev_certs,
+                self.deps(),
+            )
+        })
+        .await
+    }
+}
 
 pub(super) struct Built {
     pub(super) loaded: Loaded,
@@ -79,7 +134,7 @@ pub(super) fn build_all(
         }
     }
     if let Some(hash) = &loaded.config.admin.token_hash
-        && let Err(message) = crate::admin::check_token_hash(hash.get_ref())
+        && let Err(message) = check_token_hash(hash.get_ref())
     {
         problems.push(loaded.source.problem(hash.span(), message));
     }
@@ -169,7 +224,7 @@ pub(super) fn build_all(
     }
 }
 
-pub(super) fn warn_if_expiring(info: &CertInfo) {
+pub(crate) fn warn_if_expiring(info: &CertInfo) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -213,6 +268,18 @@ pub(super) fn ensure_dev_certs(
     }
 }
 
+/// Whether `hash` is a usable `[admin] token_hash` (an argon2id PHC string).
+pub fn check_token_hash(hash: &str) -> Result<(), String> {
+    if hash.starts_with("$argon2id$") && argon2::PasswordHash::new(hash).is_ok() {
+        Ok(())
+    } else {
+        Err(
+            "`[admin] token_hash` must be an argon2id hash (run `gatehouse hash-secret`)"
+                .to_owned(),
+        )
+    }
+}
+
 /// Checks a configuration without starting anything: every problem with
 /// its place, or the number of routes and upstreams.
 pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Problems> {
@@ -229,15 +296,16 @@ pub fn check(config_path: &Path, env: &Environment) -> Result<(usize, usize), Pr
             format!("cannot set up metrics: {e}"),
         )])
     })?);
-    let upstreams = UpstreamRegistry::new(metrics.clone());
-    let deps = BuildDeps {
-        env,
-        jwks: &jwks,
-        clock: &clock,
-        metrics: &metrics,
-        upstreams: &upstreams,
+    let inputs = Inputs {
+        env: env.clone(),
+        // Credentials are not needed to check: nothing is invoked.
+        aws: AwsSettings::default(),
+        jwks,
+        clock,
+        upstreams: UpstreamRegistry::new(metrics.clone()),
+        metrics,
     };
-    let built = build_all(config_path, 1, &[], false, deps)?;
+    let built = build_all(config_path, 1, &[], false, inputs.deps())?;
     Ok((
         built.snapshot.routes.len(),
         built.snapshot.upstreams.len() + built.snapshot.functions.len(),
