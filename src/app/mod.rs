@@ -2,7 +2,7 @@
 //! the config and the typed settings `main` hands in ([`StartOptions`]),
 //! and reloaded as a whole.
 //!
-//! [`build`] loads and validates the configuration, sets up metrics, the
+//! `build` loads and validates the configuration, sets up metrics, the
 //! tracer, JWKS, the upstream registry, the key store and its in-memory
 //! key index, and returns the [`Shared`] state; [`Shared::reload`] builds a
 //! whole new snapshot (and TLS configs) and swaps it in, or keeps the

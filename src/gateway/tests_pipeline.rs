@@ -118,6 +118,7 @@ async fn pipeline() -> Pipeline {
         clock: &clock,
         metrics: &metrics,
         upstreams: &upstreams,
+        aws: &Default::default(),
     };
     let snapshot = Snapshot::build(&loaded, 1, deps).unwrap_or_else(|e| panic!("build: {e:?}"));
     let store = crate::store::open(&loaded.config.store.options(&loaded.base_dir))

@@ -1,6 +1,6 @@
 //! Listeners, the accept loop, connection limits and graceful shutdown.
 //!
-//! [`start`] has the shared state built ([`crate::app::build`]: config,
+//! [`start`] has the shared state built (`app::build`: config,
 //! snapshot, store, telemetry), binds every listener (public and admin),
 //! spawns the accept loops, the admin API, the watcher and the background
 //! tasks, and returns a [`Running`] handle with the bound addresses. Each

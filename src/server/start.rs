@@ -82,8 +82,15 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         match (rl.backend, &rl.redis_url) {
             (config::RateLimitBackend::Redis, Some(url)) => (
                 Arc::new(
-                    RedisQuotas::connect(url, rl.redis_timeout.0)
-                        .map_err(|e| StartError::Limiter(e.to_string()))?,
+                    // The limiter's breaker settings: one dead Redis, one
+                    // decision to stop asking it.
+                    RedisQuotas::connect_with_breaker(
+                        url,
+                        rl.redis_timeout.0,
+                        rl.breaker_failures,
+                        rl.breaker_open_for.0,
+                    )
+                    .map_err(|e| StartError::Limiter(e.to_string()))?,
                 ),
                 None,
             ),
