@@ -119,7 +119,7 @@ impl RequestCtx {
 
 /// Whether a client's `X-Request-Id` is kept: 1 to 128 characters of
 /// `[A-Za-z0-9._:-]` (anything else could forge log lines or headers).
-pub(crate) fn is_valid_request_id(value: &HeaderValue) -> bool {
+fn is_valid_request_id(value: &HeaderValue) -> bool {
     let b = value.as_bytes();
     !b.is_empty()
         && b.len() <= 128
@@ -128,14 +128,13 @@ pub(crate) fn is_valid_request_id(value: &HeaderValue) -> bool {
 }
 
 /// A new random request id: 32 hex digits.
-pub(crate) fn new_request_id() -> HeaderValue {
+fn new_request_id() -> HeaderValue {
     let id = format!("{:032x}", rand::random::<u128>());
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// The client's `X-Request-Id` when it is well-formed, otherwise a new
-/// random one. (Tier A's request-id layer has already made it so on a real
-/// connection; this keeps the pipeline correct when driven on its own.)
+/// random one.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     match headers.get("x-request-id") {
         Some(v) if is_valid_request_id(v) => v.clone(),

@@ -12,8 +12,8 @@
 //! [`finish`](finish::finish) and is logged once, when its response has been
 //! sent.
 //!
-//! Generic HTTP (panics, request ids, sensitive headers, the in-flight
-//! limit) is Tier A, tower layers in `server::service` around this.
+//! Generic HTTP (sensitive headers, the in-flight limit, panics) is Tier A,
+//! in `server::service` around this.
 //! `handle` is generic over the request body, so tests drive it in-process.
 
 mod authn;
@@ -28,7 +28,6 @@ mod request_body;
 mod upstream_context;
 
 use ctx::RequestCtx;
-pub(crate) use ctx::{is_valid_request_id, new_request_id};
 use finish::{Answer, Source};
 use host::*;
 use limits::*;
