@@ -3,10 +3,11 @@
 //! steps learn (route, caller, rate-limit headers, trace).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::Request;
 use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request};
 
 use crate::auth::Principal;
 use crate::body::BodyStats;
@@ -114,6 +115,23 @@ impl RequestCtx {
             };
             trace.child(name, start, attributes, outcome.is_err());
         }
+    }
+}
+
+/// Whether this request makes the connection stop being HTTP: exactly the
+/// framing guard's rule (after any `Upgrade` header or a CONNECT it stops
+/// reading the connection as HTTP/1).
+pub(super) fn leaves_http<B>(req: &http::Request<B>, conn: &ConnInfo) -> bool {
+    conn.verdicts.is_some()
+        && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE))
+}
+
+/// The framing guard's verdict on this request's head, if it refused it.
+pub(super) fn framing_refusal(conn: &ConnInfo) -> Result<(), GatewayError> {
+    let index = conn.requests.fetch_add(1, Ordering::Relaxed);
+    match conn.verdicts.as_ref().and_then(|v| v.refused(index)) {
+        None => Ok(()),
+        Some(why) => Err(why.into()),
     }
 }
 

@@ -4,10 +4,8 @@
 //! response edits), and its body carries the access record, which is
 //! logged once, when the last byte has been sent or the client went away.
 
-use std::sync::atomic::Ordering;
-
 use http::header::{self, HeaderValue};
-use http::{Method, Response, StatusCode, Version};
+use http::{Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
 use crate::body::{GwBody, ResponseBody};
@@ -44,23 +42,6 @@ impl Answer {
             deadline: None,
             source,
         }
-    }
-}
-
-/// Whether this request makes the connection stop being HTTP: exactly the
-/// framing guard's rule (after any `Upgrade` header or a CONNECT it stops
-/// reading the connection as HTTP/1).
-pub(super) fn leaves_http<B>(req: &http::Request<B>, conn: &ConnInfo) -> bool {
-    conn.verdicts.is_some()
-        && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE))
-}
-
-/// The framing guard's verdict on this request's head, if it refused it.
-pub(super) fn framing_refusal(conn: &ConnInfo) -> Result<(), GatewayError> {
-    let index = conn.requests.fetch_add(1, Ordering::Relaxed);
-    match conn.verdicts.as_ref().and_then(|v| v.refused(index)) {
-        None => Ok(()),
-        Some(why) => Err(why.into()),
     }
 }
 

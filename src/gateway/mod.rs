@@ -12,8 +12,9 @@
 //! [`finish`](finish::finish) and is logged once, when its response has been
 //! sent.
 //!
-//! Generic HTTP (sensitive headers, the in-flight limit, panics) is Tier A,
-//! in `server::service` around this.
+//! Before step 1, a request beyond the in-flight limit is shed with a fast
+//! 503. The rest of generic HTTP (sensitive headers, panics) is Tier A, in
+//! `server::service` around this.
 //! `handle` is generic over the request body, so tests drive it in-process.
 
 mod authn;
@@ -84,8 +85,8 @@ pub(crate) struct GatewayDeps {
     pub(crate) quota_fail_open: bool,
     /// Quota periods follow this clock.
     pub(crate) clock: Arc<dyn Clock>,
-    /// Requests handled at once; beyond it, 503 at once (Tier A's
-    /// concurrency limit shares this budget across listeners).
+    /// Requests handled at once, across all listeners; beyond it, 503 at
+    /// once.
     pub(crate) max_in_flight: usize,
     /// Where requests are counted.
     pub(crate) telemetry: Arc<Telemetry>,
@@ -116,12 +117,6 @@ impl Gateway {
         }
     }
 
-    /// The in-flight budget (`[server] max_concurrent_requests`), shared by
-    /// every connection's concurrency limit.
-    pub(crate) fn in_flight(&self) -> Arc<tokio::sync::Semaphore> {
-        self.in_flight.clone()
-    }
-
     /// Handles one request from start to finish. Never fails: every error
     /// becomes a JSON answer.
     pub(crate) async fn handle<B: ClientBody>(
@@ -132,23 +127,24 @@ impl Gateway {
         let stream = conn.activity.start();
         // 1. One config snapshot for the whole request, and its record.
         let mut ctx = RequestCtx::start(self, &req, &conn);
-        let leaves_http = finish::leaves_http(&req, &conn);
-        let outcome = match finish::framing_refusal(&conn) {
-            Ok(()) => self.steps(req, &conn, &mut ctx).await,
-            Err(refused) => Err(refused),
+        let leaves_http = ctx::leaves_http(&req, &conn);
+        let refused = ctx::framing_refusal(&conn);
+        // Load shedding (Tier A, here so that a shed request is finished
+        // like every refusal): beyond the in-flight limit, answer at once.
+        // A request holds its place until its response head is ready: the
+        // work that queues (auth, limits, waiting for the upstream).
+        // Bodies then stream under the connection limit and the request
+        // deadline; holding the place for them would let clients that never
+        // read their answers fill the limit.
+        let place = self.in_flight.clone().try_acquire_owned();
+        let outcome = match (refused, &place) {
+            (Err(why), _) => Err(why),
+            (Ok(()), Err(_)) => Err(GatewayError::Overloaded),
+            (Ok(()), Ok(_)) => self.steps(req, &conn, &mut ctx).await,
         };
+        drop(place);
         // 12. Finish, for every outcome.
         finish::finish(self, ctx, outcome, &conn, leaves_http, stream)
-    }
-
-    /// A request Tier A shed (the in-flight limit was full): finished like
-    /// every other refusal, without running a step.
-    pub(crate) fn shed<B>(&self, req: &Request<B>, conn: &Arc<ConnInfo>) -> Response<GwBody> {
-        let stream = conn.activity.start();
-        let ctx = RequestCtx::start(self, req, conn);
-        let leaves_http = finish::leaves_http(req, conn);
-        let outcome = finish::framing_refusal(conn).and(Err(GatewayError::Overloaded));
-        finish::finish(self, ctx, outcome, conn, leaves_http, stream)
     }
 
     /// Steps 2–11, in DESIGN.md's order. The first refusal ends the request.

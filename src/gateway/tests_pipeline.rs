@@ -1,5 +1,6 @@
 //! The pipeline driven in-process (tower `oneshot`, no socket): the steps
-//! refuse in DESIGN.md's order, and a refused request's body is never read.
+//! refuse in DESIGN.md's order, a refused request's body is never read, and
+//! a full in-flight budget sheds before any step.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -93,7 +94,7 @@ struct Pipeline {
     _dir: tempfile::TempDir,
 }
 
-async fn pipeline() -> Pipeline {
+async fn pipeline(max_in_flight: usize) -> Pipeline {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let write = |name: &str, text: &str| {
         std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -136,7 +137,7 @@ async fn pipeline() -> Pipeline {
         quotas: Arc::new(StoreQuotas::new(store, Duration::from_secs(2))),
         quota_fail_open: true,
         clock,
-        max_in_flight: 16,
+        max_in_flight,
         telemetry: Arc::new(Telemetry::new(metrics, None)),
         tunnels: Tunnels::default(),
     });
@@ -242,7 +243,7 @@ type Case<'a> = (
 
 #[tokio::test]
 async fn steps_refuse_in_order_and_never_read_a_refused_body() {
-    let p = pipeline().await;
+    let p = pipeline(16).await;
     let cases: &[Case] = &[
         (
             "3: no route",
@@ -342,7 +343,7 @@ async fn steps_refuse_in_order_and_never_read_a_refused_body() {
 
 #[tokio::test]
 async fn request_ids_are_kept_when_well_formed_and_replaced_otherwise() {
-    let p = pipeline().await;
+    let p = pipeline(16).await;
     let cases: &[(&str, Option<&str>, bool)] = &[
         ("none sent", None, false),
         ("well-formed", Some("abc-123.x:y_z"), true),
@@ -367,4 +368,20 @@ async fn request_ids_are_kept_when_well_formed_and_replaced_otherwise() {
     let first = p.send(Method::GET, "/nope", &[], "").await.request_id;
     let second = p.send(Method::GET, "/nope", &[], "").await.request_id;
     assert_ne!(first, second, "generated ids differ");
+}
+
+#[tokio::test]
+async fn a_full_in_flight_budget_sheds_before_any_step_with_a_json_answer() {
+    let p = pipeline(0).await;
+    for (name, path, headers, body) in [
+        ("a route", "/open", &[JSON][..], "{\"id\": 1}"),
+        ("no route", "/nope", &[][..], ""),
+    ] {
+        let a = p.send(Method::POST, path, headers, body).await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
+        assert_eq!(a.code.as_deref(), Some("overloaded"), "{name}");
+        assert_eq!(a.request_id, a.body_request_id, "{name}: one request id");
+        assert!(a.request_id.is_some(), "{name}");
+        assert_eq!(a.polls, 0, "{name}: a shed body is never read");
+    }
 }

@@ -4,31 +4,25 @@
 //! 1. sensitive headers (tower-http `SetSensitiveRequestHeaders`):
 //!    credentials and cookies are marked so that they are never printed by
 //!    `Debug` and never HPACK-indexed on h2;
-//! 2. load shedding: beyond `[server] max_concurrent_requests` (one budget
-//!    across all listeners) a request is answered 503 at once, finished by
-//!    the gateway like every refusal (JSON body, access line, metrics). A
-//!    request holds its place until its response head is ready; bodies then
-//!    stream under the connection limit and the request deadline (holding
-//!    the place for them would let clients that never read their answers
-//!    fill the limit);
-//! 3. a panic in the pipeline is a redacted JSON 500, never a dropped
+//! 2. a panic in the pipeline is a redacted JSON 500, never a dropped
 //!    connection or a leaked message;
-//! 4. the request id is the pipeline's step 1 (`gateway::ctx`): a client's
-//!    well-formed `X-Request-Id` is kept, anything else replaced by a new
-//!    random id, and every answer carries it, in its header and JSON body.
+//! 3. load shedding and the request id are the first things `Gateway::handle`
+//!    does, so that a shed request is finished like every refusal (JSON
+//!    body with its request id, access line, metrics).
 //!
-//! Steps 2–4 are ours rather than tower's `GlobalConcurrencyLimit` +
-//! `LoadShed`, tower-http's `CatchPanic` and `SetRequestId` /
-//! `PropagateRequestId`, for a measured speed-up: with those layers (built
-//! and measured, issue 21) plain HTTP cost 31.0 µs of proxy CPU per request
-//! against 28.4 µs without them (alternating builds, 4 × 6 s each, wrk 64
-//! connections). Per part: the shed layers ~1.0 µs (each request clones the
-//! stack, and every clone of the concurrency limit boxes a new semaphore
-//! future; a shed answer also needs a copy of the request head, since
-//! `LoadShed` drops the request), `CatchPanic` ~1 µs (it re-boxes every
-//! response body), the request-id pair ~1 µs (request and response
-//! extensions). Ours are a `try_acquire` on the shared semaphore, a
-//! `catch_unwind`, and the id the access record needs anyway.
+//! Panics, shedding and request ids are ours rather than tower-http's
+//! `CatchPanic`, tower's `GlobalConcurrencyLimit` + `LoadShed` and
+//! tower-http's `SetRequestId` / `PropagateRequestId`, for a measured
+//! speed-up: with those layers (built and measured, issue 21) plain HTTP
+//! cost 31.0 µs of proxy CPU per request against 28.4 µs without them
+//! (alternating builds, 4 × 6 s each, wrk 64 connections). Per part: the
+//! shed layers ~1.0 µs (each request clones the stack, and every clone of
+//! the concurrency limit boxes a new semaphore future; a shed answer also
+//! needs a copy of the request head, since `LoadShed` drops the request),
+//! `CatchPanic` ~1 µs (it re-boxes every response body), the request-id
+//! pair ~1 µs (request and response extensions). Ours are a `catch_unwind`,
+//! a `try_acquire` on the shared semaphore, and the id the access record
+//! needs anyway.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -68,7 +62,6 @@ pub(super) fn connection_service(
 > + Clone
 + Send
 + 'static {
-    let in_flight = gateway.in_flight();
     ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new(
             sensitive_request_headers(),
@@ -76,24 +69,12 @@ pub(super) fn connection_service(
         .service_fn(move |req: Request<Incoming>| {
             let gateway = gateway.clone();
             let conn = conn.clone();
-            // Taken without waiting: a full budget sheds the request.
-            let place = in_flight.clone().try_acquire_owned();
             // Boxed: hyper keeps one slot for the service's future for the
             // connection's whole life, and `handle`'s future is some 10 KB;
             // boxed, an idle connection holds a pointer and the 10 KB exist
             // only while a request runs (BENCHMARKS.md, idle-connections
             // memory).
-            let handling = Box::pin(async move {
-                match place {
-                    Ok(place) => {
-                        let answer = gateway.handle(req, conn).await;
-                        // Given back once the response head is ready.
-                        drop(place);
-                        answer
-                    }
-                    Err(_) => gateway.shed(&req, &conn),
-                }
-            });
+            let handling = Box::pin(async move { gateway.handle(req, conn).await });
             async move {
                 let handled = AssertUnwindSafe(handling).catch_unwind().await;
                 Ok::<_, Infallible>(handled.unwrap_or_else(on_panic))
