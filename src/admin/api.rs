@@ -38,10 +38,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AdminState;
+use super::audit::{audit_entry, log_audit, record};
 use super::ops::{self, NewConsumer, NewKey, OpError, RotateKey};
 use super::token::TokenRefusal;
-use crate::proxy::{ChangeError, Upstream};
-use crate::store::AuditEntry;
 
 /// The `/v1/` routes, behind the admin token.
 pub(super) fn router(state: AdminState) -> Router<AdminState> {
@@ -74,14 +73,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Answer {
 }
 
 fn op_error(e: &OpError) -> Answer {
-    let status = match e {
-        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
-        OpError::NotFound(_) => StatusCode::NOT_FOUND,
-        OpError::Conflict(_) | OpError::ConsumerDisabled | OpError::KeyRevoked => {
-            StatusCode::CONFLICT
-        }
-        OpError::Store(_) | OpError::Hash => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = e.status();
     if let OpError::Store(source) = e {
         tracing::error!(error = %source, "admin: store operation failed");
     }
@@ -230,59 +222,6 @@ fn action_name(method: &str, path: &str) -> &'static str {
     }
 }
 
-/// Writes one audit entry (store and log). A store failure is logged, and
-/// does not change the answer of a call that already happened.
-async fn record(
-    state: &AdminState,
-    actor: &str,
-    client: Option<SocketAddr>,
-    action: &str,
-    target: Option<&str>,
-    outcome: &str,
-) {
-    let entry = audit_entry(state, actor, client, action, target, outcome);
-    log_audit(&entry);
-    // A throttled caller is only logged: writing a row for each of its
-    // attempts would let anyone who reaches the port grow the table.
-    if entry.outcome == "too_many_auth_failures" {
-        return;
-    }
-    if let Err(e) = state.shared.store().record_audit(&entry).await {
-        tracing::error!(error = %e, action, "cannot write the audit entry");
-    }
-}
-
-fn audit_entry(
-    state: &AdminState,
-    actor: &str,
-    client: Option<SocketAddr>,
-    action: &str,
-    target: Option<&str>,
-    outcome: &str,
-) -> AuditEntry {
-    AuditEntry {
-        at: state.shared.clock().now(),
-        actor: actor.to_owned(),
-        client: client.map(|c| c.ip().to_string()),
-        action: action.to_owned(),
-        target: target.map(str::to_owned),
-        outcome: outcome.to_owned(),
-    }
-}
-
-/// The audit line on the `gatehouse::audit` log target.
-fn log_audit(entry: &AuditEntry) {
-    tracing::info!(
-        target: "gatehouse::audit",
-        actor = %entry.actor,
-        client = entry.client.as_deref().unwrap_or("-"),
-        action = %entry.action,
-        object = entry.target.as_deref().unwrap_or("-"),
-        outcome = %entry.outcome,
-        "admin call"
-    );
-}
-
 /// Audits the outcome of an operation and turns it into an answer.
 /// Writes (anything but `*.list` and `*.show`) refresh the key index.
 async fn finish<T: serde::Serialize>(
@@ -301,11 +240,8 @@ async fn finish<T: serde::Serialize>(
         ),
         Err(e) => (e.code(), op_error(&e)),
     };
-    if wrote
-        && outcome == "ok"
-        && let Err(e) = state.shared.api_keys().refresh().await
-    {
-        tracing::error!(error = %e, "cannot refresh the key index after an admin write");
+    if wrote && outcome == "ok" {
+        state.refresh_key_index().await;
     }
     record(
         state,
@@ -547,20 +483,6 @@ async fn audit(
     finish(&state, &caller, None, StatusCode::OK, result).await
 }
 
-fn upstream(state: &AdminState, name: &str) -> Result<std::sync::Arc<Upstream>, OpError> {
-    state
-        .shared
-        .snapshot()
-        .upstreams
-        .get(name)
-        .cloned()
-        .ok_or(OpError::NotFound("upstream"))
-}
-
-fn invalid(field: &str, e: &ChangeError) -> OpError {
-    OpError::Invalid(BTreeMap::from([(field.to_owned(), vec![e.to_string()])]))
-}
-
 async fn list_upstreams(
     State(state): State<AdminState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -577,7 +499,8 @@ async fn show_upstream(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(name): Path<String>,
 ) -> Answer {
-    let result = upstream(&state, &name).map(|u| json!({"upstream": u.status()}));
+    let result =
+        ops::upstream(&state.shared.snapshot(), &name).map(|u| json!({"upstream": u.status()}));
     finish(&state, &caller, Some(&name), StatusCode::OK, result).await
 }
 
@@ -598,10 +521,8 @@ async fn shift_upstream(
         Ok(i) => i,
         Err(answer) => return answer,
     };
-    let result = upstream(&state, &name).and_then(|u| {
-        u.shift(&input.to).map_err(|e| invalid("to", &e))?;
-        Ok(json!({"upstream": u.status()}))
-    });
+    let result = ops::shift_upstream(&state.shared.snapshot(), &name, &input.to)
+        .map(|u| json!({"upstream": u}));
     finish(&state, &caller, Some(&name), StatusCode::OK, result).await
 }
 
@@ -641,11 +562,8 @@ async fn set_drain(
         Ok(i) => i,
         Err(answer) => return answer,
     };
-    let result = upstream(&state, &name).and_then(|u| {
-        u.drain(&input.target, drained)
-            .map_err(|e| invalid("target", &e))?;
-        Ok(json!({"upstream": u.status()}))
-    });
+    let result = ops::drain_target(&state.shared.snapshot(), &name, &input.target, drained)
+        .map(|u| json!({"upstream": u}));
     let object = format!("{name} {}", input.target);
     finish(&state, &caller, Some(&object), StatusCode::OK, result).await
 }

@@ -13,9 +13,22 @@
 //! token with `[admin] metrics_require_token`) and the status page at `/`
 //! (with `/status.json`), behind the admin token like `/v1/`; a browser
 //! sends it as the password of HTTP Basic auth.
+//!
+//! And the web console under `/console/` (see `console`): HTML pages for
+//! consumers, keys, usage, upstreams and the audit log, signed in with the
+//! admin token through a form, then a session cookie; CSRF tokens on every
+//! form and a `Host` allow-list (`[admin] console_hosts`) against DNS
+//! rebinding. Its actions go through [`ops`] like `/v1/` and are audited
+//! the same way (`audit`), with actor `console`.
+//!
+//! Caveat: the listener is plain HTTP unless it is given TLS, so the admin
+//! token and the console's cookie cross the network in clear text when it
+//! is bound beyond loopback.
 
 pub mod api;
+mod audit;
 pub mod client;
+mod console;
 pub mod ops;
 mod status;
 mod token;
@@ -46,23 +59,53 @@ pub struct AdminState {
     argon2: Argon2Settings,
     rotation_grace: Duration,
     metrics_require_token: bool,
+    console: Arc<console::Console>,
+}
+
+/// The bound admin listener, as the console needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminListener {
+    /// The address it is bound to (its port is in the default console hosts).
+    pub addr: SocketAddr,
+    /// Whether it serves TLS (the console's cookie is then `Secure`).
+    pub tls: bool,
 }
 
 impl AdminState {
     /// The admin API's state for `config` (the admin token hash, key hashing
-    /// parameters, rotation grace).
-    pub fn new(shared: Arc<Shared>, config: &ConfigFile) -> Result<AdminState, String> {
+    /// parameters, rotation grace, console hosts) on `listener`.
+    pub fn new(
+        shared: Arc<Shared>,
+        config: &ConfigFile,
+        listener: AdminListener,
+    ) -> Result<AdminState, String> {
         let token = match &config.admin.token_hash {
             Some(hash) => Some(Arc::new(AdminToken::new(hash.get_ref())?)),
             None => None,
         };
+        let console = console::Console::new(
+            config.admin.console_hosts.as_deref(),
+            listener.addr,
+            listener.tls,
+            shared.clock().clone(),
+        )?;
         Ok(AdminState {
             shared,
             token,
             argon2: config.api_keys.argon2(),
             rotation_grace: config.api_keys.rotation_grace.0,
             metrics_require_token: config.admin.metrics_require_token,
+            console: Arc::new(console),
         })
+    }
+
+    /// Reloads the gateway's in-memory key index after an admin write, so
+    /// a revocation applies on this node at once. A failure is logged (the
+    /// background sync catches up).
+    async fn refresh_key_index(&self) {
+        if let Err(e) = self.shared.api_keys().refresh().await {
+            tracing::error!(error = %e, "cannot refresh the key index after an admin write");
+        }
     }
 }
 
@@ -73,6 +116,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .merge(api::router(state.clone()))
         .merge(status::router())
+        .merge(console::router(state.clone()))
         .with_state(state)
 }
 

@@ -1,10 +1,13 @@
-//! Consumer and key operations shared by the admin API and the CLI.
+//! Consumer, key and upstream operations shared by the admin API, the web
+//! console and the CLI.
 //!
-//! Each operation checks its input with `validator` first, does any
+//! Each consumer or key operation checks its input with `validator` first, does any
 //! hashing off the async runtime, and then makes exactly one store write
 //! (one transaction), so a failed call leaves the store as it was. A new
 //! key's full text is returned once, here, and is never stored or logged:
-//! only its argon2id hash is.
+//! only its argon2id hash is. The upstream operations (shift weights,
+//! drain a target) change runtime state of the running config only; a
+//! reload re-applies the file's weights.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +18,8 @@ use validator::{Validate, ValidationError, ValidationErrors, ValidationErrorsKin
 
 use crate::auth::Timestamp;
 use crate::auth::api_key::{self, Argon2Settings};
+use crate::proxy::{ChangeError, Upstream, UpstreamStatus};
+use crate::snapshot::Snapshot;
 use crate::store::{ApiKey, Consumer, KeyStore, StoreError};
 
 /// Input for a new consumer.
@@ -148,6 +153,19 @@ pub enum OpError {
 }
 
 impl OpError {
+    /// The HTTP status the admin API and the console answer it with.
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+            OpError::NotFound(_) => StatusCode::NOT_FOUND,
+            OpError::Conflict(_) | OpError::ConsumerDisabled | OpError::KeyRevoked => {
+                StatusCode::CONFLICT
+            }
+            OpError::Store(_) | OpError::Hash => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     /// A stable snake_case code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -377,6 +395,45 @@ async fn new_secret(argon2: &Argon2Settings) -> Result<(String, String, String),
         .map_err(|_| OpError::Hash)?
         .map_err(|_| OpError::Hash)?;
     Ok((generated.id.clone(), generated.full.clone(), hash))
+}
+
+/// The upstream `name` of the running config.
+pub fn upstream(snapshot: &Snapshot, name: &str) -> Result<std::sync::Arc<Upstream>, OpError> {
+    snapshot
+        .upstreams
+        .get(name)
+        .cloned()
+        .ok_or(OpError::NotFound("upstream"))
+}
+
+/// Sets the weights of upstream `name`'s sets: the named sets get theirs,
+/// the others 0. Returns the upstream's status after the change.
+pub fn shift_upstream(
+    snapshot: &Snapshot,
+    name: &str,
+    to: &BTreeMap<String, u32>,
+) -> Result<UpstreamStatus, OpError> {
+    let u = upstream(snapshot, name)?;
+    u.shift(to).map_err(|e| change_refused("to", &e))?;
+    Ok(u.status())
+}
+
+/// Drains (`drained`) or undrains one target of upstream `name`. Returns
+/// the upstream's status after the change.
+pub fn drain_target(
+    snapshot: &Snapshot,
+    name: &str,
+    target: &str,
+    drained: bool,
+) -> Result<UpstreamStatus, OpError> {
+    let u = upstream(snapshot, name)?;
+    u.drain(target, drained)
+        .map_err(|e| change_refused("target", &e))?;
+    Ok(u.status())
+}
+
+fn change_refused(field: &str, e: &ChangeError) -> OpError {
+    invalid(field, &e.to_string())
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use super::AdminState;
+use super::console::render::esc;
 use super::token::TokenRefusal;
 use crate::app::ListenerSummary;
 use crate::proxy::UpstreamStatus;
@@ -315,22 +316,6 @@ async fn page(
         .into_response()
 }
 
-/// Escapes text for HTML element content and attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 const CSS: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}\
@@ -522,7 +507,7 @@ fn render(s: &Status) -> String {
             esc(&rfc3339(i64::try_from(c.last_at).unwrap_or(0)))
         );
     }
-    h.push_str("</table><p class=\"muted\">JSON: <code>/status.json</code> · metrics: <code>/metrics</code></p></body></html>");
+    h.push_str("</table><p class=\"muted\"><a href=\"/console/\">web console</a> · JSON: <code>/status.json</code> · metrics: <code>/metrics</code></p></body></html>");
     h
 }
 
@@ -552,14 +537,6 @@ mod tests {
             );
             assert_eq!(presented(&h).as_deref(), want, "{name}");
         }
-    }
-
-    #[test]
-    fn escaping() {
-        assert_eq!(
-            esc("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
     }
 
     #[test]

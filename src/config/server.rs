@@ -25,6 +25,16 @@ pub struct AdminConfig {
     /// Prometheus server scrapes the loopback admin port without one.
     #[serde(default)]
     pub metrics_require_token: bool,
+    /// The `Host` values the web console (`/console/`) answers, as `host`
+    /// or `host:port` (compared exactly, ignoring case; IPv6 in brackets,
+    /// `[::1]:9901`). Any other `Host` gets 421, so a DNS-rebinding page
+    /// cannot reach the console through a name it controls. Default (when
+    /// unset): `localhost`, `127.0.0.1` and `[::1]`, plus the listener's
+    /// bind IP when it is not unspecified, each with the listener's port
+    /// (and also without it when the port is 80). Set it to the name an
+    /// operator's browser uses, e.g. `["gatehouse-admin.internal:9901"]`.
+    #[serde(default)]
+    pub console_hosts: Option<Vec<String>>,
 }
 
 impl Default for AdminConfig {
@@ -33,6 +43,7 @@ impl Default for AdminConfig {
             addr: default_admin_addr(),
             token_hash: None,
             metrics_require_token: false,
+            console_hosts: None,
         }
     }
 }

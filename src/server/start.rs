@@ -111,7 +111,12 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         telemetry: telemetry.clone(),
         tunnels: tunnels.clone(),
     });
-    let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config)
+    let admin_on = crate::admin::AdminListener {
+        addr: admin_addr,
+        // The admin listener is plain HTTP (no `[admin.tls]` yet).
+        tls: false,
+    };
+    let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config, admin_on)
         .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;
     let limit = Arc::new(Semaphore::new(server.max_connections));
     // Per client address across every listener.
