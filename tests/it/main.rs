@@ -9,6 +9,7 @@ mod admin_token;
 mod auth;
 mod auth_budgets;
 mod cluster;
+mod console;
 mod edge_conns;
 mod edge_requests;
 mod hostile;

@@ -336,21 +336,6 @@ async fn status_json_shows_config_traffic_and_refused_clients() {
     gw.shutdown().await;
 }
 
-/// A program on PATH (it answers `--version`), or `None` with the reason
-/// printed.
-pub(super) fn tool(name: &str, why: &str) -> Option<std::path::PathBuf> {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        println!("SKIPPED: `{name}` is not installed ({why}); `.ci/run` installs it");
-    }
-    found.then(|| name.into())
-}
-
 #[tokio::test]
 async fn promtool_accepts_the_scrape_and_the_shipped_rules() {
     let Some(promtool) = tool("promtool", "Debian package prometheus") else {
@@ -400,21 +385,6 @@ async fn promtool_accepts_the_scrape_and_the_shipped_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     gw.shutdown().await;
-}
-
-/// Kills and reaps a child process when dropped.
-pub(super) struct Reaped(pub(super) Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(super) async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
 }
 
 #[tokio::test]

@@ -3,6 +3,12 @@
 
 #![allow(dead_code)]
 
+mod programs;
+mod webdriver;
+
+pub use programs::{Reaped, free_port, tool};
+pub use webdriver::{Browser, WebDriver};
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,0 +1,289 @@
+//! The web console in a real browser (headless Chromium over WebDriver):
+//! sign in through the form, create a consumer and a key through the
+//! forms, call the gateway with the key shown once, revoke it through the
+//! form and see the gateway refuse it; and the protections: a form post
+//! without the CSRF token or from another origin changes nothing (403), a
+//! foreign `Host` is refused (421), the session cookie is `HttpOnly` and
+//! `SameSite=Strict`, and it stops working after sign-out.
+//!
+//! Secrets (the admin token, the new key, the session cookie) are kept in
+//! variables and never put in an assertion message.
+
+use crate::support::*;
+
+/// A gateway with an API-key route `/keyed` to an echo backend and the
+/// admin token `hash`.
+async fn console_gateway(backend: &Backend, hash: &str) -> TestGateway {
+    GatewayBuilder::new()
+        .main(&fast_api_keys(""))
+        .admin_token_hash(hash)
+        .policy(
+            "a.toml",
+            &format!(
+                "[[upstream]]\nname = \"good\"\ntargets = [\"{}\"]\n\
+                 [[route]]\nname = \"keyed\"\nprefix = \"/keyed\"\nupstream = \"good\"\nauth = \"api_key\"\n",
+                backend.url()
+            ),
+        )
+        .start()
+        .await
+}
+
+/// A client that shows redirects instead of following them.
+fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn consumer_names(gw: &TestGateway) -> Vec<String> {
+    let store = open_store(gw.dir.path()).await;
+    store
+        .list_consumers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_console_works_in_a_real_browser() {
+    let Some(wd) = Browser::start().await else {
+        return;
+    };
+    let backend = Backend::echo().await;
+    let (token, hash) = admin_token();
+    let gw = console_gateway(&backend, &hash).await;
+    let admin = gw.running().admin_addr;
+    let base = format!("http://{admin}");
+
+    // Not signed in: every page sends the browser to the sign-in form.
+    wd.goto(&format!("{base}/console/consumers")).await;
+    assert!(
+        wd.url().await.ends_with("/console/sign-in"),
+        "{}",
+        wd.url().await
+    );
+    assert_eq!(wd.title().await, "Sign in · gatehouse console");
+
+    // A wrong token is refused on the page.
+    wd.type_into("#token", "not-the-admin-token").await;
+    wd.click("#sign-in-submit").await;
+    let error = wd.text_of("#sign-in-error").await;
+    assert!(error.contains("not the admin token"), "{error}");
+
+    wd.type_into("#token", &token).await;
+    wd.click("#sign-in-submit").await;
+    assert_eq!(wd.title().await, "Consumers · gatehouse console");
+
+    let cookies = wd.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "gatehouse_console")
+        .expect("a session cookie");
+    assert_eq!(session["httpOnly"], true, "HttpOnly");
+    assert_eq!(session["sameSite"], "Strict", "SameSite");
+    assert_eq!(session["path"], "/console", "Path");
+    assert_eq!(session["secure"], false, "plain HTTP admin listener");
+    let session_cookie = format!(
+        "gatehouse_console={}",
+        session["value"].as_str().expect("cookie value")
+    );
+    assert!(
+        session["value"].as_str().is_some_and(|v| v.len() == 43),
+        "256 bits, base64url"
+    );
+
+    // A consumer and a key through the forms.
+    wd.type_into("#consumer-name", "acme").await;
+    wd.type_into("#consumer-plan", "gold").await;
+    wd.click("#create-consumer").await;
+    assert_eq!(wd.title().await, "acme · gatehouse console");
+    assert_eq!(wd.text_of("#plan").await, "gold");
+    wd.type_into("#key-name", "ci").await;
+    wd.type_into("#key-scopes", "orders:read").await;
+    wd.click("#create-key").await;
+    assert_eq!(wd.title().await, "Key created · gatehouse console");
+    let key = wd.text_of("#secret").await;
+    assert!(key.starts_with("gth_"), "the page shows a key");
+    let key_id = wd.text_of("#key-id").await;
+    assert!(
+        wd.text_of("#secret-note").await.contains("only this once"),
+        "the once-only note"
+    );
+
+    // The key works on the gateway.
+    let http = client();
+    let call = |k: String| {
+        let http = http.clone();
+        let url = gw.url("/keyed/orders");
+        async move {
+            http.get(url)
+                .header("x-api-key", k)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call(key.clone()).await, 200, "the new key is accepted");
+
+    // The consumer page lists the key, without its secret.
+    wd.click("#back").await;
+    let keys = wd.text_of("#keys").await;
+    assert!(
+        keys.contains(&key_id) && keys.contains("orders:read"),
+        "{keys}"
+    );
+    assert!(!keys.contains(&key[4..]), "the secret is not shown again");
+
+    // A form post without the CSRF token, or with a wrong one, or from
+    // another origin, is refused and changes nothing.
+    let csrf = wd
+        .attribute("#new-key input[name=csrf]", "value")
+        .await
+        .expect("the form's CSRF token");
+    let raw = raw_client();
+    let post = |body: String, origin: Option<&'static str>| {
+        let mut req = raw
+            .post(format!("{base}/console/consumers"))
+            .header("cookie", &session_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let cases = [
+        ("no token", "name=evil1".to_owned(), None, "evil1"),
+        (
+            "wrong token",
+            "name=evil2&csrf=AAAA".to_owned(),
+            None,
+            "evil2",
+        ),
+        (
+            "right token, foreign origin",
+            format!("name=evil3&csrf={csrf}"),
+            Some("http://evil.example"),
+            "evil3",
+        ),
+    ];
+    for (name, body, origin, consumer) in cases {
+        let resp = post(body, origin).await;
+        assert_eq!(resp.status(), 403, "{name}");
+        let page = resp.text().await.unwrap();
+        assert!(page.contains("id=\"refusal\""), "{name}: a clear page");
+        assert!(
+            !consumer_names(&gw).await.iter().any(|n| n == consumer),
+            "{name}: nothing created"
+        );
+    }
+    // The same post with the token is accepted (so the cases above could fail).
+    let resp = post(format!("name=good1&csrf={csrf}"), None).await;
+    assert_eq!(resp.status(), 303);
+    assert!(consumer_names(&gw).await.iter().any(|n| n == "good1"));
+
+    // Revoke through the form: the next gateway call is refused.
+    wd.goto(&format!("{base}/console/consumers/acme")).await;
+    wd.click(&format!("#key-{key_id} form[action$='/revoke'] button"))
+        .await;
+    assert_eq!(wd.title().await, "acme · gatehouse console");
+    let revoked = wd.text_of(&format!("#key-{key_id} .revoked")).await;
+    assert!(revoked.ends_with('Z'), "revoked at a time: {revoked}");
+    assert_eq!(
+        call(key.clone()).await,
+        401,
+        "a revoked key is refused at once"
+    );
+
+    // Search and the audit log.
+    wd.goto(&format!("{base}/console/consumers?q=GOOD")).await;
+    let found = wd.text_of("#consumers").await;
+    assert!(
+        found.contains("good1") && !found.contains("acme"),
+        "{found}"
+    );
+    wd.goto(&format!("{base}/console/audit")).await;
+    let audit = wd.text_of("#audit").await;
+    for action in [
+        "console.sign_in",
+        "consumer.create",
+        "key.create",
+        "key.revoke",
+    ] {
+        assert!(audit.contains(action), "{action} in {audit}");
+    }
+    assert!(
+        audit.contains("console 127.0.0.1"),
+        "actor and client: {audit}"
+    );
+    assert!(
+        audit.contains("unauthorized"),
+        "the failed sign-in: {audit}"
+    );
+
+    // A foreign Host (DNS rebinding) is refused before anything else.
+    let request = format!(
+        "GET /console/consumers HTTP/1.1\r\nHost: evil.example:{}\r\nCookie: {session_cookie}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (answer, _) = raw_exchange(tcp, request.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 421"),
+        "foreign Host: {}",
+        answer.lines().next().unwrap_or("")
+    );
+    assert!(
+        !answer.contains("acme"),
+        "no page content for a foreign Host"
+    );
+
+    // The pages are not cached and cannot be framed.
+    let resp = raw
+        .get(format!("{base}/console/consumers"))
+        .header("cookie", &session_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert!(
+        resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+
+    // Sign out: the old cookie no longer works.
+    wd.click("nav button").await;
+    assert!(wd.url().await.ends_with("/console/sign-in"));
+    let resp = raw
+        .get(format!("{base}/console/consumers"))
+        .header("cookie", &session_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "signed out");
+    assert_eq!(resp.headers()["location"], "/console/sign-in");
+
+    // The one error expected: the wrong token's 401 answer.
+    let severe: Vec<_> = wd
+        .severe_logs()
+        .await
+        .into_iter()
+        .filter(|e| {
+            let m = e["message"].as_str().unwrap_or_default();
+            !(m.contains("/console/sign-in") && m.contains("status of 401"))
+        })
+        .collect();
+    assert!(severe.is_empty(), "browser console errors: {severe:?}");
+    wd.quit().await;
+    gw.shutdown().await;
+}
