@@ -78,7 +78,7 @@ pub(super) fn host_allowed(allowed: &[String], host: Option<&str>) -> bool {
         return false;
     };
     let host = host.trim().to_ascii_lowercase();
-    allowed.iter().any(|a| *a == host)
+    allowed.contains(&host)
 }
 
 /// Whether a POST comes from a page of this console: no cross-site or
