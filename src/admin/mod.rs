@@ -21,14 +21,16 @@
 //! rebinding. Its actions go through [`ops`] like `/v1/` and are audited
 //! the same way (`audit`), with actor `console`.
 //!
-//! Caveat: the listener is plain HTTP unless it is given TLS, so the admin
-//! token and the console's cookie cross the network in clear text when it
-//! is bound beyond loopback.
+//! Caveat: the listener is plain HTTP unless `[admin.tls]` gives it a
+//! certificate (see [`listener`]), so the admin token and the console's
+//! cookie cross the network in clear text when it is bound beyond loopback
+//! without it.
 
 pub mod api;
 mod audit;
 pub mod client;
 mod console;
+pub mod listener;
 pub mod ops;
 mod status;
 mod token;
@@ -140,9 +142,19 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the admin API until the task is aborted.
-pub async fn serve(listener: TcpListener, state: AdminState) {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+/// Serves the admin API until the task is aborted: over TLS with `tls`
+/// (see [`listener::server_config`]), else plain HTTP.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let app = router(state);
+    if let Some(config) = tls {
+        listener::serve_tls(listener, app, config).await;
+        return;
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin listener failed");
     }

@@ -76,6 +76,9 @@ pub enum StartError {
     /// The consumer and key store could not be opened or read.
     #[error("cannot open the key store: {0}")]
     Store(#[from] StoreError),
+    /// The admin listener's certificate could not be loaded.
+    #[error("[admin.tls]: {0}")]
+    AdminTls(#[source] crate::tls::TlsError),
 }
 
 /// What to start, every setting typed: `main` fills it from its flags.

@@ -35,6 +35,22 @@ pub struct AdminConfig {
     /// operator's browser uses, e.g. `["gatehouse-admin.internal:9901"]`.
     #[serde(default)]
     pub console_hosts: Option<Vec<String>>,
+    /// TLS for the admin listener (`[admin.tls]`); plain HTTP without it.
+    /// With it, the web console's session cookie is `Secure`.
+    #[serde(default)]
+    pub tls: Option<AdminTls>,
+}
+
+/// `[admin.tls]`: the admin listener's certificate and key (loaded at
+/// start; restart to change them).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// PEM certificate chain; a relative path is from the config file's
+    /// directory.
+    pub cert: std::path::PathBuf,
+    /// PEM private key; a relative path is from the config file's directory.
+    pub key: std::path::PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -44,6 +60,7 @@ impl Default for AdminConfig {
             token_hash: None,
             metrics_require_token: false,
             console_hosts: None,
+            tls: None,
         }
     }
 }

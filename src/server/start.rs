@@ -111,10 +111,16 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
         telemetry: telemetry.clone(),
         tunnels: tunnels.clone(),
     });
+    let admin_tls = match &loaded.config.admin.tls {
+        Some(t) => Some(
+            crate::admin::listener::server_config(t, &loaded.base_dir)
+                .map_err(StartError::AdminTls)?,
+        ),
+        None => None,
+    };
     let admin_on = crate::admin::AdminListener {
         addr: admin_addr,
-        // The admin listener is plain HTTP (no `[admin.tls]` yet).
-        tls: false,
+        tls: admin_tls.is_some(),
     };
     let admin = crate::admin::AdminState::new(shared.clone(), &loaded.config, admin_on)
         .map_err(|e| StartError::Config(Problems(vec![whole(&opts.config_path, e)])))?;
@@ -178,7 +184,8 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     }
 
     let _ = shared.listeners.set(summaries);
-    tracing::info!(%admin_addr, "admin listening");
+    let admin_mode = if admin_tls.is_some() { "https" } else { "http" };
+    tracing::info!(%admin_addr, mode = admin_mode, "admin listening");
     tasks.push(spawn_metrics_upkeep(metrics.clone(), stop_rx.clone()));
     tasks.push(spawn_expiry_warnings(shared.clone(), stop_rx.clone()));
     if let Some((settings, rx)) = trace_export {
@@ -187,7 +194,7 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
             .map_err(StartError::TraceExporter)?;
         tasks.push(exporter);
     }
-    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
+    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin, admin_tls));
     tasks.push(api_keys.spawn_sync(stop_rx.clone()));
     tasks.push(shared.inputs.jwks.spawn_refresh(stop_rx.clone()));
     if let Some(q) = &store_quotas {

@@ -287,3 +287,92 @@ async fn the_console_works_in_a_real_browser() {
     wd.quit().await;
     gw.shutdown().await;
 }
+
+/// The `Set-Cookie` of `resp` for cookie `name` (its whole value line).
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn on_a_tls_admin_listener_the_cookies_are_secure() {
+    let (token, hash) = admin_token();
+    let builder = GatewayBuilder::new();
+    let ca = TestCa::new(builder.path());
+    let (cert, key) = ca.issue("admin", &["localhost"]);
+    let gw = builder
+        .admin_token_hash(&hash)
+        .main(&format!(
+            "[admin.tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ))
+        .start()
+        .await;
+    let admin = gw.running().admin_addr;
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem().as_bytes()).unwrap())
+        .resolve("localhost", admin)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", admin.port());
+    let health = https.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the admin API over TLS");
+    let plain = client().get(format!("http://{admin}/healthz")).send().await;
+    assert!(
+        plain.map_or(true, |r| r.status() != 200),
+        "no plain HTTP on a TLS admin listener"
+    );
+
+    let form = https
+        .get(format!("{base}/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    let pre = set_cookie(&form, "gatehouse_console_pre").expect("the pre-session cookie");
+    assert!(pre.ends_with("; Secure"), "pre-session cookie is Secure");
+    let pre = pre.split(';').next().unwrap().to_owned();
+    let page = form.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the form's CSRF field")
+        .to_owned();
+    let signed_in = https
+        .post(format!("{base}/console/sign-in"))
+        .header("cookie", &pre)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "signed in");
+    let session = set_cookie(&signed_in, "gatehouse_console").expect("a session cookie");
+    for attr in [
+        "; HttpOnly",
+        "; SameSite=Strict",
+        "; Path=/console",
+        "; Secure",
+    ] {
+        assert!(session.contains(attr), "session cookie has {attr}");
+    }
+    let session = session.split(';').next().unwrap().to_owned();
+    let page = https
+        .get(format!("{base}/console/consumers"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the session works");
+    gw.shutdown().await;
+}
