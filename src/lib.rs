@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod usage;
 pub mod validate;
 pub mod watch;
 

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::api_key::ApiKeyAuth;
 use crate::auth::jwks::JwksRegistry;
 use crate::auth::{Clock, SystemClock};
-use crate::config::{Environment, Loaded, Problem, Problems};
+use crate::config::{Environment, Loaded, Problem, Problems, UsageConfig};
 use crate::conn::Drain;
 use crate::proxy::UpstreamRegistry;
 use crate::proxy::lambda::AwsSettings;
@@ -40,6 +40,7 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::trace::{Finished, TraceSettings, Tracer};
 use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::CertInfo;
+use crate::usage::{UsageMeter, UsageMeters, UsageSettings};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +170,11 @@ impl Shared {
     /// The current config generation.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The usage meter, when `[usage] enabled`.
+    pub fn usage(&self) -> Option<&Arc<UsageMeter>> {
+        self.telemetry.usage.as_ref()
     }
 
     /// The current snapshot.
@@ -315,10 +321,6 @@ pub(crate) async fn build(opts: &StartOptions) -> Result<App, StartError> {
         );
         log.count_drops_in(metrics.counter("gatehouse_access_log_dropped_total", &[]));
     }
-    let telemetry = Arc::new(Telemetry {
-        access_log: opts.access_log.clone(),
-        ..Telemetry::new(metrics.clone(), tracer)
-    });
     let inputs = Inputs {
         env: opts.env.clone(),
         aws: opts.aws.clone(),
@@ -334,16 +336,28 @@ pub(crate) async fn build(opts: &StartOptions) -> Result<App, StartError> {
         tls: tls_configs,
         certs,
     } = built;
+
+    // The key store: opened (created, migrated) before anything listens, so
+    // a bad store URL starts nothing. Keys are served from memory.
+    let store = store::open(&loaded.config.store.options(&loaded.base_dir)).await?;
+    let usage = loaded.config.usage.enabled.then(|| {
+        Arc::new(usage_meter(
+            &loaded.config.usage,
+            store.clone(),
+            &inputs.metrics,
+        ))
+    });
+    let telemetry = Arc::new(Telemetry {
+        access_log: opts.access_log.clone(),
+        usage,
+        ..Telemetry::new(inputs.metrics.clone(), tracer)
+    });
     telemetry.config.loaded(
         1,
         &snapshot.config_hash,
         unix_secs(snapshot.loaded_at),
         &certs,
     );
-
-    // The key store: opened (created, migrated) before anything listens, so
-    // a bad store URL starts nothing. Keys are served from memory.
-    let store = store::open(&loaded.config.store.options(&loaded.base_dir)).await?;
     let api_keys = Arc::new(ApiKeyAuth::new(
         loaded.config.api_keys.settings(),
         store.clone(),
@@ -382,6 +396,31 @@ pub(crate) async fn build(opts: &StartOptions) -> Result<App, StartError> {
         stop: stop_tx,
         trace_export,
     })
+}
+
+/// The usage meter `[usage]` asks for, counting into `metrics`.
+fn usage_meter(config: &UsageConfig, store: Arc<dyn KeyStore>, metrics: &Metrics) -> UsageMeter {
+    metrics.describe_counter(
+        "gatehouse_usage_dropped_requests_total",
+        "Requests the usage meter did not count: its table was full, or a flush's outcome was unknown.",
+    );
+    metrics.describe_counter(
+        "gatehouse_usage_flushes_total",
+        "Usage flushes to the store, by outcome (ok, failed).",
+    );
+    let meters = UsageMeters {
+        dropped: metrics.counter("gatehouse_usage_dropped_requests_total", &[]),
+        flushed: metrics.counter("gatehouse_usage_flushes_total", &[("outcome", "ok")]),
+        failed: metrics.counter("gatehouse_usage_flushes_total", &[("outcome", "failed")]),
+    };
+    let settings = UsageSettings {
+        flush_interval: config.flush_interval.0,
+        minute_retention: config.minute_retention.0,
+        day_retention: config.day_retention.0,
+        max_entries: config.max_entries,
+        ..UsageSettings::default()
+    };
+    UsageMeter::new(store, settings, meters)
 }
 
 pub(crate) fn unix_secs(t: std::time::SystemTime) -> f64 {

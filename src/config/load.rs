@@ -187,6 +187,7 @@ pub fn load(config_path: &Path) -> Result<Loaded, Problems> {
     source.validate("[server]", &config.server, 0..0, &mut problems);
     source.validate("[store]", &config.store, 0..0, &mut problems);
     source.validate("[api_keys]", &config.api_keys, 0..0, &mut problems);
+    source.validate("[usage]", &config.usage, 0..0, &mut problems);
     let base_dir = config_path
         .parent()
         .map(Path::to_path_buf)

@@ -17,6 +17,7 @@ mod route;
 mod server;
 pub mod units;
 mod upstream;
+mod usage;
 
 pub use environment::*;
 pub use listener::*;
@@ -36,6 +37,7 @@ pub use load::{Loaded, LoadedPolicy, Problem, Problems, SourceFile, load, parse_
 pub use openapi::{OpenApiSpec, OperationOverride};
 pub use units::{ByteSize, Dur};
 pub use upstream::*;
+pub use usage::UsageConfig;
 
 /// The main config file.
 #[derive(Debug, Deserialize)]
@@ -71,6 +73,9 @@ pub struct ConfigFile {
     /// Where rate-limit counters live (restart to change).
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Usage metering per consumer and key.
+    #[serde(default)]
+    pub usage: UsageConfig,
 }
 
 /// Where rate-limit decisions are made.

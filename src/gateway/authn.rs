@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::auth::Principal;
 use crate::auth::policy::{self, Presented, PresentedError, RouteAuth};
+use crate::auth::{AuthMethod, Principal};
 use crate::error::{Challenge, GatewayError};
 use crate::route::Route;
 
@@ -50,6 +50,9 @@ impl Gateway {
         let method = principal.method.as_str();
         ctx.record.consumer = Some(principal.subject.clone());
         ctx.record.auth = Some(method);
+        if principal.method == AuthMethod::ApiKey {
+            ctx.record.credential = Some(principal.credential_id.clone());
+        }
         // 7. Authorise.
         if let Err(e) = authorize(auth, &principal) {
             meters.auth(method, e.code());

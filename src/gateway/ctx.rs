@@ -66,6 +66,7 @@ impl RequestCtx {
             http_version: req.version(),
             body: Arc::new(BodyStats::default()),
             consumer: None,
+            credential: None,
             auth: None,
             refused: false,
             trace_id: trace.as_ref().map(RequestTrace::trace_id),

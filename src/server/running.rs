@@ -91,6 +91,11 @@ impl Running {
         if let Some(q) = &self.store_quotas {
             q.flush().await;
         }
+        // …and were metered: the final usage flush, so a graceful stop
+        // loses no usage.
+        if let Some(usage) = self.shared.usage() {
+            usage.flush_logged().await;
+        }
         self.shared.upstreams().stop();
         self.admin_task.abort();
         tracing::info!(drained, "stopped");

@@ -200,6 +200,9 @@ pub async fn start(opts: StartOptions) -> Result<Running, StartError> {
     if let Some(q) = &store_quotas {
         tasks.push(q.spawn_flush(Duration::from_secs(5), stop_rx.clone()));
     }
+    if let Some(usage) = shared.usage() {
+        tasks.push(usage.spawn_flush(stop_rx.clone()));
+    }
     tasks.push(
         local_limiter.spawn_pruner(loaded.config.rate_limits.prune_interval.0, stop_rx.clone()),
     );

@@ -16,12 +16,19 @@
 //! (`quota_usage`): written in batches by the quota counter
 //! (`ratelimit::quota`) and read once per key and period, not per request.
 //! Usage is not a consumer or key change, so it does not bump the revision.
+//!
+//! Likewise the usage rollups per consumer and key (`usage_minute`,
+//! `usage_day`; see [`usage`]): added in batches by the usage meter
+//! ([`crate::usage`]), read by reports and pruned by retention.
 
 pub mod postgres;
 mod row;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod usage;
+
+pub use usage::{UsageCounts, UsageDelta, UsageGrain, UsageRow};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,6 +231,38 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn add_quota_usage(&self, batch: &[(String, String, u64)]) -> Result<(), StoreError> {
         let _ = batch;
         Err(StoreError::Unsupported("quota usage"))
+    }
+
+    /// Adds a flush's usage deltas to both rollups (`usage_minute` and
+    /// `usage_day`), in one transaction: all of it or nothing. Does not
+    /// bump the revision.
+    ///
+    /// The default says [`StoreError::Unsupported`], like
+    /// [`KeyStore::quota_usage`].
+    async fn add_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let _ = batch;
+        Err(StoreError::Unsupported("usage"))
+    }
+    /// A consumer's stored rollup rows of `grain` with `start >= since`,
+    /// oldest first (then by key id).
+    async fn usage(
+        &self,
+        consumer_id: &str,
+        since: Timestamp,
+        grain: UsageGrain,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let _ = (consumer_id, since, grain);
+        Err(StoreError::Unsupported("usage"))
+    }
+    /// Deletes minute rows that start before `minutes_before` and day rows
+    /// that start before `days_before`; returns how many rows went.
+    async fn prune_usage(
+        &self,
+        minutes_before: Timestamp,
+        days_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let _ = (minutes_before, days_before);
+        Err(StoreError::Unsupported("usage"))
     }
 }
 

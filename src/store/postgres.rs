@@ -27,7 +27,11 @@ use super::row::{
     AuditRow, ConsumerRow, CredentialRow, KeyRow, consumer_columns, convert, insert_error,
     key_columns, metadata_text, quota_delta, quota_used, scopes_text,
 };
-use super::{ApiKey, AuditEntry, Consumer, KeySet, KeyStore, StoreError, StoreOptions, Timestamp};
+use super::usage::{self, COUNT_COLUMNS, RawRow};
+use super::{
+    ApiKey, AuditEntry, Consumer, KeySet, KeyStore, StoreError, StoreOptions, Timestamp,
+    UsageDelta, UsageGrain, UsageRow,
+};
 
 /// How long [`KeyStore::wait_for_change`] waits for a notification before it
 /// reads the revision anyway.
@@ -536,5 +540,69 @@ impl KeyStore for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn add_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // One statement per rollup (deltas of a bucket summed first), both
+        // in one transaction.
+        let mut tx = self.pool.begin().await?;
+        for grain in [UsageGrain::Minute, UsageGrain::Day] {
+            let rows = usage::rollup(batch, grain);
+            let consumers: Vec<&str> = rows.iter().map(|r| r.0).collect();
+            let keys: Vec<&str> = rows.iter().map(|r| r.1).collect();
+            let starts: Vec<i64> = rows.iter().map(|r| r.2).collect();
+            let counts: Vec<[i64; 8]> = rows.iter().map(|r| r.3.columns()).collect();
+            let sql = format!(
+                "INSERT INTO {table} AS u (consumer_id, key_id, start, {COUNT_COLUMNS}) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
+                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], \
+                 $10::bigint[], $11::bigint[]) \
+                 ON CONFLICT (consumer_id, start, key_id) DO UPDATE SET {set}",
+                table = grain.table(),
+                set = usage::add_on_conflict("u"),
+            );
+            let mut q = sqlx::query(&sql).bind(consumers).bind(keys).bind(starts);
+            for i in 0..8 {
+                q = q.bind(counts.iter().map(|c| c[i]).collect::<Vec<i64>>());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        consumer_id: &str,
+        since: Timestamp,
+        grain: UsageGrain,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows: Vec<RawRow> = sqlx::query_as(&usage::select_sql(grain, '$'))
+            .bind(consumer_id)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(usage::from_raw).collect()
+    }
+
+    async fn prune_usage(
+        &self,
+        minutes_before: Timestamp,
+        days_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let minutes = sqlx::query("DELETE FROM usage_minute WHERE start < $1")
+            .bind(minutes_before)
+            .execute(&mut *tx)
+            .await?;
+        let days = sqlx::query("DELETE FROM usage_day WHERE start < $1")
+            .bind(days_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(minutes.rows_affected() + days.rows_affected())
     }
 }

@@ -25,7 +25,11 @@ use super::row::{
     AuditRow, ConsumerRow, CredentialRow, KeyRow, consumer_columns, convert, insert_error,
     key_columns, metadata_text, quota_delta, quota_used, scopes_text,
 };
-use super::{ApiKey, AuditEntry, Consumer, KeySet, KeyStore, StoreError, StoreOptions, Timestamp};
+use super::usage::{self, COUNT_COLUMNS, RawRow};
+use super::{
+    ApiKey, AuditEntry, Consumer, KeySet, KeyStore, StoreError, StoreOptions, Timestamp,
+    UsageDelta, UsageGrain, UsageRow,
+};
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -429,5 +433,62 @@ impl KeyStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn add_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for grain in [UsageGrain::Minute, UsageGrain::Day] {
+            let sql = format!(
+                "INSERT INTO {table} AS u (consumer_id, key_id, start, {COUNT_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (consumer_id, start, key_id) DO UPDATE SET {set}",
+                table = grain.table(),
+                set = usage::add_on_conflict("u"),
+            );
+            for (consumer, key, start, counts) in usage::rollup(batch, grain) {
+                let mut q = sqlx::query(&sql).bind(consumer).bind(key).bind(start);
+                for n in counts.columns() {
+                    q = q.bind(n);
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        consumer_id: &str,
+        since: Timestamp,
+        grain: UsageGrain,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows: Vec<RawRow> = sqlx::query_as(&usage::select_sql(grain, '?'))
+            .bind(consumer_id)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(usage::from_raw).collect()
+    }
+
+    async fn prune_usage(
+        &self,
+        minutes_before: Timestamp,
+        days_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let minutes = sqlx::query("DELETE FROM usage_minute WHERE start < ?1")
+            .bind(minutes_before)
+            .execute(&mut *tx)
+            .await?;
+        let days = sqlx::query("DELETE FROM usage_day WHERE start < ?1")
+            .bind(days_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(minutes.rows_affected() + days.rows_affected())
     }
 }

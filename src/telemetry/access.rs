@@ -18,6 +18,7 @@ use super::history::Sample;
 use super::metrics::Gauge;
 use super::requests::{Finished, RouteMetrics};
 use super::trace::{RequestTrace, Tracer, Value};
+use crate::usage::Seen;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
@@ -66,6 +67,9 @@ pub struct AccessRecord {
     pub consumer: Option<Arc<str>>,
     /// How the caller authenticated (`api_key`, `jwt`).
     pub auth: Option<&'static str>,
+    /// The API key's id, when an API key authenticated the caller (the
+    /// usage meter counts per consumer and key).
+    pub credential: Option<Arc<str>>,
     /// The gateway refused the request (its own error answer, not an
     /// upstream or internal fault).
     pub refused: bool,
@@ -183,8 +187,24 @@ impl AccessRecord {
         {
             self.end_trace(tracer, trace, bytes_out, complete);
         }
+        let now = unix_now();
+        if let Some(usage) = &self.telemetry.usage
+            && let (Some(consumer), Some(key)) = (&self.consumer, &self.credential)
+        {
+            usage.record(&Seen {
+                consumer,
+                key,
+                status: self.status,
+                error: self.error,
+                refused: self.refused,
+                route: self.route.as_ref(),
+                bytes_in,
+                bytes_out,
+                at: i64::try_from(now).unwrap_or(i64::MAX),
+            });
+        }
         self.telemetry.history.record(Sample {
-            now: unix_now(),
+            now,
             status: self.status,
             refused: self.refused,
             latency_us: duration_us,
@@ -322,6 +342,7 @@ mod tests {
             body: Arc::new(BodyStats::default()),
             consumer: None,
             auth: None,
+            credential: None,
             refused: false,
             trace_id: None,
             meters: meters.clone(),

@@ -44,6 +44,8 @@ pub struct Telemetry {
     /// The access log's writer; without one, access lines are `tracing`
     /// events.
     pub access_log: Option<access_log::AccessLog>,
+    /// Usage per consumer and key, when `[usage] enabled`.
+    pub usage: Option<Arc<crate::usage::UsageMeter>>,
 }
 
 impl Telemetry {
@@ -55,6 +57,7 @@ impl Telemetry {
             config: process::ConfigMeters::new(&metrics),
             tracer,
             access_log: None,
+            usage: None,
             meters: requests::GatewayMeters::new(&metrics),
             unrouted: Arc::new(requests::RouteMetrics::unrouted(&metrics)),
             history: history::History::default(),

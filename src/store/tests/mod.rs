@@ -10,9 +10,11 @@
 mod cases;
 mod one_backend;
 mod quota_usage;
+mod usage_rows;
 
 use cases::*;
 use quota_usage::*;
+use usage_rows::*;
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -217,6 +219,9 @@ on_both_backends! {
         wait_for_change_returns_at_once_or_after_max_wait,
         quota_usage_adds_up_without_bumping_the_revision,
         a_failing_quota_batch_writes_nothing,
+        usage_adds_up_in_both_rollups_without_bumping_the_revision,
+        a_failing_usage_batch_writes_nothing,
+        pruning_drops_each_rollup_by_its_own_cutoff,
     ],
     harness: [
         wait_for_change_wakes_on_a_write_from_another_handle,
