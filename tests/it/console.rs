@@ -11,17 +11,20 @@
 
 use crate::support::*;
 
-/// A gateway with an API-key route `/keyed` to an echo backend and the
-/// admin token `hash`.
+/// A gateway with API-key routes to an echo backend (`/keyed`, and
+/// `/scoped` that needs the scope `orders:write`), usage flushed every
+/// second, and the admin token `hash`.
 async fn console_gateway(backend: &Backend, hash: &str) -> TestGateway {
     GatewayBuilder::new()
         .main(&fast_api_keys(""))
+        .main("[usage]\nflush_interval = \"1s\"\n")
         .admin_token_hash(hash)
         .policy(
             "a.toml",
             &format!(
                 "[[upstream]]\nname = \"good\"\ntargets = [\"{}\"]\n\
-                 [[route]]\nname = \"keyed\"\nprefix = \"/keyed\"\nupstream = \"good\"\nauth = \"api_key\"\n",
+                 [[route]]\nname = \"keyed\"\nprefix = \"/keyed\"\nupstream = \"good\"\nauth = \"api_key\"\n\
+                 [[route]]\nname = \"scoped\"\nprefix = \"/scoped\"\nupstream = \"good\"\nauth = \"api_key\"\nscopes = [\"orders:write\"]\n",
                 backend.url()
             ),
         )
@@ -67,17 +70,24 @@ async fn the_console_works_in_a_real_browser() {
         "{}",
         wd.url().await
     );
-    assert_eq!(wd.title().await, "Sign in · gatehouse console");
+    assert_eq!(
+        wd.title_becomes("Sign in · gatehouse console").await,
+        "Sign in · gatehouse console"
+    );
 
     // A wrong token is refused on the page.
     wd.type_into("#token", "not-the-admin-token").await;
     wd.click("#sign-in-submit").await;
+    assert!(wd.wait_for("#sign-in-error").await, "the refusal is shown");
     let error = wd.text_of("#sign-in-error").await;
     assert!(error.contains("not the admin token"), "{error}");
 
     wd.type_into("#token", &token).await;
     wd.click("#sign-in-submit").await;
-    assert_eq!(wd.title().await, "Consumers · gatehouse console");
+    assert_eq!(
+        wd.title_becomes("Consumers · gatehouse console").await,
+        "Consumers · gatehouse console"
+    );
 
     let cookies = wd.cookies().await;
     let session = cookies
@@ -101,12 +111,18 @@ async fn the_console_works_in_a_real_browser() {
     wd.type_into("#consumer-name", "acme").await;
     wd.type_into("#consumer-plan", "gold").await;
     wd.click("#create-consumer").await;
-    assert_eq!(wd.title().await, "acme · gatehouse console");
+    assert_eq!(
+        wd.title_becomes("acme · gatehouse console").await,
+        "acme · gatehouse console"
+    );
     assert_eq!(wd.text_of("#plan").await, "gold");
     wd.type_into("#key-name", "ci").await;
     wd.type_into("#key-scopes", "orders:read").await;
     wd.click("#create-key").await;
-    assert_eq!(wd.title().await, "Key created · gatehouse console");
+    assert_eq!(
+        wd.title_becomes("Key created · gatehouse console").await,
+        "Key created · gatehouse console"
+    );
     let key = wd.text_of("#secret").await;
     assert!(key.starts_with("gth_"), "the page shows a key");
     let key_id = wd.text_of("#key-id").await;
@@ -117,9 +133,9 @@ async fn the_console_works_in_a_real_browser() {
 
     // The key works on the gateway.
     let http = client();
-    let call = |k: String| {
+    let call_at = |path: &'static str, k: String| {
         let http = http.clone();
-        let url = gw.url("/keyed/orders");
+        let url = gw.url(path);
         async move {
             http.get(url)
                 .header("x-api-key", k)
@@ -130,16 +146,43 @@ async fn the_console_works_in_a_real_browser() {
                 .as_u16()
         }
     };
+    let call = |k: String| call_at("/keyed/orders", k);
     assert_eq!(call(key.clone()).await, 200, "the new key is accepted");
+    assert_eq!(
+        call_at("/scoped", key.clone()).await,
+        403,
+        "the key lacks orders:write"
+    );
 
     // The consumer page lists the key, without its secret.
     wd.click("#back").await;
+    assert_eq!(
+        wd.title_becomes("acme · gatehouse console").await,
+        "acme · gatehouse console"
+    );
     let keys = wd.text_of("#keys").await;
     assert!(
         keys.contains(&key_id) && keys.contains("orders:read"),
         "{keys}"
     );
     assert!(!keys.contains(&key[4..]), "the secret is not shown again");
+
+    // Both calls are counted on the consumer's page (reloaded until the
+    // meter's next flush), and the 403 is among the recent refusals.
+    let counted = eventually(20, || async {
+        wd.goto(&format!("{base}/console/consumers/acme")).await;
+        let n: u64 = wd.text_of("#usage-24h-requests").await.parse().ok()?;
+        (n >= 2).then_some(n)
+    })
+    .await;
+    assert_eq!(counted, Some(2), "the page shows the two calls");
+    let hourly = wd.text_of("#usage-hourly").await;
+    assert!(hourly.contains("2 in all"), "{hourly}");
+    let refusals = wd.text_of("#refusals").await;
+    assert!(
+        refusals.contains("insufficient_scope") && refusals.contains(&key_id),
+        "{refusals}"
+    );
 
     // A form post without the CSRF token, or with a wrong one, or from
     // another origin, is refused and changes nothing.
@@ -193,9 +236,13 @@ async fn the_console_works_in_a_real_browser() {
     wd.goto(&format!("{base}/console/consumers/acme")).await;
     wd.click(&format!("#key-{key_id} form[action$='/revoke'] button"))
         .await;
-    assert_eq!(wd.title().await, "acme · gatehouse console");
-    let revoked = wd.text_of(&format!("#key-{key_id} .revoked")).await;
-    assert!(revoked.ends_with('Z'), "revoked at a time: {revoked}");
+    // The answer is the consumer's page again, now with a revocation time.
+    let revoked = eventually(10, || async {
+        let t = wd.text(&format!("#key-{key_id} .revoked")).await?;
+        t.ends_with('Z').then_some(t)
+    })
+    .await;
+    assert!(revoked.is_some(), "the key shows as revoked");
     assert_eq!(
         call(key.clone()).await,
         401,
@@ -263,7 +310,10 @@ async fn the_console_works_in_a_real_browser() {
 
     // Sign out: the old cookie no longer works.
     wd.click("nav button").await;
-    assert!(wd.url().await.ends_with("/console/sign-in"));
+    assert_eq!(
+        wd.title_becomes("Sign in · gatehouse console").await,
+        "Sign in · gatehouse console"
+    );
     let resp = raw
         .get(format!("{base}/console/consumers"))
         .header("cookie", &session_cookie)

@@ -59,6 +59,16 @@ impl WebDriver {
     /// The text of the first element matching `css` (panics if none).
     pub async fn text_of(&self, css: &str) -> String {
         let id = self.element(css).await;
+        self.element_text(&id).await
+    }
+
+    /// The text of the first element matching `css`, if there is one.
+    pub async fn text(&self, css: &str) -> Option<String> {
+        let id = self.find(css).await?;
+        Some(self.element_text(&id).await)
+    }
+
+    async fn element_text(&self, id: &str) -> String {
         self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
             .await
             .as_str()
@@ -105,6 +115,27 @@ impl WebDriver {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The title, once it is `want` (a click's navigation may still be
+    /// under way when the click returns), or the last one after 10 s.
+    pub async fn title_becomes(&self, want: &str) -> String {
+        let found = eventually(10, || async {
+            let t = self.title().await;
+            (t == want).then_some(t)
+        })
+        .await;
+        match found {
+            Some(t) => t,
+            None => self.title().await,
+        }
+    }
+
+    /// Waits (at most 10 s) until an element matches `css`; whether one did.
+    pub async fn wait_for(&self, css: &str) -> bool {
+        eventually(10, || async { self.find(css).await })
+            .await
+            .is_some()
     }
 
     /// Clears the input matching `css` and types `text` into it.
