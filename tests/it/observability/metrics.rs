@@ -2,7 +2,7 @@
 //! OpenMetrics and the token, the status JSON, promtool and a real Prometheus.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::support::*;
 

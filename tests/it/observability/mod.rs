@@ -6,8 +6,6 @@ mod browser;
 mod metrics;
 mod traces;
 
-use metrics::*;
-
 use std::collections::BTreeSet;
 
 use crate::support::*;

@@ -7,7 +7,7 @@ mod programs;
 mod webdriver;
 
 pub use programs::{Reaped, free_port, tool};
-pub use webdriver::{Browser, WebDriver};
+pub use webdriver::Browser;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
