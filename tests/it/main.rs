@@ -23,3 +23,4 @@ mod ratelimit;
 mod rules;
 mod tls;
 mod upstream;
+mod usage;
