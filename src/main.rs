@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli_runtime()?.block_on(consumers(&target, command))
         }
         Command::Keys { target, command } => cli_runtime()?.block_on(keys(&target, command)),
+        Command::Usage(args) => cli_runtime()?.block_on(usage_cli(&args)),
         Command::Upstream { target, command } => {
             cli_runtime()?.block_on(upstream_cli(&target, command))
         }

@@ -8,6 +8,7 @@
 //! | `POST /v1/consumers/{id or name}/disable` | disable it (all its keys stop) |
 //! | `POST /v1/consumers/{id or name}/keys` `{name?, scopes?, expires_in?}` | new key (201; the key is in the answer, once) |
 //! | `GET /v1/consumers/{id or name}/keys` | its keys |
+//! | `GET /v1/consumers/{id or name}/usage?since=7d&by=day&per_key=false` | its usage per hour or day (see [`crate::usage::report`]) |
 //! | `GET /v1/keys` | every key |
 //! | `GET /v1/keys/{id}` | one key |
 //! | `POST /v1/keys/{id}/revoke` | revoke at once |
@@ -52,6 +53,7 @@ pub(super) fn router(state: AdminState) -> Router<AdminState> {
             "/v1/consumers/{id}/keys",
             get(consumer_keys).post(create_key),
         )
+        .route("/v1/consumers/{id}/usage", get(consumer_usage))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/{id}", get(show_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
@@ -208,6 +210,7 @@ fn action_name(method: &str, path: &str) -> &'static str {
         ("POST", ["consumers", _, "disable"]) => "consumer.disable",
         ("POST", ["consumers", _, "keys"]) => "key.create",
         ("GET", ["consumers", _, "keys"]) => "key.list",
+        ("GET", ["consumers", _, "usage"]) => "usage.show",
         ("GET", ["keys"]) => "key.list",
         ("GET", ["keys", _]) => "key.show",
         ("POST", ["keys", _, "revoke"]) => "key.revoke",
@@ -318,6 +321,64 @@ async fn show_consumer(
         let c = ops::consumer(store, &id).await?;
         let keys = store.list_keys(Some(&c.id)).await?;
         Ok(json!({"consumer": c, "keys": keys}))
+    }
+    .await;
+    finish(&state, &caller, Some(&id), StatusCode::OK, result).await
+}
+
+/// The query of `GET /v1/consumers/{id}/usage`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageParams {
+    #[serde(default = "default_since")]
+    since: String,
+    #[serde(default = "default_by")]
+    by: String,
+    #[serde(default)]
+    per_key: bool,
+}
+
+fn default_since() -> String {
+    "7d".to_owned()
+}
+
+fn default_by() -> String {
+    "day".to_owned()
+}
+
+async fn consumer_usage(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    params: Result<Query<UsageParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let store = state.shared.store().as_ref();
+    let now = state.shared.clock().now();
+    let result = async {
+        let invalid = |field: &str, message: String| {
+            OpError::Invalid(BTreeMap::from([(field.to_owned(), vec![message])]))
+        };
+        let Query(params) = params.map_err(|e| invalid("query", e.body_text()))?;
+        let since = crate::usage::report::parse_since(&params.since, now)
+            .map_err(|e| invalid("since", e))?;
+        let by: crate::usage::By = params.by.parse().map_err(|e| invalid("by", e))?;
+        let consumer = ops::consumer(store, &id).await?;
+        let query = crate::usage::Query {
+            consumer_id: consumer.id.clone(),
+            since,
+            by,
+            per_key: params.per_key,
+        };
+        let buckets = crate::usage::report(store, &query).await?;
+        let total = crate::usage::report::total(&buckets);
+        Ok(json!({
+            "consumer_id": consumer.id,
+            "consumer": consumer.name,
+            "since": since,
+            "by": by,
+            "buckets": buckets,
+            "total": total,
+        }))
     }
     .await;
     finish(&state, &caller, Some(&id), StatusCode::OK, result).await

@@ -90,6 +90,9 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: UpstreamCommand,
     },
+    /// A consumer's usage (requests, status classes, bytes, rate-limit
+    /// refusals) from the store, by hour or by day.
+    Usage(UsageArgs),
     /// Print the argon2id hash of a secret read from standard input (one
     /// line), for `[admin] token_hash`. With --generate, make a new random
     /// token and print it and its hash.
@@ -141,6 +144,50 @@ pub(crate) struct StoreTarget {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Text, global = true)]
     pub(crate) output: Output,
+}
+
+/// `gatehouse usage`.
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    /// The main config file (its `[store]` section names the store).
+    #[arg(
+        long,
+        short,
+        env = "GATEHOUSE_CONFIG",
+        default_value = "gatehouse.toml"
+    )]
+    pub(crate) config: PathBuf,
+    /// The consumer's name or id.
+    #[arg(long)]
+    pub(crate) consumer: String,
+    /// From when: a duration back (`7d`, `24h`), a UTC date (`2026-12-01`)
+    /// or Unix seconds.
+    #[arg(long, default_value = "7d")]
+    pub(crate) since: String,
+    /// Bucket size: `hour` (kept for `[usage] minute_retention`) or `day`.
+    #[arg(long, default_value = "day", value_parser = parse_by)]
+    pub(crate) by: gatehouse::usage::By,
+    /// One row per key instead of the consumer's keys summed.
+    #[arg(long)]
+    pub(crate) per_key: bool,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = UsageOutput::Text)]
+    pub(crate) output: UsageOutput,
+}
+
+fn parse_by(s: &str) -> Result<gatehouse::usage::By, String> {
+    s.parse()
+}
+
+/// How `gatehouse usage` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum UsageOutput {
+    /// Aligned columns for people.
+    Text,
+    /// JSON for scripts.
+    Json,
+    /// CSV for spreadsheets and billing.
+    Csv,
 }
 
 /// Which running gateway an admin command talks to.

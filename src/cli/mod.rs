@@ -9,6 +9,7 @@ mod serve;
 mod settings;
 mod store_cmds;
 mod upstream_cmd;
+mod usage_cmd;
 
 pub(crate) use args::*;
 pub(crate) use logging::*;
@@ -17,3 +18,4 @@ pub(crate) use serve::*;
 pub(crate) use settings::*;
 pub(crate) use store_cmds::*;
 pub(crate) use upstream_cmd::*;
+pub(crate) use usage_cmd::*;

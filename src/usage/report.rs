@@ -150,6 +150,37 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// When a report starts: a duration back from `now` (`7d`, `24h`, `90m`),
+/// a UTC date (`2026-12-01`), or Unix seconds.
+pub fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, String> {
+    let s = s.trim();
+    if let Ok(d) = humantime::parse_duration(s) {
+        let back = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        return Ok(now.saturating_sub(back));
+    }
+    if let Some(at) = parse_date(s) {
+        return Ok(at);
+    }
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| format!("{s:?} is too large"));
+    }
+    Err(format!(
+        "invalid since {s:?}: expected a duration (`7d`, `24h`), a date (`2026-12-01`) or Unix seconds"
+    ))
+}
+
+/// Midnight UTC of `YYYY-MM-DD`.
+fn parse_date(s: &str) -> Option<Timestamp> {
+    let mut parts = s.splitn(3, '-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let month = time::Month::try_from(m.parse::<u8>().ok()?).ok()?;
+    let date = time::Date::from_calendar_date(y.parse().ok()?, month, d.parse().ok()?).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp())
+}
+
 /// `2026-12-04T10:00:00Z`.
 pub fn rfc3339(at: Timestamp) -> String {
     match time::OffsetDateTime::from_unix_timestamp(at) {
@@ -203,6 +234,23 @@ mod tests {
         );
         assert!(to_csv(&buckets, false).starts_with("start,requests,"));
         assert_eq!(total(&buckets).requests, 3);
+    }
+
+    #[test]
+    fn since_parses_durations_dates_and_seconds() {
+        let now = 1_796_342_400 + 3_600;
+        let cases = [
+            ("a week back", "7d", Ok(now - 7 * 86_400)),
+            ("hours", "24h", Ok(now - 86_400)),
+            ("a date is UTC midnight", "2026-12-04", Ok(1_796_342_400)),
+            ("unix seconds", "1796342400", Ok(1_796_342_400)),
+            ("no such day", "2026-02-30", Err(())),
+            ("words", "last week", Err(())),
+            ("empty", "", Err(())),
+        ];
+        for (name, input, want) in cases {
+            assert_eq!(parse_since(input, now).map_err(|_| ()), want, "case {name}");
+        }
     }
 
     #[test]

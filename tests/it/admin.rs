@@ -458,7 +458,7 @@ async fn audit_trail_names_actions_outcomes_and_callers_but_no_secrets() {
 }
 
 /// Runs the CLI (blocking, off the runtime), with `--config` if given.
-async fn cli(config: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) async fn cli(config: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     cmd.args(args);
     if let Some(c) = config {

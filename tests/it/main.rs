@@ -24,3 +24,4 @@ mod ratelimit;
 mod rules;
 mod tls;
 mod upstream;
+mod usage;
