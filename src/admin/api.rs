@@ -8,7 +8,7 @@
 //! | `POST /v1/consumers/{id or name}/disable` | disable it (all its keys stop) |
 //! | `POST /v1/consumers/{id or name}/keys` `{name?, scopes?, expires_in?}` | new key (201; the key is in the answer, once) |
 //! | `GET /v1/consumers/{id or name}/keys` | its keys |
-//! | `GET /v1/consumers/{id or name}/usage?since=7d&by=day&per_key=false` | its usage per hour or day (see [`crate::usage::report`]) |
+//! | `GET /v1/consumers/{id or name}/usage?since=7d&by=day&per_key=false` | its usage per hour or day (see [`crate::usage::report()`]) |
 //! | `GET /v1/keys` | every key |
 //! | `GET /v1/keys/{id}` | one key |
 //! | `POST /v1/keys/{id}/revoke` | revoke at once |
