@@ -24,7 +24,7 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use super::AdminState;
-use super::console::render::esc;
+use super::console::render::{esc, health};
 use super::token::TokenRefusal;
 use crate::app::ListenerSummary;
 use crate::proxy::UpstreamStatus;
@@ -453,21 +453,10 @@ fn render(s: &Status) -> String {
     for u in &s.upstreams {
         let breaker_class = if u.breaker == "closed" { "ok" } else { "warn" };
         for t in &u.targets {
-            let health = if t.drained {
-                "<span class=\"muted\">drained</span>".to_owned()
-            } else if t.ejected {
-                format!(
-                    "<span class=\"warn\">ejected ({} s left)</span>",
-                    t.ejected_for_ms.div_ceil(1000)
-                )
-            } else if t.healthy {
-                "<span class=\"ok\">healthy</span>".to_owned()
-            } else {
-                "<span class=\"warn\">unhealthy</span>".to_owned()
-            };
+            let shown = health(t);
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td class=\"{breaker_class}\">{}</td><td>{} ({})</td><td>{}</td><td>{health}</td>\
+                "<tr><td>{}</td><td class=\"{breaker_class}\">{}</td><td>{} ({})</td><td>{}</td><td>{shown}</td>\
                  <td class=\"num\">{}</td><td class=\"num\">{:.1} ms</td><td class=\"num\">{}</td></tr>",
                 esc(&u.name),
                 esc(&u.breaker),

@@ -293,12 +293,12 @@ async fn the_console_works_in_a_real_browser() {
     );
 
     // The pages are not cached and cannot be framed.
-    let resp = raw
-        .get(format!("{base}/console/consumers"))
-        .header("cookie", &session_cookie)
-        .send()
-        .await
-        .unwrap();
+    let consumers_page = || {
+        raw.get(format!("{base}/console/consumers"))
+            .header("cookie", &session_cookie)
+            .send()
+    };
+    let resp = consumers_page().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
     assert!(
@@ -314,12 +314,7 @@ async fn the_console_works_in_a_real_browser() {
         wd.title_becomes("Sign in · gatehouse console").await,
         "Sign in · gatehouse console"
     );
-    let resp = raw
-        .get(format!("{base}/console/consumers"))
-        .header("cookie", &session_cookie)
-        .send()
-        .await
-        .unwrap();
+    let resp = consumers_page().await.unwrap();
     assert_eq!(resp.status(), 303, "signed out");
     assert_eq!(resp.headers()["location"], "/console/sign-in");
 

@@ -44,9 +44,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::AdminState;
@@ -96,6 +98,20 @@ struct Visitor {
 impl Visitor {
     fn csrf(&self) -> &str {
         &self.session.csrf
+    }
+}
+
+/// A handler's signed-in visitor; without one (which `guard` does not let
+/// happen) the answer is a redirect to the sign-in page.
+impl<S: Send + Sync> FromRequestParts<S> for Visitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Visitor, Response> {
+        parts
+            .extensions
+            .get::<Visitor>()
+            .cloned()
+            .ok_or_else(|| render::redirect(SIGN_IN))
     }
 }
 
@@ -182,8 +198,19 @@ fn op_refusal(e: &OpError) -> Response {
     render::refusal(e.status(), "Not done", &message)
 }
 
-/// A page only a signed-in visitor reaches but `guard` let through without
-/// a session (cannot happen; answered as a redirect to sign in).
-fn signed_out() -> Response {
-    render::redirect(SIGN_IN).into_response()
+/// Audits a write's `result` as `action` on `target`, and answers with a
+/// redirect to `next(value)` (post, redirect, get) or the refusal page.
+async fn done<T>(
+    state: &AdminState,
+    visitor: &Visitor,
+    action: &str,
+    target: Option<&str>,
+    result: Result<T, OpError>,
+    next: impl FnOnce(&T) -> String,
+) -> Response {
+    audit(state, visitor, action, target, &result).await;
+    match result {
+        Ok(v) => render::redirect(&next(&v)),
+        Err(e) => op_refusal(&e),
+    }
 }

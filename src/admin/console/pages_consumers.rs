@@ -10,15 +10,14 @@
 
 use std::fmt::Write as _;
 
-use axum::Extension;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::render::{button, csrf_field, esc, html, page, redirect, refusal, seg, when};
-use super::{Visitor, audit, op_refusal, signed_out};
+use super::render::{button, csrf_field, esc, html, page, refusal, seg, when};
+use super::{Visitor, audit, done, op_refusal};
 use crate::admin::AdminState;
 use crate::admin::ops::{self, CreatedKey, NewConsumer, NewKey, OpError, RotateKey};
 use crate::store::{ApiKey, Consumer};
@@ -53,12 +52,9 @@ fn form_refused(_: FormRejection) -> Response {
 /// `GET /console/consumers`.
 pub(super) async fn list(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     search: Result<Query<Search>, QueryRejection>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let q = search.map(|Query(s)| s.q).unwrap_or_default();
     let consumers = match state.shared.store().list_consumers().await {
         Ok(c) => c,
@@ -119,12 +115,9 @@ pub(super) struct ConsumerForm {
 /// `POST /console/consumers`.
 pub(super) async fn create(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     input: Result<Form<ConsumerForm>, FormRejection>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let Form(input) = match input {
         Ok(f) => f,
         Err(e) => return form_refused(e),
@@ -138,29 +131,24 @@ pub(super) async fn create(
     let store = state.shared.store().as_ref();
     let result = ops::create_consumer(store, state.shared.clock().now(), new).await;
     let target = result.as_ref().ok().map(|c| c.id.clone());
-    audit(
+    let to_page = |c: &Consumer| format!("/console/consumers/{}", seg(&c.id));
+    done(
         &state,
         &visitor,
         "consumer.create",
         target.as_deref(),
-        &result,
+        result,
+        to_page,
     )
-    .await;
-    match result {
-        Ok(c) => redirect(&format!("/console/consumers/{}", seg(&c.id))),
-        Err(e) => op_refusal(&e),
-    }
+    .await
 }
 
 /// `GET /console/consumers/{id}`.
 pub(super) async fn show(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let store = state.shared.store().as_ref();
     let found = async {
         let c = ops::consumer(store, &id).await?;
@@ -256,19 +244,20 @@ fn keys_table(state: &AdminState, keys: &[ApiKey], csrf: &str) -> String {
 /// `POST /console/consumers/{id}/disable`.
 pub(super) async fn disable(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let store = state.shared.store().as_ref();
     let result = ops::disable_consumer(store, state.shared.clock().now(), &id).await;
-    audit(&state, &visitor, "consumer.disable", Some(&id), &result).await;
-    match result {
-        Ok(c) => redirect(&format!("/console/consumers/{}", seg(&c.id))),
-        Err(e) => op_refusal(&e),
-    }
+    done(
+        &state,
+        &visitor,
+        "consumer.disable",
+        Some(&id),
+        result,
+        |c| format!("/console/consumers/{}", seg(&c.id)),
+    )
+    .await
 }
 
 /// The new-key form.
@@ -285,13 +274,10 @@ pub(super) struct KeyForm {
 /// `POST /console/consumers/{id}/keys`: the answer shows the secret once.
 pub(super) async fn create_key(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     Path(id): Path<String>,
     input: Result<Form<KeyForm>, FormRejection>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let Form(input) = match input {
         Ok(f) => f,
         Err(e) => return form_refused(e),
@@ -348,19 +334,15 @@ fn secret_page(visitor: &Visitor, title: &str, k: &CreatedKey) -> Response {
 /// `POST /console/keys/{id}/revoke`.
 pub(super) async fn revoke(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let store = state.shared.store().as_ref();
     let result = ops::revoke_key(store, state.shared.clock().now(), &id).await;
-    audit(&state, &visitor, "key.revoke", Some(&id), &result).await;
-    match result {
-        Ok(k) => redirect(&format!("/console/consumers/{}", seg(&k.consumer_id))),
-        Err(e) => op_refusal(&e),
-    }
+    done(&state, &visitor, "key.revoke", Some(&id), result, |k| {
+        format!("/console/consumers/{}", seg(&k.consumer_id))
+    })
+    .await
 }
 
 /// The rotate form.
@@ -373,13 +355,10 @@ pub(super) struct RotateForm {
 /// `POST /console/keys/{id}/rotate`: the answer shows the new secret once.
 pub(super) async fn rotate(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     Path(id): Path<String>,
     input: Result<Form<RotateForm>, FormRejection>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let Form(input) = match input {
         Ok(f) => f,
         Err(e) => return form_refused(e),

@@ -8,33 +8,17 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use axum::Extension;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::render::{button, csrf_field, esc, html, page, redirect, refusal, seg, when};
-use super::{Visitor, audit, op_refusal, signed_out};
+use super::render::{button, csrf_field, esc, health, html, page, refusal, seg, when};
+use super::{Visitor, done, op_refusal};
 use crate::admin::AdminState;
 use crate::admin::ops::{self, OpError};
 use crate::proxy::UpstreamStatus;
-
-fn health(t: &crate::proxy::TargetStatus) -> String {
-    if t.drained {
-        "<span class=\"muted\">drained</span>".to_owned()
-    } else if t.ejected {
-        format!(
-            "<span class=\"warn\">ejected ({} s left)</span>",
-            t.ejected_for_ms.div_ceil(1000)
-        )
-    } else if t.healthy {
-        "<span class=\"ok\">healthy</span>".to_owned()
-    } else {
-        "<span class=\"warn\">unhealthy</span>".to_owned()
-    }
-}
 
 fn upstream_html(u: &UpstreamStatus, csrf: &str) -> String {
     let base = format!("/console/upstreams/{}", seg(&u.name));
@@ -100,13 +84,7 @@ fn upstream_html(u: &UpstreamStatus, csrf: &str) -> String {
 }
 
 /// `GET /console/upstreams`.
-pub(super) async fn list(
-    State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
-) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
+pub(super) async fn list(State(state): State<AdminState>, visitor: Visitor) -> Response {
     let snapshot = state.shared.snapshot();
     let mut list: Vec<UpstreamStatus> = snapshot.upstreams.values().map(|u| u.status()).collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -132,13 +110,10 @@ pub(super) struct DrainForm {
 /// `POST /console/upstreams/{name}/drain` (`drained=false` undrains).
 pub(super) async fn drain(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     Path(name): Path<String>,
     input: Result<Form<DrainForm>, FormRejection>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let Ok(Form(input)) = input else {
         return refusal(
             StatusCode::BAD_REQUEST,
@@ -154,11 +129,8 @@ pub(super) async fn drain(
         "upstream.undrain"
     };
     let object = format!("{name} {}", input.target);
-    audit(&state, &visitor, action, Some(&object), &result).await;
-    match result {
-        Ok(_) => redirect("/console/upstreams"),
-        Err(e) => op_refusal(&e),
-    }
+    let back = |_: &_| "/console/upstreams".to_owned();
+    done(&state, &visitor, action, Some(&object), result, back).await
 }
 
 /// The weights of a shift form: `set.NAME=weight` fields (others ignored).
@@ -182,13 +154,10 @@ fn weights(fields: &[(String, String)]) -> Result<BTreeMap<String, u32>, OpError
 /// `POST /console/upstreams/{name}/shift`.
 pub(super) async fn shift(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     Path(name): Path<String>,
     input: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let Ok(Form(fields)) = input else {
         return refusal(
             StatusCode::BAD_REQUEST,
@@ -198,11 +167,16 @@ pub(super) async fn shift(
     };
     let snapshot = state.shared.snapshot();
     let result = weights(&fields).and_then(|to| ops::shift_upstream(&snapshot, &name, &to));
-    audit(&state, &visitor, "upstream.shift", Some(&name), &result).await;
-    match result {
-        Ok(_) => redirect("/console/upstreams"),
-        Err(e) => op_refusal(&e),
-    }
+    let back = |_: &_| "/console/upstreams".to_owned();
+    done(
+        &state,
+        &visitor,
+        "upstream.shift",
+        Some(&name),
+        result,
+        back,
+    )
+    .await
 }
 
 /// `?limit=` on the audit page.
@@ -214,12 +188,9 @@ pub(super) struct AuditQuery {
 /// `GET /console/audit`: the newest entries (100, or `?limit=` up to 1000).
 pub(super) async fn audit_log(
     State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
+    visitor: Visitor,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return signed_out();
-    };
     let limit = q
         .ok()
         .and_then(|Query(q)| q.limit)

@@ -65,6 +65,23 @@ input[type=text],input[type=password],input[type=number]{font:inherit;padding:.2
 .secret{font:16px monospace;background:#fff8dc;border:1px solid #db8;padding:.6em;display:inline-block;user-select:all}\
 .error{background:#fee;border:1px solid #d99;padding:.6em 1em;max-width:50em}svg{background:#fff;border:1px solid #ddd}";
 
+/// A target's health as a coloured word (drained, ejected with the time
+/// left, healthy, unhealthy), for the status page and the console.
+pub(in crate::admin) fn health(t: &crate::proxy::TargetStatus) -> String {
+    if t.drained {
+        "<span class=\"muted\">drained</span>".to_owned()
+    } else if t.ejected {
+        format!(
+            "<span class=\"warn\">ejected ({} s left)</span>",
+            t.ejected_for_ms.div_ceil(1000)
+        )
+    } else if t.healthy {
+        "<span class=\"ok\">healthy</span>".to_owned()
+    } else {
+        "<span class=\"warn\">unhealthy</span>".to_owned()
+    }
+}
+
 /// The hidden CSRF field every form carries.
 pub(super) fn csrf_field(csrf: &str) -> String {
     format!(

@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 
-use axum::Extension;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Form, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -148,13 +147,7 @@ pub(super) async fn submit(
 }
 
 /// `POST /console/sign-out`: ends the session and clears the cookie.
-pub(super) async fn sign_out(
-    State(state): State<AdminState>,
-    visitor: Option<Extension<Visitor>>,
-) -> Response {
-    let Some(Extension(visitor)) = visitor else {
-        return super::signed_out();
-    };
+pub(super) async fn sign_out(State(state): State<AdminState>, visitor: Visitor) -> Response {
     state.console.sessions.close(&visitor.session);
     record(
         &state,
