@@ -8,7 +8,8 @@
 //! minute, then 429) and never logged, stored or echoed. Every attempt is
 //! audited as `console.sign_in` with outcome `ok` or the refusal code
 //! (`unauthorized`, `too_many_auth_failures`, `admin_disabled`, `internal`;
-//! throttled attempts are only logged), sign-out as `console.sign_out`.
+//! throttled attempts, an empty token and a disabled console are only
+//! logged, not stored), sign-out as `console.sign_out`.
 
 use std::net::SocketAddr;
 
@@ -22,7 +23,7 @@ use super::render::{csrf_field, html, page, redirect, refusal};
 use super::session::{COOKIE, PRE_COOKIE, random_token, set_cookie};
 use super::{ACTOR, SIGN_IN, Visitor};
 use crate::admin::AdminState;
-use crate::admin::audit::record;
+use crate::admin::audit::{audit_entry, log_audit, record};
 use crate::admin::token::TokenRefusal;
 
 /// The sign-in form's fields (the CSRF field is `guard`'s).
@@ -87,8 +88,21 @@ pub(super) async fn submit(
 ) -> Response {
     let action = "console.sign_in";
     let presented = input.map(|Form(f)| f.token).unwrap_or_default();
+    // Refusals that cost the caller nothing (the console disabled, no
+    // token typed) are only logged, like the API's: a stored row for each
+    // would let anyone who reaches the port grow the table.
+    let logged_only = |outcome: &str| {
+        log_audit(&audit_entry(
+            &state,
+            ACTOR,
+            Some(client),
+            action,
+            None,
+            outcome,
+        ))
+    };
     let Some(token) = &state.token else {
-        record(&state, ACTOR, Some(client), action, None, "admin_disabled").await;
+        logged_only("admin_disabled");
         return form_page(
             &state,
             StatusCode::FORBIDDEN,
@@ -96,6 +110,7 @@ pub(super) async fn submit(
         );
     };
     if presented.is_empty() {
+        logged_only("unauthorized");
         return form_page(
             &state,
             StatusCode::UNAUTHORIZED,
