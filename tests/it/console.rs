@@ -1,7 +1,9 @@
 //! The web console in a real browser (headless Chromium over WebDriver):
 //! sign in through the form, create a consumer and a key through the
-//! forms, call the gateway with the key shown once, revoke it through the
-//! form and see the gateway refuse it; and the protections: a form post
+//! forms, call the gateway with the key shown once and see the calls
+//! counted on the consumer's page, rotate it, drain and undrain the
+//! upstream's target, revoke the key and disable the consumer through the
+//! forms and see the gateway refuse them; and the protections: a form post
 //! without the CSRF token or from another origin changes nothing (403), a
 //! foreign `Host` is refused (421), the session cookie is `HttpOnly` and
 //! `SameSite=Strict`, and it stops working after sign-out.
@@ -232,6 +234,45 @@ async fn the_console_works_in_a_real_browser() {
     assert_eq!(resp.status(), 303);
     assert!(consumer_names(&gw).await.iter().any(|n| n == "good1"));
 
+    // Rotate through the form: a new key, shown once; the old one keeps
+    // working for the grace period.
+    wd.goto(&format!("{base}/console/consumers/acme")).await;
+    wd.type_into(&format!("#key-{key_id} input[name=grace]"), "1h")
+        .await;
+    wd.click(&format!("#key-{key_id} form[action$='/rotate'] button"))
+        .await;
+    assert_eq!(
+        wd.title_becomes("Key rotated · gatehouse console").await,
+        "Key rotated · gatehouse console"
+    );
+    let rotated = wd.text_of("#secret").await;
+    assert!(rotated.starts_with("gth_") && rotated != key, "a new key");
+    assert_eq!(call(rotated.clone()).await, 200, "the rotated key works");
+    assert_eq!(
+        call(key.clone()).await,
+        200,
+        "the old key, within its grace"
+    );
+
+    // Drain the upstream's only target, then undrain it.
+    wd.goto(&format!("{base}/console/upstreams")).await;
+    wd.click("#targets-good form button").await;
+    let drained = eventually(10, || async {
+        let t = wd.text("#targets-good").await?;
+        t.contains("drained").then_some(t)
+    })
+    .await;
+    assert!(drained.is_some(), "the target shows as drained");
+    assert_eq!(call(rotated.clone()).await, 503, "no target to send to");
+    wd.click("#targets-good form button").await;
+    let undrained = eventually(10, || async {
+        let t = wd.text("#targets-good").await?;
+        t.contains("healthy").then_some(t)
+    })
+    .await;
+    assert!(undrained.is_some(), "the target is back");
+    assert_eq!(call(rotated.clone()).await, 200, "sent again");
+
     // Revoke through the form: the next gateway call is refused.
     wd.goto(&format!("{base}/console/consumers/acme")).await;
     wd.click(&format!("#key-{key_id} form[action$='/revoke'] button"))
@@ -247,6 +288,20 @@ async fn the_console_works_in_a_real_browser() {
         call(key.clone()).await,
         401,
         "a revoked key is refused at once"
+    );
+
+    // Disable the consumer: its other key stops working too.
+    wd.click("form[action$='/disable'] button").await;
+    let disabled = eventually(10, || async {
+        let t = wd.text("#state").await?;
+        t.contains("disabled").then_some(t)
+    })
+    .await;
+    assert!(disabled.is_some(), "the consumer shows as disabled");
+    assert_eq!(
+        call(rotated.clone()).await,
+        401,
+        "a disabled consumer's key"
     );
 
     // Search and the audit log.
