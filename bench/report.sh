@@ -137,6 +137,16 @@ traces for 10% of requests $TRACED_US µs and $(fmt_rps "${RPS[gh_traced]}") req
 ($(ratio "${RPS[gh_traced]}" "${RPS[gh_nometrics]}")×)."
 fi
 
+if [[ -n ${RPS[gh_full_nousage]:-} && -n ${RPS[gh_full]:-} ]]; then
+    LIMITS+="
+
+Usage metering (per consumer and key, in memory, flushed every 10 s): the full pipeline cost
+$(per_req proxy gh_full) µs of CPU per request with metering on (the default, the \"full pipeline\"
+row) and $(per_req proxy gh_full_nousage) µs with \`[usage] enabled = false\`;
+$(fmt_rps "${RPS[gh_full]}") against $(fmt_rps "${RPS[gh_full_nousage]}") req/s
+($(ratio "${RPS[gh_full]}" "${RPS[gh_full_nousage]}")×)."
+fi
+
 # The goals of issue 16, each from this run.
 has() { [[ -n ${RPS[$1]:-} ]]; }
 us_of() { per_req proxy "$1"; }

@@ -19,6 +19,9 @@
 #                      metrics and OTLP traces, 10% sampled  (default 1)
 #   BENCH_FULL         1: the full-pipeline row (TLS, API key, JWT, a rate
 #                      limit, access log at info)           (default 1)
+#   BENCH_USAGE_COMPARE 1: the full-pipeline row once more with usage
+#                      metering off ([usage] enabled = false), next to the
+#                      default (metering on)                 (default 1)
 #   BENCH_MANY         connections of the many-connections rows (nginx and
 #                      gatehouse under wrk) and of the idle-connections RSS
 #                      figure; 0 skips them                 (default 1000)
@@ -50,6 +53,7 @@ LOG_COMPARE="${BENCH_LOG_COMPARE:-1}"
 TELEMETRY_COMPARE="${BENCH_TELEMETRY_COMPARE:-1}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-60}"
 FULL="${BENCH_FULL:-1}"
+USAGE_COMPARE="${BENCH_USAGE_COMPARE:-1}"
 MANY="${BENCH_MANY:-1000}"
 BEFORE="${BENCH_BEFORE:-}"
 PERF="${BENCH_PERF:-1}"
@@ -286,6 +290,8 @@ audiences = ["bench"]
 algorithms = ["HS256"]
 hmac_secret_env = "BENCH_JWT_SECRET"
 EOF
+# The same with usage metering off, for the metering-off row.
+{ cat "$WORK/gh/gatehouse.toml"; printf '\n[usage]\nenabled = false\n'; } >"$WORK/gh/gatehouse-nousage.toml"
 cat >"$WORK/gh/policies/bench.toml" <<EOF
 [[upstream]]
 name = "backend"
@@ -360,7 +366,7 @@ GH_ENV=()
 start_gatehouse() {
     local level=$1 name=$2
     log "gatehouse (--log-level $level${GH_ENV[*]:+, ${GH_ENV[*]}}) on $LOOPBACK:$GH_PORT, https $GH_TLS_PORT, admin $ADMIN_PORT"
-    env "${GH_ENV[@]}" "$GH_BIN" serve --config "$WORK/gh/gatehouse.toml" --no-watch --log-level "$level" \
+    env "${GH_ENV[@]}" "$GH_BIN" serve --config "${GH_CONFIG:-$WORK/gh/gatehouse.toml}" --no-watch --log-level "$level" \
         >"$WORK/$name.log" 2>&1 &
     GH_PID=$!
     PIDS+=("$GH_PID")
@@ -634,6 +640,14 @@ gatehouse_rows() {
     if [[ $FULL == 1 ]]; then
         WRK_SCRIPT="$ROOT/bench/full_pipeline.lua"
         measure "gh_full$k" "gatehouse, HTTPS, full pipeline, log info$l" "https://$LOOPBACK:$GH_TLS_PORT/" gatehouse
+        if [[ $USAGE_COMPARE == 1 && $all == 1 ]]; then
+            # The same config with usage metering off.
+            GH_CONFIG="$WORK/gh/gatehouse-nousage.toml"
+            restart_gatehouse info "gatehouse-nousage-$ROUND"
+            measure gh_full_nousage "gatehouse, HTTPS, full pipeline, log info, usage metering off" \
+                "https://$LOOPBACK:$GH_TLS_PORT/" gatehouse
+            GH_CONFIG=""
+        fi
     fi
 }
 

@@ -47,49 +47,31 @@ pub(crate) async fn usage_cli(args: &UsageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(buckets: &[Bucket], per_key: bool) {
-    let key = |b: Option<&Bucket>| {
+    let key_column = |key: &str| {
         if per_key {
-            format!(
-                "{:<20} ",
-                b.and_then(|b| b.key_id.as_deref()).unwrap_or("KEY")
-            )
+            format!("{key:<20} ")
         } else {
             String::new()
         }
     };
-    println!(
-        "{:<20} {}{:>10} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12} {:>8}",
-        "START",
-        key(None),
-        "REQUESTS",
-        "2XX",
-        "3XX",
-        "4XX",
-        "5XX",
-        "BYTES_IN",
-        "BYTES_OUT",
-        "LIMITED"
-    );
-    let row = |start: &str, key: String, c: &usage::Counts| {
-        println!(
-            "{start:<20} {key}{:>10} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12} {:>8}",
-            c.requests,
-            c.status_2xx,
-            c.status_3xx,
-            c.status_4xx,
-            c.status_5xx,
-            c.bytes_in,
-            c.bytes_out,
-            c.rate_limited
-        );
+    let line = |start: &str, key: String, values: [String; 8]| {
+        let mut out = format!("{start:<20} {key}");
+        for (v, width) in values.iter().zip([10, 9, 9, 9, 9, 12, 12, 8]) {
+            out.push_str(&format!("{v:>width$} "));
+        }
+        println!("{}", out.trim_end());
     };
+    let header = [
+        "REQUESTS", "2XX", "3XX", "4XX", "5XX", "BYTES_IN", "BYTES_OUT", "LIMITED",
+    ];
+    line("START", key_column("KEY"), header.map(str::to_owned));
     for b in buckets {
-        row(&usage::report::rfc3339(b.start), key(Some(b)), &b.counts);
+        line(
+            &usage::report::rfc3339(b.start),
+            key_column(b.key_id.as_deref().unwrap_or("")),
+            b.counts.values().map(|n| n.to_string()),
+        );
     }
-    let blank = if per_key {
-        format!("{:<20} ", "")
-    } else {
-        String::new()
-    };
-    row("TOTAL", blank, &usage::report::total(buckets));
+    let total = usage::report::total(buckets);
+    line("TOTAL", key_column(""), total.values().map(|n| n.to_string()));
 }

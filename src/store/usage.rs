@@ -46,8 +46,8 @@ impl UsageCounts {
         self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
     }
 
-    /// The counts as BIGINTs, in column order (see [`COUNT_COLUMNS`]).
-    pub(super) fn columns(&self) -> [i64; 8] {
+    /// The counts in [`COUNT_COLUMNS`] order.
+    pub fn values(&self) -> [u64; 8] {
         [
             self.requests,
             self.status_2xx,
@@ -58,7 +58,12 @@ impl UsageCounts {
             self.bytes_out,
             self.rate_limited,
         ]
-        .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    /// The counts as BIGINTs, in [`COUNT_COLUMNS`] order (capped at
+    /// `i64::MAX`).
+    pub(super) fn columns(&self) -> [i64; 8] {
+        self.values().map(|n| i64::try_from(n).unwrap_or(i64::MAX))
     }
 
     /// Counts read back from BIGINT columns (in [`COUNT_COLUMNS`] order).
@@ -77,8 +82,8 @@ impl UsageCounts {
     }
 }
 
-/// The count columns, in the order of [`UsageCounts::columns`].
-pub(super) const COUNT_COLUMNS: &str =
+/// The count columns, in the order of [`UsageCounts::values`].
+pub const COUNT_COLUMNS: &str =
     "requests, status_2xx, status_3xx, status_4xx, status_5xx, bytes_in, bytes_out, rate_limited";
 
 /// `requests = {alias}.requests + excluded.requests, …` for an upsert.

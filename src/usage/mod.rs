@@ -7,7 +7,7 @@
 //! - [`flush`]: [`UsageMeter`], which writes the tally to the store in
 //!   batches as per-minute and per-day rollups (so several gateways add
 //!   up), prunes by retention, and flushes once more at shutdown;
-//! - [`report`]: reading the rollups back by hour or by day.
+//! - [`mod@report`]: reading the rollups back by hour or by day.
 //!
 //! JWT callers are not metered here: their subjects are not consumers in
 //! the store (the per-consumer Prometheus series cover them). A crash loses

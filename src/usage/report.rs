@@ -114,28 +114,18 @@ pub fn total(buckets: &[Bucket]) -> UsageCounts {
 /// as RFC 3339 (UTC). Key ids are `[A-Za-z0-9_]`, so nothing is quoted.
 pub fn to_csv(buckets: &[Bucket], per_key: bool) -> String {
     let mut out = String::from(if per_key { "start,key_id," } else { "start," });
-    out.push_str(
-        "requests,status_2xx,status_3xx,status_4xx,status_5xx,bytes_in,bytes_out,rate_limited\n",
-    );
+    out.push_str(&crate::store::usage::COUNT_COLUMNS.replace(", ", ","));
+    out.push('\n');
     for b in buckets {
-        let c = &b.counts;
         out.push_str(&rfc3339(b.start));
         out.push(',');
         if per_key {
             out.push_str(&csv_field(b.key_id.as_deref().unwrap_or("")));
             out.push(',');
         }
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            c.requests,
-            c.status_2xx,
-            c.status_3xx,
-            c.status_4xx,
-            c.status_5xx,
-            c.bytes_in,
-            c.bytes_out,
-            c.rate_limited
-        ));
+        let values: Vec<String> = b.counts.values().iter().map(u64::to_string).collect();
+        out.push_str(&values.join(","));
+        out.push('\n');
     }
     out
 }
