@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gatehouse::usage::tally::{Seen, Tally};
 use gatehouse::usage::UsageMeters;
+use gatehouse::usage::tally::{Seen, Tally};
 
 fn seen<'a>(consumer: &'a Arc<str>, key: &'a Arc<str>) -> Seen<'a> {
     Seen {
@@ -34,9 +34,7 @@ fn record(c: &mut Criterion) {
     c.bench_function("usage record, one key", |b| {
         b.iter(|| tally.record(black_box(&seen(&consumer, &key))));
     });
-    let keys: Vec<Arc<str>> = (0..1000)
-        .map(|i| Arc::from(format!("k_{i:016}")))
-        .collect();
+    let keys: Vec<Arc<str>> = (0..1000).map(|i| Arc::from(format!("k_{i:016}"))).collect();
     let mut i = 0;
     c.bench_function("usage record, 1000 keys", |b| {
         b.iter(|| {

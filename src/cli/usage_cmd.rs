@@ -62,7 +62,14 @@ fn print_table(buckets: &[Bucket], per_key: bool) {
         println!("{}", out.trim_end());
     };
     let header = [
-        "REQUESTS", "2XX", "3XX", "4XX", "5XX", "BYTES_IN", "BYTES_OUT", "LIMITED",
+        "REQUESTS",
+        "2XX",
+        "3XX",
+        "4XX",
+        "5XX",
+        "BYTES_IN",
+        "BYTES_OUT",
+        "LIMITED",
     ];
     line("START", key_column("KEY"), header.map(str::to_owned));
     for b in buckets {
@@ -73,5 +80,9 @@ fn print_table(buckets: &[Bucket], per_key: bool) {
         );
     }
     let total = usage::report::total(buckets);
-    line("TOTAL", key_column(""), total.values().map(|n| n.to_string()));
+    line(
+        "TOTAL",
+        key_column(""),
+        total.values().map(|n| n.to_string()),
+    );
 }
