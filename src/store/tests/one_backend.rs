@@ -30,7 +30,7 @@ async fn sqlite_reopen_keeps_data_and_does_not_rerun_migrations() {
     let revision = store.revision().await.unwrap();
     drop(store);
     let applied = migrations().await;
-    assert_eq!(applied.len(), 2, "0001_init and 0002_quota");
+    assert_eq!(applied.len(), 3, "0001_init, 0002_quota and 0003_usage");
 
     let store = open(&opts).await.unwrap();
     assert_eq!(
@@ -175,7 +175,9 @@ async fn postgres_tables_and_migrations_live_in_the_schema() {
                     "audit",
                     "consumers",
                     "quota_usage",
-                    "store_meta"
+                    "store_meta",
+                    "usage_day",
+                    "usage_minute"
                 ]
             );
             conn.close().await.unwrap();
