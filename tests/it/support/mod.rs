@@ -513,15 +513,7 @@ impl Proc {
     /// Starts `gatehouse serve` on `config` and returns it with the address
     /// of its first public listener.
     pub async fn serve(config: &Path) -> (Proc, String) {
-        let mut proc = Proc::spawn(&[
-            "serve",
-            "--no-watch",
-            "--config",
-            config.to_str().expect("utf-8 path"),
-        ]);
-        let listening = proc.wait_for("listening").await;
-        let addr = listening["addr"].as_str().expect("addr").to_owned();
-        proc.wait_for("admin listening").await;
+        let (proc, addr, _admin) = serve_with_admin(config).await;
         (proc, addr)
     }
 }
